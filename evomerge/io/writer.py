@@ -1,0 +1,190 @@
+"""Writing a model directory atomically, streaming tensors straight to disk.
+
+Every output tensor's name, shape and dtype are known from the merge plan
+before any is computed, so each shard's safetensors header can be written
+first and tensor bytes appended as they are produced: memory stays bounded by
+the tensor in hand, whatever the model size. Everything goes to a temporary
+directory beside the output, which is renamed into place only when complete;
+an interrupted write leaves no half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from evomerge.errors import CheckpointError, OutputExistsError
+from evomerge.io.checkpoint import SAFETENSORS_DTYPES
+
+_DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = torch.empty((), dtype=self.dtype).element_size()
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse an existing output before any compute is spent."""
+    if out.exists() and not force:
+        raise OutputExistsError(f"Output {out} already exists. Choose another --out, or pass --force to replace it.")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"Output {out} exists and is not a directory; remove it or choose another --out.")
+
+
+class _Shard:
+    def __init__(self, path: Path, specs: list[TensorSpec]) -> None:
+        self.path = path
+        self.offsets: dict[str, tuple[int, int]] = {}
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        pos = 0
+        for spec in specs:
+            self.offsets[spec.name] = (pos, pos + spec.nbytes)
+            header[spec.name] = {
+                "dtype": _DTYPE_NAMES[spec.dtype],
+                "shape": list(spec.shape),
+                "data_offsets": [pos, pos + spec.nbytes],
+            }
+            pos += spec.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+        self.data_start = 8 + len(raw)
+        self.size = pos
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed in close())
+        self.file.write(struct.pack("<Q", len(raw)))
+        self.file.write(raw)
+        self.file.truncate(self.data_start + pos)
+        self.written: set[str] = set()
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        start, end = self.offsets[name]
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        if data.nbytes != end - start:
+            raise CheckpointError(f"Tensor {name}: produced {data.nbytes} bytes, planned {end - start}.")
+        self.file.seek(self.data_start + start)
+        self.file.write(data)
+        self.written.add(name)
+
+    def close(self, durable: bool) -> None:
+        self.file.flush()
+        if durable:
+            os.fsync(self.file.fileno())
+        self.file.close()
+
+
+class CheckpointWriter:
+    """Write a model directory: planned tensors, streamed; then config and extra files.
+
+    Use as a context manager; leaving it by an exception removes everything it wrote.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        specs: list[TensorSpec],
+        *,
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+        force: bool = False,
+        durable: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        self.specs = specs
+        self.max_shard_bytes = max_shard_bytes
+        self.force = force
+        self.durable = durable
+        self._tmp: Path | None = None
+        self._shards: list[_Shard] = []
+        self._shard_of: dict[str, _Shard] = {}
+
+    def __enter__(self) -> CheckpointWriter:
+        check_output_dir(self.out, self.force)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir()
+        groups: list[list[TensorSpec]] = [[]]
+        size = 0
+        for spec in self.specs:
+            if groups[-1] and size + spec.nbytes > self.max_shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(spec)
+            size += spec.nbytes
+        n = len(groups)
+        for i, group in enumerate(groups):
+            name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            shard = _Shard(self._tmp / name, group)
+            self._shards.append(shard)
+            for spec in group:
+                self._shard_of[spec.name] = shard
+        return self
+
+    @property
+    def tmp_dir(self) -> Path:
+        assert self._tmp is not None, "use CheckpointWriter as a context manager"
+        return self._tmp
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._shard_of[name].write(name, tensor)
+
+    def write_json(self, filename: str, data: dict[str, Any]) -> None:
+        (self.tmp_dir / filename).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def write_text(self, filename: str, text: str) -> None:
+        (self.tmp_dir / filename).write_text(text)
+
+    def copy_file(self, src: Path, filename: str | None = None) -> None:
+        shutil.copyfile(src, self.tmp_dir / (filename or src.name))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self._commit()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _commit(self) -> None:
+        missing = [s.name for s in self.specs if s.name not in self._shard_of[s.name].written]
+        if missing:
+            raise CheckpointError(f"Output incomplete: {len(missing)} planned tensors were never written ({missing[0]}, ...).")
+        for shard in self._shards:
+            shard.close(self.durable)
+        if len(self._shards) > 1:
+            weight_map = {name: shard.path.name for name, shard in self._shard_of.items()}
+            total = sum(s.size for s in self._shards)
+            self.write_json("model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+        check_output_dir(self.out, self.force)  # it may have appeared while we merged
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.out, old)
+        os.replace(self.tmp_dir, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _abort(self) -> None:
+        for shard in self._shards:
+            if not shard.file.closed:
+                shard.file.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)

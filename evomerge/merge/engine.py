@@ -1,0 +1,230 @@
+"""Applying a recipe: streamed to disk, or in memory into a resident model.
+
+``merge_to_disk`` reads one tensor per input at a time (memory-mapped), merges
+it and streams the result into the output shards, so memory is bounded by a
+few tensors whatever the model size. ``InMemoryMerger`` is what a search
+calls thousands of times: it keeps the source weights resident (on the chosen
+device) and writes each candidate into the same output tensors, touching no
+disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evomerge.errors import CheckpointError, RecipeError
+from evomerge.io.checkpoint import Checkpoint, StateDictSource, TensorSource
+from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, check_output_dir
+from evomerge.merge.plan import MergePlan, build_plan
+from evomerge.recipe import Recipe
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+Progress = Callable[[int, int, str], None]
+
+
+def resolve_model_path(ref: str, search_dirs: Sequence[Path] = ()) -> Path:
+    """A model reference is a local directory: as given (relative to the working
+    directory), else relative to each of ``search_dirs`` (e.g. the recipe's folder)."""
+    path = Path(ref).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    for d in search_dirs:
+        if (d / path).exists():
+            return d / path
+    if "/" in ref and not ref.startswith((".", "/")) and len(path.parts) == 2:
+        hint = " It looks like a Hub id; evomerge reads local directories only: download the model first."
+    else:
+        hint = ""
+    raise CheckpointError(f"Model {ref!r} was not found as a local directory.{hint}")
+
+
+def open_sources(
+    recipe: Recipe, search_dirs: Sequence[Path] = (), *, allow_pickle: bool = False
+) -> dict[str, Checkpoint]:
+    return {
+        ref: Checkpoint(resolve_model_path(ref, search_dirs), allow_pickle=allow_pickle)
+        for ref in recipe.referenced_models()
+    }
+
+
+def with_overrides(recipe: Recipe, dtype: str | None = None, seed: int | None = None) -> Recipe:
+    data = recipe.to_dict()
+    if dtype is not None:
+        data["dtype"] = dtype
+    if seed is not None:
+        data["seed"] = seed
+    return Recipe.from_dict(data, "recipe with command-line overrides")
+
+
+def check_device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"Device {device!r} was requested but CUDA is not available here; use --device cpu.")
+    return dev
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    tensors: int
+    input_bytes: int
+    output_bytes: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def merge_to_disk(
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    device: str = "cpu",
+    force: bool = False,
+    allow_pickle: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    search_dirs: Sequence[Path] = (),
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Merge ``recipe`` into a new model directory ``out``, atomically."""
+    start = time.perf_counter()
+    out = Path(out)
+    dev = check_device(device)
+    check_output_dir(out, force)  # before any compute
+    sources = open_sources(recipe, search_dirs, allow_pickle=allow_pickle)
+    plan = build_plan(recipe, sources)
+    specs = plan.specs()
+    with CheckpointWriter(out, specs, max_shard_bytes=max_shard_bytes, force=force) as writer:
+        with torch.inference_mode():
+            for i, op in enumerate(plan.ops):
+                if progress:
+                    progress(i, len(plan.ops), op.name)
+                merged = plan.run_op(op, lambda m, t: sources[m].get(t), dev)
+                writer.write(op.name, merged)
+                del merged
+        if progress:
+            progress(len(plan.ops), len(plan.ops), "")
+        writer.write_json("config.json", plan.output_config(sources))
+        _copy_tokenizer(recipe, sources, writer)
+        writer.write_text("evomerge_recipe.yaml", recipe.to_yaml())
+        _write_mergekit_config(recipe, writer)
+    return MergeResult(
+        out=out,
+        tensors=len(specs),
+        input_bytes=_input_bytes(plan, sources),
+        output_bytes=sum(s.nbytes for s in specs),
+        seconds=time.perf_counter() - start,
+        warnings=plan.warnings,
+    )
+
+
+def _input_bytes(plan: MergePlan, sources: Mapping[str, TensorSource]) -> int:
+    total = 0
+    for op in plan.ops:
+        for model, tensor in op.all_inputs:
+            n = torch.empty((), dtype=sources[model].dtype(tensor)).element_size()
+            for s in sources[model].shape(tensor):
+                n *= s
+            total += n
+    return total
+
+
+def _copy_tokenizer(recipe: Recipe, sources: Mapping[str, Checkpoint], writer: CheckpointWriter) -> None:
+    src = recipe.tokenizer_source
+    if src in (None, "base"):
+        src = recipe.base_model or recipe.referenced_models()[0]
+    if src not in sources:
+        raise RecipeError(f"tokenizer_source {src!r} is not one of the recipe's models; use 'base' or one of them.")
+    for name in TOKENIZER_FILES:
+        path = sources[src].path / name
+        if path.exists():
+            writer.copy_file(path)
+
+
+def _write_mergekit_config(recipe: Recipe, writer: CheckpointWriter) -> None:
+    from evomerge.mergekit_compat import MergekitExportError, to_mergekit_yaml
+
+    try:
+        writer.write_text("mergekit_config.yml", to_mergekit_yaml(recipe))
+    except MergekitExportError:
+        pass  # not expressible in mergekit; evomerge_recipe.yaml is the record
+
+
+class InMemoryMerger:
+    """Merge candidates in memory, many times, over resident source weights.
+
+    ``sources`` maps each model reference to a directory or to an in-memory
+    ``TensorSource``. Every source tensor is loaded once onto ``device`` (in
+    ``dtype`` if given); ``merge`` then writes a recipe's result into ``into``
+    (a state dict or an ``nn.Module``), reusing its tensors when shapes match.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, str | Path | TensorSource],
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.device = check_device(device)
+        self.dtype = dtype
+        self.sources: dict[str, StateDictSource] = {}
+        for ref, src in sources.items():
+            if isinstance(src, (str, Path)):
+                src = Checkpoint(resolve_model_path(str(src)), allow_pickle=allow_pickle)
+            tensors = {
+                name: src.get(name).to(device=self.device, dtype=dtype or src.dtype(name)) for name in src.tensor_names()
+            }
+            self.sources[ref] = StateDictSource(ref, tensors, dict(src.config))
+
+    def plan(self, recipe: Recipe, seed: int | None = None) -> MergePlan:
+        return build_plan(recipe, self.sources, seed=seed)
+
+    def output_config(self, recipe: Recipe) -> dict[str, Any]:
+        return self.plan(recipe).output_config(self.sources)
+
+    @torch.inference_mode()
+    def merge(
+        self,
+        recipe: Recipe,
+        into: MutableMapping[str, torch.Tensor] | torch.nn.Module | None = None,
+        *,
+        seed: int | None = None,
+    ) -> MutableMapping[str, torch.Tensor]:
+        plan = self.plan(recipe, seed)
+        target: MutableMapping[str, torch.Tensor]
+        if isinstance(into, torch.nn.Module):
+            target = into.state_dict(keep_vars=False)
+        elif into is None:
+            target = {}
+        else:
+            target = into
+        for op in plan.ops:
+            merged = plan.run_op(op, lambda m, t: self.sources[m].tensors[t], self.device)
+            existing = target.get(op.name)
+            if existing is not None and existing.shape == merged.shape:
+                existing.copy_(merged)
+            elif existing is not None and isinstance(into, torch.nn.Module):
+                raise CheckpointError(
+                    f"Tensor {op.name}: the resident model has shape {list(existing.shape)} but the recipe makes "
+                    f"{list(merged.shape)}; build a model from merger.output_config(recipe) for this recipe."
+                )
+            else:
+                target[op.name] = merged
+        return target

@@ -1,0 +1,24 @@
+"""Linear: a weighted average of the inputs (model soups, arXiv:2203.05482)."""
+
+from __future__ import annotations
+
+import torch
+
+from evomerge.merge._util import weighted_sum, work_dtype
+from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
+
+
+@merge_method(
+    "linear",
+    params=(Param("weight", float, Scope.PER_MODEL), Param("normalize", bool, default=True)),
+    base=BasePolicy.INPUT,
+    reference="https://arxiv.org/abs/2203.05482",
+)
+def linear(group: TensorGroup, weight: list[float], normalize: bool = True) -> torch.Tensor:
+    first = group.tensors[0]
+    dtype = work_dtype(first)
+    out = weighted_sum(group.tensors, weight, dtype)
+    if normalize:
+        # Same as dividing by the sum of weights; an exact zero sum is the user's choice.
+        out.div_(torch.tensor(sum(weight), dtype=dtype))
+    return out.to(first.dtype)

@@ -1,0 +1,405 @@
+"""From a recipe and its sources' metadata to a list of per-tensor operations.
+
+Planning reads no weights: only tensor names, shapes, dtypes and configs. It
+resolves every parameter for every output tensor with mergekit's rules:
+
+* a parameter is looked up in the source's own ``parameters`` (per model),
+  then the slice's, then the recipe's; the first that yields a value wins;
+* a list of numbers is a gradient, interpolated at ``t`` = position of the
+  layer in its slice (0 for the first, 1 for the last; 1 for a one-layer
+  slice, 0 for embeddings and the final norm / head);
+* a list of ``{filter, value}`` picks the first entry whose filter is a
+  substring of the tensor name (no filter or ``*`` matches all);
+* a ``models:`` recipe is one slice over every layer of every model.
+
+The result is checked before any compute: every input must exist with the same
+shape, and a mismatch names the tensor, the models and their shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evomerge.errors import CheckpointError, RecipeError
+from evomerge.io.checkpoint import TensorSource
+from evomerge.io.writer import TensorSpec
+from evomerge.merge.registry import BasePolicy, MethodSpec, Param, Scope, TensorGroup, get_method
+from evomerge.recipe import ConditionalParameter, Parameters, Recipe, Slice, SliceSource
+
+_LAYER = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
+_PRE_MARKERS = ("embed", "wte", "wpe")
+# Tensors through which a layer writes into the residual stream: a slice's `scale` multiplies these.
+RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "c_proj", "fc2", "dense_4h_to_h")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class TensorOp:
+    """One output tensor: which inputs, which method, which resolved parameters."""
+
+    name: str
+    method: MethodSpec
+    inputs: list[tuple[str, str]]  # (model, tensor) per entry of TensorGroup.tensors
+    base: tuple[str, str] | None
+    shared: dict[str, Any]
+    per_model: dict[str, list[Any]]
+    shape: tuple[int, ...] = ()
+    in_dtype: torch.dtype = torch.float32
+    scale: float | None = None
+
+    @property
+    def all_inputs(self) -> list[tuple[str, str]]:
+        return ([self.base] if self.base else []) + self.inputs
+
+
+@dataclass
+class MergePlan:
+    ops: list[TensorOp]
+    num_layers: int
+    config_source: str  # model whose config.json the output config starts from
+    compute_dtype: torch.dtype | None
+    out_dtype: torch.dtype | None
+    seed: int
+    tied_output: bool
+    layer_count_key: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def output_dtype(self, op: TensorOp) -> torch.dtype:
+        return self.out_dtype or self.compute_dtype or op.in_dtype
+
+    def specs(self) -> list[TensorSpec]:
+        return [TensorSpec(op.name, op.shape, self.output_dtype(op)) for op in self.ops]
+
+    def output_config(self, sources: Mapping[str, TensorSource]) -> dict[str, Any]:
+        config = dict(sources[self.config_source].config)
+        if self.layer_count_key:
+            config[self.layer_count_key] = self.num_layers
+        dtypes = {self.output_dtype(op) for op in self.ops}
+        if len(dtypes) == 1:
+            name = str(next(iter(dtypes))).removeprefix("torch.")
+            config["torch_dtype" if "torch_dtype" in config else "dtype"] = name
+        config["tie_word_embeddings"] = self.tied_output
+        return config
+
+    def generator(self, op: TensorOp, device: torch.device | str) -> torch.Generator | None:
+        """A generator per tensor, so results do not depend on the order tensors are merged in."""
+        if not op.method.randomized:
+            return None
+        digest = hashlib.sha256(f"{self.seed}:{op.name}".encode()).digest()
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        return gen
+
+    def run_op(self, op: TensorOp, fetch, device: torch.device | str) -> torch.Tensor:
+        """Merge one tensor; ``fetch(model, tensor)`` returns an input tensor."""
+
+        def load(ref: tuple[str, str]) -> torch.Tensor:
+            t = fetch(*ref)
+            return t.to(device=device, dtype=self.compute_dtype or t.dtype, non_blocking=True)
+
+        group = TensorGroup(
+            name=op.name,
+            tensors=[load(r) for r in op.inputs],
+            base=load(op.base) if op.base else None,
+            generator=self.generator(op, device),
+        )
+        out = op.method.fn(group, **op.shared, **op.per_model)
+        if op.scale is not None and op.scale != 1.0:
+            out = out * op.scale
+        return out.to(self.output_dtype(op))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    """Where a model keeps its layers: ``{prefix}.{index}.{rest}``."""
+
+    prefix: str
+    layers: dict[int, list[str]]  # index -> rests, in checkpoint order
+    pre: list[str]
+    post: list[str]
+
+
+def _layout(source: TensorSource) -> _Layout:
+    prefix, layers, pre, post = None, {}, [], []
+    for name in source.tensor_names():
+        m = _LAYER.match(name)
+        if m:
+            prefix = prefix or m["prefix"]
+            layers.setdefault(int(m["index"]), []).append(m["rest"])
+        elif any(marker in name for marker in _PRE_MARKERS):
+            pre.append(name)
+        else:
+            post.append(name)
+    return _Layout(prefix or "model.layers", layers, pre, post)
+
+
+def _layer_count(source: TensorSource, layout: _Layout) -> tuple[int, str | None]:
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(source.config.get(key), int):
+            return source.config[key], key
+    return (max(layout.layers) + 1 if layout.layers else 0), None
+
+
+def evaluate_setting(setting: Any, tensor: str, t: float, param: Param) -> Any:
+    """Resolve one setting for one tensor; ``None`` when no filter matched."""
+    if isinstance(setting, ConditionalParameter):
+        setting = [setting]
+    if isinstance(setting, list):
+        if not setting:
+            return None
+        if all(isinstance(e, ConditionalParameter) for e in setting):
+            for cond in setting:
+                if cond.filter in (None, "*") or cond.filter in tensor:
+                    return evaluate_setting(cond.value, tensor, t, param)
+            return None
+        values = [param.coerce(v) for v in setting]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            pos = t * (len(values) - 1)
+            i0 = int(pos)
+            i1 = min(len(values) - 1, i0 + 1)
+            frac = pos - i0
+            return param.coerce((1 - frac) * values[i0] + frac * values[i1])
+        return values[int(t * (len(values) - 1))]
+    return param.coerce(setting)
+
+
+def _resolve(param: Param, scopes: list[Parameters | None], tensor: str, t: float, where: str) -> Any:
+    for scope in scopes:
+        if scope and param.name in scope:
+            try:
+                value = evaluate_setting(scope[param.name], tensor, t, param)
+            except ValueError as err:
+                raise RecipeError(f"{where}: {err}.") from None
+            if value is not None:
+                return value
+    if param.required:
+        raise RecipeError(
+            f"Parameter {param.name!r} is required for {where} but no value applies to it. Give it in the "
+            f"model's `parameters:` (or globally), and check that a `filter:` entry matches this tensor."
+        )
+    return param.default
+
+
+@dataclass
+class _SliceCtx:
+    slice: Slice
+    index: int
+    method: MethodSpec
+    base: str | None  # base model used as the method's base, if any
+    inputs: list[SliceSource]  # sources that become TensorGroup.tensors
+
+
+def _slice_ctx(recipe: Recipe, s: Slice, index: int) -> _SliceCtx:
+    method = get_method(s.merge_method or recipe.merge_method)
+    base = s.base_model or recipe.base_model
+    where = f"slices[{index}]" if recipe.slices is not None else "the recipe"
+    models = [src.model for src in s.sources]
+    if method.base is BasePolicy.INPUT:
+        base, inputs = None, list(s.sources)
+    elif method.base is BasePolicy.REQUIRED:
+        if base is None:
+            raise RecipeError(f"{where}: method {method.name!r} needs a base_model; set `base_model:`.")
+        if base not in models:
+            raise RecipeError(
+                f"{where}: method {method.name!r} needs the base model {base!r} among the slice's sources; "
+                f"add it with the same layer_range as the others."
+            )
+        inputs = [src for src in s.sources if src.model != base]
+    else:  # OPTIONAL: a base only when it is among the sources
+        if base not in models:
+            base = None
+        inputs = [src for src in s.sources if src.model != base]
+    n = len(inputs)
+    if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
+        wanted = (
+            f"exactly {method.min_inputs}"
+            if method.min_inputs == method.max_inputs
+            else f"at least {method.min_inputs}"
+            if method.max_inputs is None
+            else f"{method.min_inputs} to {method.max_inputs}"
+        )
+        kind = "non-base models" if method.base is not BasePolicy.INPUT else "models"
+        raise RecipeError(f"{where}: method {method.name!r} takes {wanted} {kind}; got {n} ({', '.join(m.model for m in inputs) or 'none'}).")
+    return _SliceCtx(s, index, method, base, inputs)
+
+
+def _check_known_parameters(recipe: Recipe, ctxs: list[_SliceCtx]) -> list[str]:
+    warnings = []
+    known = {p.name for c in ctxs for p in c.method.params}
+    scopes: list[tuple[str, Parameters | None]] = [("parameters", recipe.parameters)]
+    for c in ctxs:
+        scopes.append((f"slices[{c.index}].parameters", c.slice.parameters))
+        scopes += [(f"{src.model}.parameters", src.parameters) for src in c.slice.sources]
+    for where, scope in scopes:
+        for name in scope or {}:
+            if name not in known:
+                warnings.append(f"{where}: parameter {name!r} is not used by {', '.join(sorted({c.method.name for c in ctxs}))}; ignored.")
+    return warnings
+
+
+def build_plan(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int | None = None) -> MergePlan:
+    """Plan ``recipe`` over ``sources`` (keyed by the recipe's model references)."""
+    missing = [m for m in recipe.referenced_models() if m not in sources]
+    if missing:
+        raise RecipeError(f"The recipe references models that were not provided: {', '.join(missing)}.")
+    layouts = {name: _layout(src) for name, src in sources.items()}
+    counts = {name: _layer_count(sources[name], layouts[name]) for name in sources}
+    _check_architectures(recipe, sources)
+
+    if recipe.models is not None:
+        srcs = [SliceSource(model=m.model, layer_range=(0, counts[m.model][0]), parameters=m.parameters) for m in recipe.models]
+        if recipe.base_model and recipe.base_model not in {m.model for m in recipe.models}:
+            if get_method(recipe.merge_method).base is not BasePolicy.INPUT:
+                srcs.append(SliceSource(model=recipe.base_model, layer_range=(0, counts[recipe.base_model][0])))
+        slices = [Slice.model_construct(sources=srcs, base_model=None, parameters=None, merge_method=None, scale=None)]
+    else:
+        slices = list(recipe.slices or [])
+    ctxs = [_slice_ctx(recipe, s, i) for i, s in enumerate(slices)]
+    for c in ctxs:
+        for src in c.slice.sources:
+            n = counts[src.model][0]
+            if src.layer_range[1] > n:
+                raise RecipeError(
+                    f"slices[{c.index}]: layer_range {list(src.layer_range)} of {src.model!r} goes past its {n} layers."
+                )
+    warnings = _check_known_parameters(recipe, ctxs)
+
+    ops: list[TensorOp] = []
+    problems: list[str] = []
+    first, last = ctxs[0], ctxs[-1]
+    out_model = first.slice.sources[0].model
+    out_prefix = layouts[out_model].prefix
+
+    def add(ctx: _SliceCtx, out_name: str, names: dict[str, str], t: float, scale: float | None) -> None:
+        scopes_shared = [ctx.slice.parameters, recipe.parameters]
+        shared = {p.name: _resolve(p, scopes_shared, out_name, t, out_name) for p in ctx.method.shared_params}
+        per_model: dict[str, list[Any]] = {p.name: [] for p in ctx.method.per_model_params}
+        for src in ctx.inputs:
+            scopes = [src.parameters, ctx.slice.parameters, recipe.parameters]
+            for p in ctx.method.per_model_params:
+                per_model[p.name].append(_resolve(p, scopes, names[src.model], t, f"{src.model}: {names[src.model]}"))
+        op = TensorOp(
+            name=out_name,
+            method=ctx.method,
+            inputs=[(src.model, names[src.model]) for src in ctx.inputs],
+            base=(ctx.base, names[ctx.base]) if ctx.base else None,
+            shared=shared,
+            per_model=per_model,
+            scale=scale,
+        )
+        shapes = {}
+        for model, tensor in op.all_inputs:
+            if tensor not in sources[model]:
+                problems.append(f"tensor {tensor} is missing from {model}")
+                return
+            shapes[model] = sources[model].shape(tensor)
+        if len(set(shapes.values())) > 1:
+            problems.append(f"{out_name}: " + ", ".join(f"{m} has {list(s)}" for m, s in shapes.items()))
+            return
+        ref_model, ref_tensor = op.all_inputs[0]
+        op.shape = shapes[ref_model]
+        op.in_dtype = sources[ref_model].dtype(ref_tensor)
+        ops.append(op)
+
+    # Embeddings and other tensors before the first layer come from the first slice's sources.
+    for name in layouts[out_model].pre:
+        add(first, name, {s.model: name for s in first.slice.sources}, 0.0, None)
+
+    out_index = 0
+    for ctx in ctxs:
+        n = ctx.slice.num_layers
+        for j in range(n):
+            t = j / (n - 1) if n > 1 else 1.0
+            lead = ctx.slice.sources[0]
+            rests = layouts[lead.model].layers.get(lead.layer_range[0] + j, [])
+            for rest in rests:
+                names = {
+                    src.model: f"{layouts[src.model].prefix}.{src.layer_range[0] + j}.{rest}" for src in ctx.slice.sources
+                }
+                scale = ctx.slice.scale if any(w in rest for w in RESIDUAL_WRITERS) else None
+                add(ctx, f"{out_prefix}.{out_index}.{rest}", names, t, scale)
+            out_index += 1
+
+    # The final norm and the head come from the last slice's sources. A tied model has no
+    # lm_head tensor: it reads its embedding instead, and the output keeps the head only if
+    # some source has one of its own.
+    tied_output = True
+    for name in layouts[out_model].post:
+        names = {}
+        own_head = False
+        for s in last.slice.sources:
+            if name in sources[s.model]:
+                names[s.model] = name
+                own_head = own_head or _is_head(name)
+            elif _is_head(name) and (emb := _embedding_name(layouts[s.model])):
+                names[s.model] = emb
+        if _is_head(name):
+            if not own_head:
+                continue
+            tied_output = False
+        add(last, name, names, 0.0, None)
+    if not any(_is_head(n) for src in sources.values() for n in src.tensor_names()):
+        tied_output = bool(sources[out_model].config.get("tie_word_embeddings", True))
+
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise CheckpointError(
+            f"The source models do not fit together for this recipe ({len(problems)} tensors differ): {shown}. "
+            f"{_config_differences(recipe, sources)}Merge models that share an architecture and vocabulary, "
+            "or choose layer ranges whose shapes agree."
+        )
+    compute = TORCH_DTYPES[recipe.dtype] if recipe.dtype else None
+    out = TORCH_DTYPES[recipe.out_dtype] if recipe.out_dtype else None
+    _, key = counts[out_model]
+    if seed is None:
+        seed = recipe.seed if recipe.seed is not None else 0
+    return MergePlan(
+        ops=ops,
+        num_layers=out_index,
+        config_source=recipe.base_model if recipe.base_model in sources and recipe.models is not None else out_model,
+        compute_dtype=compute,
+        out_dtype=out,
+        seed=seed,
+        tied_output=tied_output,
+        layer_count_key=key or "num_hidden_layers",
+        warnings=warnings,
+    )
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith("lm_head") or name.endswith("lm_head.weight")
+
+
+def _embedding_name(layout: _Layout) -> str | None:
+    return next((n for n in layout.pre if "embed_tokens" in n or n.endswith("wte.weight")), None)
+
+
+def _check_architectures(recipe: Recipe, sources: Mapping[str, TensorSource]) -> None:
+    archs = {m: tuple(sources[m].config.get("architectures") or [sources[m].config.get("model_type", "?")]) for m in recipe.referenced_models()}
+    if len(set(archs.values())) > 1:
+        listed = ", ".join(f"{m}: {'/'.join(a)}" for m, a in archs.items())
+        raise CheckpointError(
+            f"The source models have different architectures ({listed}). evomerge merges models of one architecture; "
+            "choose sources fine-tuned from the same base."
+        )
+
+
+def _config_differences(recipe: Recipe, sources: Mapping[str, TensorSource]) -> str:
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
+    diffs = []
+    models = recipe.referenced_models()
+    for key in keys:
+        values = {m: sources[m].config.get(key) for m in models}
+        if len(set(map(str, values.values()))) > 1:
+            diffs.append(f"{key} differs (" + ", ".join(f"{m}={v}" for m, v in values.items()) + ")")
+    return ("Config: " + "; ".join(diffs) + ". ") if diffs else ""

@@ -1,0 +1,135 @@
+"""How a merge method declares itself, and the registry of methods by name.
+
+A method is a pure function on tensors. Its ``MethodSpec`` says which
+parameters it takes (shared by all inputs, or one value per input model), how
+it treats the base model, how many inputs it accepts, and whether it draws
+random numbers. The planner resolves parameters per tensor from a recipe and
+calls the function; nothing here does I/O or knows about devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+from evomerge.registry import Registry
+
+
+class BasePolicy(str, Enum):
+    REQUIRED = "required"  # deltas are taken against the base (task arithmetic family)
+    OPTIONAL = "optional"  # a base changes the method's meaning when given (nuslerp)
+    INPUT = "input"  # the base, if listed, is just another input (linear, passthrough)
+
+
+class Scope(str, Enum):
+    SHARED = "shared"  # one value for the tensor
+    PER_MODEL = "per_model"  # one value per input (non-base inputs unless the policy is INPUT)
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    scope: Scope = Scope.SHARED
+    default: Any = _REQUIRED
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def coerce(self, value: Any) -> Any:
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"true", "false"}:
+                return value.lower() == "true"
+            raise ValueError(f"parameter {self.name!r} must be true or false, got {value!r}")
+        if self.type is float:
+            if isinstance(value, bool):
+                raise ValueError(f"parameter {self.name!r} must be a number, got {value!r}")
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"parameter {self.name!r} must be a number, got {value!r}") from None
+        return value
+
+
+@dataclass
+class TensorGroup:
+    """What a method merges: the same tensor from each input model.
+
+    ``tensors`` are the inputs that per-model parameters refer to (the non-base
+    inputs, unless the method's base policy is INPUT). ``base`` is the base
+    model's tensor, if the method uses one.
+    """
+
+    name: str
+    tensors: list[torch.Tensor]
+    base: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+MergeFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fn: MergeFn
+    params: tuple[Param, ...] = ()
+    base: BasePolicy = BasePolicy.INPUT
+    min_inputs: int = 1  # counted over TensorGroup.tensors
+    max_inputs: int | None = None
+    randomized: bool = False
+    reference: str = ""
+    _by_name: dict[str, Param] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({p.name: p for p in self.params})
+
+    def param(self, name: str) -> Param | None:
+        return self._by_name.get(name)
+
+    @property
+    def shared_params(self) -> list[Param]:
+        return [p for p in self.params if p.scope is Scope.SHARED]
+
+    @property
+    def per_model_params(self) -> list[Param]:
+        return [p for p in self.params if p.scope is Scope.PER_MODEL]
+
+
+METHODS: Registry[MethodSpec] = Registry("merge method")
+
+
+def merge_method(
+    name: str,
+    *,
+    params: tuple[Param, ...] = (),
+    base: BasePolicy = BasePolicy.INPUT,
+    min_inputs: int = 1,
+    max_inputs: int | None = None,
+    randomized: bool = False,
+    reference: str = "",
+) -> Callable[[MergeFn], MergeFn]:
+    """Register ``fn(group: TensorGroup, **params) -> Tensor`` as merge method ``name``."""
+
+    def wrap(fn: MergeFn) -> MergeFn:
+        METHODS.register(
+            name,
+            MethodSpec(name, fn, params, base, min_inputs, max_inputs, randomized, reference),
+        )
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> MethodSpec:
+    return METHODS.get(name)

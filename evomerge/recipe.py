@@ -1,0 +1,291 @@
+"""Recipe: one merge, fully specified, typed and validated.
+
+The schema is a superset of mergekit's merge configuration, so a mergekit YAML
+loads unchanged: ``models`` (a parameter-space merge of whole models) or
+``slices`` (a layer-space recipe: an ordered path of layer ranges, each slice a
+passthrough copy or itself a merge of several models' ranges), ``base_model``,
+``merge_method``, ``parameters`` (scalars, gradients interpolated across layers,
+or lists of ``{filter, value}`` matched against tensor names), ``dtype``,
+``out_dtype`` and ``tokenizer_source``.
+
+evomerge adds three fields that mergekit cannot express; ``to_mergekit``
+refuses recipes that use them in ways it cannot translate:
+
+* ``seed`` - the seed of randomised methods (DARE, DELLA): same seed, same bytes;
+* ``slices[].merge_method`` - a per-slice method, so one path can mix copied
+  and merged slices (Sakana's data-flow path after a parameter-space merge);
+* ``slices[].scale`` - multiplies what the slice's layers write into the
+  residual stream (``o_proj`` and ``down_proj``), the data-flow scaling gene.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomerge.errors import RecipeError
+
+Scalar = Union[bool, int, float, str]
+
+
+class ConditionalParameter(BaseModel):
+    """A parameter value that applies to tensors whose name contains ``filter``."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: Union[Scalar, list[Scalar]]
+    filter: str | None = None
+
+
+ParameterSetting = Union[ConditionalParameter, list[ConditionalParameter], Scalar, list[Scalar]]
+Parameters = dict[str, ParameterSetting]
+
+# Which dtype names a recipe may use, and their canonical spelling.
+DTYPE_ALIASES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+    "fp64": "float64",
+}
+
+# mergekit fields evomerge does not implement yet, with what to do instead.
+_UNSUPPORTED_TOP = {
+    "modules": "write the merge with top-level `models:` or `slices:` (single-module models)",
+    "tokenizer": "use `tokenizer_source: base` or a model path; vocabulary surgery is not implemented",
+    "chat_template": "copy the chat template into the output's tokenizer_config.json yourself",
+}
+_UNSUPPORTED_SLICE = {
+    "residual_weight": "express the mix as a merge of the slice's sources instead",
+}
+
+
+def _canonical_dtype(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return DTYPE_ALIASES[str(value).lower()]
+    except KeyError:
+        raise ValueError(
+            f"{field} {value!r} is not a supported dtype; use one of float32, float16, bfloat16, float64."
+        ) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSource(_Strict):
+    """A whole model in a parameter-space merge, with its per-model parameters."""
+
+    model: str
+    parameters: Parameters | None = None
+
+
+class SliceSource(_Strict):
+    """A range of layers ``[start, end)`` of one model."""
+
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Parameters | None = None
+
+    @model_validator(mode="after")
+    def _check_range(self) -> SliceSource:
+        start, end = self.layer_range
+        if start < 0 or end <= start:
+            raise ValueError(
+                f"layer_range {list(self.layer_range)} of {self.model!r} must be [start, end) with 0 <= start < end."
+            )
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_range[1] - self.layer_range[0]
+
+
+class Slice(_Strict):
+    """One step of a layer-space path: copied from one source or merged from several."""
+
+    sources: list[SliceSource] = Field(min_length=1)
+    base_model: str | None = None
+    parameters: Parameters | None = None
+    merge_method: str | None = None
+    scale: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, fix in _UNSUPPORTED_SLICE.items():
+                if key in data:
+                    raise ValueError(f"the mergekit slice field {key!r} is not supported by evomerge yet: {fix}.")
+        return data
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Slice:
+        lengths = {s.num_layers for s in self.sources}
+        if len(lengths) > 1:
+            ranges = ", ".join(f"{s.model}{list(s.layer_range)}" for s in self.sources)
+            raise ValueError(f"all sources of a slice must span the same number of layers; got {ranges}.")
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.sources[0].num_layers
+
+
+class Recipe(_Strict):
+    """One merge. Load with ``Recipe.from_yaml``/``Recipe.load``; hash with ``content_hash``."""
+
+    merge_method: str
+    models: list[ModelSource] | None = None
+    slices: list[Slice] | None = None
+    base_model: str | None = None
+    parameters: Parameters | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, fix in _UNSUPPORTED_TOP.items():
+                if data.get(key) is not None:
+                    raise ValueError(f"the mergekit field {key!r} is not supported by evomerge yet: {fix}.")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        from evomerge.merge import METHODS  # local: keeps `import evomerge.recipe` light
+
+        if (self.models is None) == (self.slices is None) or not (self.models or self.slices):
+            raise ValueError("a recipe needs exactly one of `models:` (parameter space) or `slices:` (layer space).")
+        self.dtype = _canonical_dtype(self.dtype, "dtype")
+        self.out_dtype = _canonical_dtype(self.out_dtype, "out_dtype")
+        if self.tokenizer_source == "union":
+            raise ValueError(
+                "tokenizer_source 'union' needs vocabulary surgery, which evomerge does not implement yet; "
+                "use 'base' or a model path."
+            )
+        from evomerge.mergekit_compat import MERGEKIT_ONLY_METHODS
+
+        for method in self.methods_used():
+            if method in MERGEKIT_ONLY_METHODS:
+                raise ValueError(
+                    f"merge method {method!r} is a mergekit method evomerge does not implement yet; "
+                    f"use one of: {', '.join(METHODS.names())}"
+                )
+            if method not in METHODS:
+                raise ValueError(METHODS.unknown_message(method))
+        return self
+
+    # -- structure -------------------------------------------------------------
+
+    def methods_used(self) -> list[str]:
+        names = [self.merge_method]
+        for s in self.slices or []:
+            if s.merge_method:
+                names.append(s.merge_method)
+        return list(dict.fromkeys(names))
+
+    def referenced_models(self) -> list[str]:
+        """Every model the recipe reads, in first-mention order."""
+        refs: list[str] = []
+        if self.base_model:
+            refs.append(self.base_model)
+        for m in self.models or []:
+            refs.append(m.model)
+        for s in self.slices or []:
+            if s.base_model:
+                refs.append(s.base_model)
+            refs.extend(src.model for src in s.sources)
+        return list(dict.fromkeys(refs))
+
+    @property
+    def is_layer_space(self) -> bool:
+        return self.slices is not None
+
+    # -- serialisation -----------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def content_hash(self) -> str:
+        """A stable hash of what the recipe does: key order and ``1`` vs ``1.0`` do not matter."""
+        canonical = json.dumps(_canonical(self.to_dict()), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "recipe") -> Recipe:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: a recipe must be a mapping of fields, got {type(data).__name__}.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise RecipeError(f"{source} is not a valid recipe: {_explain(err)}") from err
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "recipe") -> Recipe:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{source} is not valid YAML: {err}") from err
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise RecipeError(f"Cannot read recipe {path}: {err.strerror}. Check the path.") from err
+        return cls.from_yaml(text, str(path))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _explain(err: ValidationError) -> str:
+    """Turn pydantic's report into one sentence per problem, naming the field path."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p)) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        parts.append(f"field `{loc}`: {msg}")
+    # Union members each report the same bad value; keep the first of each location.
+    seen: dict[str, str] = {}
+    for p in parts:
+        seen.setdefault(p.split(":")[0], p)
+    return "; ".join(seen.values())
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part.startswith(("list[", "dict[", "tuple[", "function-")) or part in {"bool", "int", "float", "str", "ConditionalParameter"}
+    )
+
