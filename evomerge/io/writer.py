@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import struct
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,11 @@ class CheckpointWriter:
         self._tmp: Path | None = None
         self._shards: list[_Shard] = []
         self._shard_of: dict[str, _Shard] = {}
+        # Disk writes run on a background thread, overlapping the next tensor's merge; the
+        # bounded queue keeps memory at a few tensors.
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def __enter__(self) -> CheckpointWriter:
         check_output_dir(self.out, self.force)
@@ -134,7 +141,25 @@ class CheckpointWriter:
             self._shards.append(shard)
             for spec in group:
                 self._shard_of[spec.name] = shard
+        self._thread = threading.Thread(target=self._drain, name="evomerge-writer", daemon=True)
+        self._thread.start()
         return self
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._shard_of[item[0]].write(*item)
+                except BaseException as err:  # reported to the producer at its next call
+                    self._error = err
+
+    def _flush(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
 
     @property
     def tmp_dir(self) -> Path:
@@ -142,7 +167,11 @@ class CheckpointWriter:
         return self._tmp
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        self._shard_of[name].write(name, tensor)
+        if self._error is not None:
+            raise self._error
+        if name not in self._shard_of:
+            raise CheckpointError(f"Tensor {name} was not planned for this output.")
+        self._queue.put((name, tensor))
 
     def write_json(self, filename: str, data: dict[str, Any]) -> None:
         (self.tmp_dir / filename).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -164,6 +193,7 @@ class CheckpointWriter:
             raise
 
     def _commit(self) -> None:
+        self._flush()
         missing = [s.name for s in self.specs if s.name not in self._shard_of[s.name].written]
         if missing:
             raise CheckpointError(f"Output incomplete: {len(missing)} planned tensors were never written ({missing[0]}, ...).")
@@ -183,6 +213,10 @@ class CheckpointWriter:
             shutil.rmtree(old, ignore_errors=True)
 
     def _abort(self) -> None:
+        try:
+            self._flush()
+        except BaseException:
+            pass  # already failing; the first error is the one reported
         for shard in self._shards:
             if not shard.file.closed:
                 shard.file.close()

@@ -18,7 +18,6 @@ shape, and a mismatch names the tensor, the models and their shapes.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,15 +87,6 @@ class MergePlan:
         config["tie_word_embeddings"] = self.tied_output
         return config
 
-    def generator(self, op: TensorOp, device: torch.device | str) -> torch.Generator | None:
-        """A generator per tensor, so results do not depend on the order tensors are merged in."""
-        if not op.method.randomized:
-            return None
-        digest = hashlib.sha256(f"{self.seed}:{op.name}".encode()).digest()
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        return gen
-
     def run_op(self, op: TensorOp, fetch, device: torch.device | str) -> torch.Tensor:
         """Merge one tensor; ``fetch(model, tensor)`` returns an input tensor."""
 
@@ -108,7 +98,7 @@ class MergePlan:
             name=op.name,
             tensors=[load(r) for r in op.inputs],
             base=load(op.base) if op.base else None,
-            generator=self.generator(op, device),
+            seed=self.seed if op.method.randomized else None,
         )
         out = op.method.fn(group, **op.shared, **op.per_model)
         if op.scale is not None and op.scale != 1.0:

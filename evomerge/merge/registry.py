@@ -73,7 +73,7 @@ class TensorGroup:
     name: str
     tensors: list[torch.Tensor]
     base: torch.Tensor | None = None
-    generator: torch.Generator | None = None
+    seed: int | None = None  # randomised methods derive their streams from it
 
 
 MergeFn = Callable[..., torch.Tensor]

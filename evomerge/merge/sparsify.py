@@ -9,84 +9,153 @@
   ``density + epsilon``.
 
 With ``rescale`` the survivors are multiplied by the ratio of L1 norms before
-and after, so the delta keeps its total magnitude (mergekit's convention; the
-DARE paper's 1/density is the same in expectation).
+and after (mergekit's convention; DARE's 1/density is the same in expectation).
 
-Magnitude selection finds the k-th largest magnitude with a linear-time
-selection instead of a full sort; entries tied exactly at the threshold are all
-kept (with continuous weights that happens only for zeros, which change nothing).
+Speed matters here: this is the hot loop of every TIES/DARE merge. Deltas are
+never materialised whole; ``delta_chunks`` yields them in cache-sized pieces.
+Magnitude thresholds are exact order statistics found without sorting: a small
+sample brackets the target rank, one counting pass finds how many entries lie
+above the bracket, and only the entries inside it are selected among. Entries
+tied exactly at the threshold are all kept (for real weights that happens only
+for zeros, which change nothing). Random masks draw 16-bit uniforms (the kept
+probability is density rounded to 1/65536) from a stream seeded per tensor
+and model, so the same seed gives the same bytes however the work is chunked.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 
+CHUNK = 1 << 19  # elements per piece on the CPU: a few such buffers stay in cache
+_SAMPLE = 1 << 15
 _RESCALE_EPS = 1e-7
 
 
-def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    before = original.abs().sum()
-    after = masked.abs().sum()
+def chunk_size(t: torch.Tensor) -> int:
+    return CHUNK if t.device.type == "cpu" else max(t.numel(), 1)
+
+
+def delta_chunks(x: torch.Tensor, base: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(x - base)`` flattened, in pieces, as fresh tensors the caller may modify."""
+    xf, bf = x.reshape(-1), base.reshape(-1)
+    step = chunk_size(base)
+    for start in range(0, bf.numel(), step):
+        sl = slice(start, min(start + step, bf.numel()))
+        yield sl, torch.sub(xf[sl], bf[sl])
+
+
+# -- exact order statistics of |x - base| -------------------------------------------------
+
+
+def _select(values: torch.Tensor, ranks: list[int]) -> list[float]:
+    """Values at 1-based ascending ``ranks`` of a flat tensor (numpy's introselect is fast)."""
+    arr = values.detach().float().cpu().numpy()
+    kth = sorted({r - 1 for r in ranks})
+    part = np.partition(arr, kth)
+    return [float(part[r - 1]) for r in ranks]
+
+
+def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int]) -> list[float]:
+    """Values of |x - base| at 1-based ascending ``ranks`` (1 = smallest)."""
+    n = base.numel()
+    xf, bf = x.reshape(-1), base.reshape(-1)
+    if n <= 4 * _SAMPLE:
+        return _select((xf - bf).abs(), ranks)
+    gen = torch.Generator(device="cpu").manual_seed(n)
+    idx = torch.randint(0, n, (_SAMPLE,), generator=gen).to(base.device)
+    sample = (xf[idx] - bf[idx]).abs()
+    positions = []
+    for r in ranks:
+        pos = (r - 0.5) / n * _SAMPLE
+        margin = 6 * math.sqrt(_SAMPLE * (r / n) * (1 - r / n)) + 8
+        positions += [max(int(pos - margin), 0) + 1, min(int(pos + margin), _SAMPLE - 1) + 1]
+    bounds = _select(sample, positions)
+    windows = [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
+    below = [0] * len(ranks)
+    inside: list[list[torch.Tensor]] = [[] for _ in ranks]
+    for _, d in delta_chunks(x, base):
+        mags = d.abs_()
+        for j, (lo, hi) in enumerate(windows):
+            in_window = mags >= lo
+            below[j] += mags.numel() - int(torch.count_nonzero(in_window))
+            in_window.logical_and_(mags <= hi)
+            inside[j].append(mags[in_window])
+    out = []
+    for j, r in enumerate(ranks):
+        cand = torch.cat(inside[j])
+        if below[j] < r <= below[j] + cand.numel():
+            out.append(_select(cand, [r - below[j]])[0])
+        else:  # the sample missed the rank (vanishingly rare): select over everything
+            out.append(_select((xf - bf).abs(), [r])[0])
+    return out
+
+
+# -- random keep masks ----------------------------------------------------------------------
+
+
+class Uniform16:
+    """Deterministic 16-bit uniforms for one (tensor, model) stream, on the tensor's device."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cpu":
+            self._np = np.random.Generator(np.random.PCG64(seed))
+        else:
+            self._torch = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(self, count: int) -> torch.Tensor:
+        """``count`` integers uniform on [0, 65536), as int32."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(self._np.integers(0, 1 << 16, count, dtype=np.uint16).astype(np.int32))
+        return torch.randint(0, 1 << 16, (count,), generator=self._torch, device=self.device, dtype=torch.int32)
+
+
+def keep_threshold(density: float) -> int:
+    return round(min(max(density, 0.0), 1.0) * 65536)
+
+
+def random_mask(x: torch.Tensor, base: torch.Tensor, density: float, rng: Uniform16, rescale: bool) -> tuple[torch.Tensor, float]:
+    """A DARE keep mask (bool, flat) and the L1 rescale factor (1 without rescale)."""
+    thr = keep_threshold(density)
+    keep = torch.empty(base.numel(), dtype=torch.bool, device=base.device)
+    before = after = 0.0
+    for sl, d in delta_chunks(x, base):
+        k = rng.draw(d.numel()).to(base.device) < thr
+        keep[sl] = k
+        if rescale:
+            mags = d.abs_()
+            before += mags.sum(dtype=torch.float64).item()
+            after += mags.mul_(k).sum(dtype=torch.float64).item()
+    return keep, _ratio(before, after) if rescale else 1.0
+
+
+def _ratio(before: float, after: float) -> float:
     if before < _RESCALE_EPS or after < _RESCALE_EPS:
-        return masked
-    return masked.mul_(before / after)
+        return 1.0
+    return before / after
 
 
-def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest entry of a flat tensor (1 <= k <= numel)."""
-    n = values.numel()
-    if values.device.type == "cpu" and values.dtype in (torch.float16, torch.bfloat16):
-        values = values.float()
-    return torch.kthvalue(values, n - k + 1).values
+def l1_ratio_in_band(x: torch.Tensor, base: torch.Tensor, lo: float, hi: float) -> float:
+    """Rescale factor when entries with lo <= |d| <= hi are kept."""
+    before = after = 0.0
+    for _, d in delta_chunks(x, base):
+        mags = d.abs_()
+        before += mags.sum(dtype=torch.float64).item()
+        after += torch.where((mags >= lo) & (mags <= hi), mags, 0).sum(dtype=torch.float64).item()
+    return _ratio(before, after)
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    if density >= 1:
-        return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mags = delta.abs()
-    threshold = kth_largest(mags.reshape(-1), k)
-    masked = torch.where(mags >= threshold, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
-    return rescale_l1(delta, masked) if rescale else masked
-
-
-def magnitude_outliers(delta: torch.Tensor, density: float, rescale: bool, gamma: float) -> torch.Tensor:
-    if density >= 1:
-        return delta
-    n = delta.numel()
-    keep = int(density * n)
-    n_top = int(gamma * n)
-    n_bottom = max(0, n - keep - n_top)
-    zero = torch.zeros((), dtype=delta.dtype, device=delta.device)
-    if keep <= 0:
-        return torch.zeros_like(delta)
-    mags = delta.abs()
-    flat = mags.reshape(-1)
-    if flat.device.type == "cpu" and flat.dtype in (torch.float16, torch.bfloat16):
-        flat = flat.float()
-    # Keep ascending ranks [n_bottom, n_bottom + keep): between two order statistics.
-    low = torch.kthvalue(flat, n_bottom + 1).values
-    high = torch.kthvalue(flat, n_bottom + keep).values
-    masked = torch.where((mags >= low) & (mags <= high), delta, zero)
-    return rescale_l1(delta, masked) if rescale else masked
-
-
-def random(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> torch.Tensor:
-    if density >= 1:
-        return delta
-    work = delta if delta.dtype == torch.bfloat16 or delta.device.type != "cpu" else delta.float()
-    keep = torch.rand(work.shape, generator=generator, device=work.device, dtype=torch.float32) < density
-    masked = torch.where(keep, work, torch.zeros((), dtype=work.dtype, device=work.device))
-    if rescale:
-        masked = rescale_l1(work, masked)
-    return masked.to(delta.dtype)
+# -- DELLA -------------------------------------------------------------------------------------
 
 
 def della_magprune(
-    delta: torch.Tensor, density: float, rescale: bool, epsilon: float, generator: torch.Generator | None
+    delta: torch.Tensor, density: float, rescale: bool, epsilon: float, rng: Uniform16
 ) -> torch.Tensor:
+    """DELLA's rank-dependent random pruning, on a whole delta (rows are ranked independently)."""
     if density >= 1:
         return delta
     if density <= 0:
@@ -94,23 +163,22 @@ def della_magprune(
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise ValueError(
             f"DELLA needs density +/- epsilon inside (0, 1); got density={density}, epsilon={epsilon}. "
-            "Lower epsilon or move density away from 0 and 1."
+            "Lower epsilon or move density away from 0 and 1"
         )
     shape = delta.shape
-    work_dtype = delta.dtype if delta.device.type != "cpu" or delta.dtype == torch.bfloat16 else torch.float32
-    rows = delta if delta.dim() >= 2 else delta.unsqueeze(0)
-    order = torch.argsort(rows.abs(), dim=1)
+    work = delta.float() if delta.device.type == "cpu" and delta.dtype != torch.bfloat16 else delta
+    rows = work if work.dim() >= 2 else work.unsqueeze(0)
+    rows = rows.reshape(rows.shape[0], -1) if rows.dim() > 2 else rows
     width = rows.shape[1]
-    # rank of each entry in its row, 0 = smallest magnitude, scaled to [0, 1]
-    ranks = torch.empty(rows.shape, dtype=work_dtype, device=rows.device)
-    positions = torch.arange(width, dtype=work_dtype, device=rows.device).expand_as(order)
-    ranks.scatter_(1, order, positions)
+    order = torch.argsort(rows.abs(), dim=1)
+    ranks = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+    ranks.scatter_(1, order, torch.arange(width, dtype=torch.float32, device=rows.device).expand_as(order).contiguous())
     if width > 1:
         ranks.div_(width - 1)
-    probs = ranks.mul_(2 * epsilon).add_(density - epsilon)
-    keep = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype) < probs
-    work = rows.to(work_dtype)
-    masked = torch.where(keep, work, torch.zeros((), dtype=work_dtype, device=work.device))
+    probs = ranks.mul_(2 * epsilon).add_(density - epsilon)  # linear in rank, mean = density
+    u = rng.draw(rows.numel()).to(rows.device).reshape(rows.shape).float().add_(0.5).div_(65536)
+    keep = u < probs
+    masked = torch.where(keep, rows, 0)
     if rescale:
-        masked = rescale_l1(work, masked)
+        masked = masked * _ratio(rows.abs().sum(dtype=torch.float64).item(), masked.abs().sum(dtype=torch.float64).item())
     return masked.to(delta.dtype).reshape(shape)

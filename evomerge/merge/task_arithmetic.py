@@ -23,11 +23,72 @@ della_linear       della_magprune        no         no         yes
 
 from __future__ import annotations
 
+import hashlib
+import math
+from dataclasses import dataclass
 
 import torch
 
 from evomerge.merge import sparsify
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
+
+
+@dataclass
+class _Survivors:
+    """Which entries of one model's delta survive, and the factor they are multiplied by."""
+
+    factor: float
+    lo: float = 0.0  # keep lo <= |delta| <= hi ...
+    hi: float = math.inf
+    mask: torch.Tensor | None = None  # ... or where this flat mask is true ...
+    dense: torch.Tensor | None = None  # ... or this precomputed sparse delta (DELLA)
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.mask is None and self.dense is None and self.lo <= 0 and self.hi == math.inf
+
+
+def _band(mags: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """1.0 where lo <= mags <= hi, else 0.0 (mags is consumed)."""
+    if hi == math.inf:
+        return mags.sub_(lo).sign_().add_(1).clamp_(max=1)
+    below_hi = torch.sub(hi, mags).sign_().add_(1).clamp_(max=1)
+    return mags.sub_(lo).sign_().add_(1).clamp_(max=1).mul_(below_hi)
+
+
+def _stream_seed(seed: int, tensor: str, model: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{tensor}:{model}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _survivors(
+    group: TensorGroup, i: int, sparsification: str | None, weight: float, density: float, rescale: bool,
+    gamma: float, epsilon: float,
+) -> _Survivors:
+    x, base = group.tensors[i], group.base
+    if sparsification is None or density >= 1:
+        return _Survivors(weight)
+    n = base.numel()
+    if sparsification in ("random", "della_magprune"):
+        rng = sparsify.Uniform16(_stream_seed(group.seed or 0, group.name, i), base.device)
+        if sparsification == "random":
+            mask, ratio = sparsify.random_mask(x, base, density, rng, rescale)
+            return _Survivors(weight * ratio, mask=mask)
+        return _Survivors(weight, dense=sparsify.della_magprune(x - base, density, rescale, epsilon, rng))
+    if sparsification == "magnitude":
+        k = max(1, int(density * n)) if density > 0 and n else 0
+        if k == 0:
+            return _Survivors(weight, lo=math.inf)
+        (lo,) = sparsify.magnitude_order_stats(x, base, [n - k + 1])
+        hi = math.inf
+    else:  # magnitude_outliers
+        keep = int(density * n)
+        if keep <= 0:
+            return _Survivors(weight, lo=math.inf)
+        n_bottom = max(0, n - keep - int(gamma * n))
+        lo, hi = sparsify.magnitude_order_stats(x, base, [n_bottom + 1, n_bottom + keep])
+    ratio = sparsify.l1_ratio_in_band(x, base, lo, hi) if rescale else 1.0
+    return _Survivors(weight * ratio, lo=lo, hi=hi)
 
 
 def merge_task_vectors(
@@ -46,44 +107,59 @@ def merge_task_vectors(
     base = group.base
     if not group.tensors:
         return base
-    deltas = []
-    for i, tensor in enumerate(group.tensors):
-        delta = tensor.to(base.dtype) - base
-        if sparsification == "magnitude":
-            delta = sparsify.magnitude(delta, density[i], rescale)
-        elif sparsification == "random":
-            delta = sparsify.random(delta, density[i], rescale, group.generator)
-        elif sparsification == "magnitude_outliers":
-            delta = sparsify.magnitude_outliers(delta, density[i], rescale, gamma[i])
-        elif sparsification == "della_magprune":
-            delta = sparsify.della_magprune(delta, density[i], rescale, epsilon[i], group.generator)
-        deltas.append(delta.mul_(weight[i]))
-
-    if consensus:
-        positive = _sum(deltas) >= 0  # sign elected from the weighted deltas
-        mixed = torch.zeros_like(base)
-        divisor = torch.zeros_like(base)
-        for d, w in zip(deltas, weight):
-            agrees = torch.where(positive, d > 0, d < 0)
-            mixed.add_(torch.where(agrees, d, 0.0))
-            divisor.add_(agrees.to(base.dtype), alpha=w)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = _sum(deltas)
-        total = sum(weight)
-        divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total, dtype=base.dtype)
-    if normalize:
-        mixed.div_(divisor)
-    if lambda_ != 1:
-        mixed.mul_(lambda_)
-    return (base + mixed).to(base.dtype)
-
-
-def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
-    out = tensors[0].clone()
-    for t in tensors[1:]:
-        out.add_(t)
-    return out
+    n_models = len(group.tensors)
+    survivors = [
+        _survivors(
+            group, i, sparsification, weight[i], density[i], rescale,
+            gamma[i] if gamma else 0.0, epsilon[i] if epsilon else 0.0,
+        )
+        for i in range(n_models)
+    ]
+    # Pass 2, piece by piece: rebuild each surviving, weighted delta; elect signs; combine.
+    flat_base = base.reshape(-1)
+    flat_x = [t.reshape(-1) for t in group.tensors]
+    out = torch.empty_like(flat_base)
+    total_weight = sum(weight)
+    step = sparsify.chunk_size(base)
+    for start in range(0, flat_base.numel(), step):
+        sl = slice(start, min(start + step, flat_base.numel()))
+        b = flat_base[sl]
+        deltas = []
+        for x, s in zip(flat_x, survivors):
+            if s.dense is not None:
+                d = s.dense.reshape(-1)[sl] * s.factor
+            else:
+                d = torch.sub(x[sl], b)
+                if s.mask is not None:
+                    d.mul_(s.mask[sl])
+                elif not s.keeps_all:
+                    d.mul_(_band(d.abs(), s.lo, s.hi))
+                d.mul_(s.factor)
+            deltas.append(d)
+        mixed = deltas[0].clone()
+        for d in deltas[1:]:
+            mixed.add_(d)
+        if consensus:
+            # TIES: keep only entries whose sign agrees with the sign of the weighted sum.
+            # (sign(0) is 0, so entries that are exactly zero never count towards the divisor.)
+            # Masks are built with float arithmetic: on CPU it is several times faster than
+            # comparisons that produce bool tensors.
+            elected = mixed.sign_().add_(0.5).sign_()  # +1 where the sum is >= 0, else -1
+            mixed = torch.zeros_like(b)
+            divisor = torch.zeros_like(b)
+            for d, w in zip(deltas, weight):
+                agrees = torch.sign(d).mul_(elected).relu_()
+                mixed.add_(d.mul_(agrees))
+                divisor.add_(agrees, alpha=w)
+            divisor.add_(torch.abs(divisor).sign_().neg_().add_(1))  # an empty divisor becomes 1
+            if normalize:
+                mixed.div_(divisor)
+        elif normalize:
+            mixed.div_(1.0 if abs(total_weight) < 1e-8 else total_weight)
+        if lambda_ != 1:
+            mixed.mul_(lambda_)
+        torch.add(b, mixed, out=out[sl])
+    return out.reshape(base.shape)
 
 
 def _register(name: str, sparsification: str | None, consensus: bool, normalize: bool, rescale: bool, ref: str):
