@@ -44,14 +44,46 @@ CONFIG = {
     "torch_dtype": "float32",
 }
 RECIPES = {
-    "linear": {"merge_method": "linear", "models": [("base", {"weight": 0.4}), ("a", {"weight": 0.3}), ("b", {"weight": 0.3})]},
-    "task_arithmetic": {"merge_method": "task_arithmetic", "base": True, "models": [("a", {"weight": 0.5}), ("b", {"weight": 0.5})]},
-    "ties": {"merge_method": "ties", "base": True, "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})]},
-    "dare_ties": {"merge_method": "dare_ties", "base": True, "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})]},
-    "dare_linear": {"merge_method": "dare_linear", "base": True, "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})]},
-    "breadcrumbs_ties": {"merge_method": "breadcrumbs_ties", "base": True, "models": [("a", {"weight": 0.5, "density": 0.8}), ("b", {"weight": 0.5, "density": 0.8})]},
-    "della": {"merge_method": "della", "base": True, "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})]},
-    "slerp": {"merge_method": "slerp", "base": True, "models": [("base", None), ("a", None)], "parameters": {"t": 0.4}},
+    "linear": {
+        "merge_method": "linear",
+        "models": [("base", {"weight": 0.4}), ("a", {"weight": 0.3}), ("b", {"weight": 0.3})],
+    },
+    "task_arithmetic": {
+        "merge_method": "task_arithmetic",
+        "base": True,
+        "models": [("a", {"weight": 0.5}), ("b", {"weight": 0.5})],
+    },
+    "ties": {
+        "merge_method": "ties",
+        "base": True,
+        "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})],
+    },
+    "dare_ties": {
+        "merge_method": "dare_ties",
+        "base": True,
+        "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})],
+    },
+    "dare_linear": {
+        "merge_method": "dare_linear",
+        "base": True,
+        "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})],
+    },
+    "breadcrumbs_ties": {
+        "merge_method": "breadcrumbs_ties",
+        "base": True,
+        "models": [("a", {"weight": 0.5, "density": 0.8}), ("b", {"weight": 0.5, "density": 0.8})],
+    },
+    "della": {
+        "merge_method": "della",
+        "base": True,
+        "models": [("a", {"weight": 0.5, "density": 0.5}), ("b", {"weight": 0.5, "density": 0.5})],
+    },
+    "slerp": {
+        "merge_method": "slerp",
+        "base": True,
+        "models": [("base", None), ("a", None)],
+        "parameters": {"t": 0.4},
+    },
 }
 
 
@@ -60,9 +92,18 @@ def make_models() -> dict[str, Path]:
     if all((p / "model.safetensors").exists() for p in paths.values()):
         return paths
     gen = torch.Generator().manual_seed(0)
-    h, inter, v, L = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"], CONFIG["num_hidden_layers"]
+    h, inter, v, L = (
+        CONFIG["hidden_size"],
+        CONFIG["intermediate_size"],
+        CONFIG["vocab_size"],
+        CONFIG["num_hidden_layers"],
+    )
     kv = CONFIG["num_key_value_heads"] * CONFIG["head_dim"]
-    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    shapes = {
+        "model.embed_tokens.weight": (v, h),
+        "model.norm.weight": (h,),
+        "lm_head.weight": (v, h),
+    }
     for i in range(L):
         p = f"model.layers.{i}."
         shapes.update(
@@ -81,7 +122,11 @@ def make_models() -> dict[str, Path]:
     base = {k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
     for name, path in paths.items():
         path.mkdir(parents=True, exist_ok=True)
-        sd = base if name == "base" else {k: t + 0.002 * torch.randn(t.shape, generator=gen) for k, t in base.items()}
+        sd = (
+            base
+            if name == "base"
+            else {k: t + 0.002 * torch.randn(t.shape, generator=gen) for k, t in base.items()}
+        )
         save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
         (path / "config.json").write_text(json.dumps(CONFIG))
     return paths
@@ -92,7 +137,9 @@ def write_config(method: str, paths: dict[str, Path]) -> Path:
     cfg = {"merge_method": spec["merge_method"], "dtype": "float32"}
     if spec.get("base"):
         cfg["base_model"] = str(paths["base"])
-    cfg["models"] = [{"model": str(paths[m]), **({"parameters": p} if p else {})} for m, p in spec["models"]]
+    cfg["models"] = [
+        {"model": str(paths[m]), **({"parameters": p} if p else {})} for m, p in spec["models"]
+    ]
     if "parameters" in spec:
         cfg["parameters"] = spec["parameters"]
     out = WORK / f"{method}.yaml"
@@ -113,9 +160,13 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--methods", default="ties,dare_ties,linear")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per tool and method; the best is kept")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per tool and method; the best is kept"
+    )
     parser.add_argument("--skip-mergekit", action="store_true")
     args = parser.parse_args()
 
@@ -126,7 +177,9 @@ def main() -> None:
             while f.read(1 << 26):
                 pass
     bindir = Path(sys.executable).parent
-    print(f"3 models, {input_bytes / 1e9:.2f} GB fp32 in all; torch threads: {torch.get_num_threads()}")
+    print(
+        f"3 models, {input_bytes / 1e9:.2f} GB fp32 in all; torch threads: {torch.get_num_threads()}"
+    )
     header = f"{'method':<18}{'tool':<10}{'wall s':>8}{'GB/s':>8}{'peak RSS MB':>13}"
     print(header)
     print("-" * len(header))
@@ -134,9 +187,26 @@ def main() -> None:
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         cfg = write_config(method, paths)
         result = {}
-        tools = {"evomerge": [str(bindir / "evomerge"), "merge", str(cfg), "--out", "{out}", "--quiet", "--force"]}
+        tools = {
+            "evomerge": [
+                str(bindir / "evomerge"),
+                "merge",
+                str(cfg),
+                "--out",
+                "{out}",
+                "--quiet",
+                "--force",
+            ]
+        }
         if not args.skip_mergekit:
-            tools["mergekit"] = [str(bindir / "mergekit-yaml"), str(cfg), "{out}", "--no-copy-tokenizer", "--quiet", "--allow-crimes"]
+            tools["mergekit"] = [
+                str(bindir / "mergekit-yaml"),
+                str(cfg),
+                "{out}",
+                "--no-copy-tokenizer",
+                "--quiet",
+                "--allow-crimes",
+            ]
         for tool, template in tools.items():
             best = None
             for _ in range(args.repeat):
@@ -149,7 +219,10 @@ def main() -> None:
                 if best is None or wall < best[0]:
                     best = (wall, rss)
             result[tool] = best
-            print(f"{method:<18}{tool:<10}{best[0]:>8.2f}{input_bytes / 1e9 / best[0]:>8.2f}{best[1]:>13.0f}", flush=True)
+            print(
+                f"{method:<18}{tool:<10}{best[0]:>8.2f}{input_bytes / 1e9 / best[0]:>8.2f}{best[1]:>13.0f}",
+                flush=True,
+            )
         rows.append((method, result))
     if not args.skip_mergekit:
         print()

@@ -37,16 +37,24 @@ def _parse_size(text: str) -> int:
             return int(float(t[:-1]) * units[t[-1]])
         return int(t)
     except ValueError:
-        raise EvomergeError(f"--shard-size {text!r} is not a size; write e.g. 2G, 500M or 1000000.") from None
+        raise EvomergeError(
+            f"--shard-size {text!r} is not a size; write e.g. 2G, 500M or 1000000."
+        ) from None
 
 
 @app.command()
 def merge(
-    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE.yaml", help="An evomerge recipe or a mergekit YAML.")],
+    recipe_path: Annotated[
+        Path, typer.Argument(metavar="RECIPE.yaml", help="An evomerge recipe or a mergekit YAML.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="Compute dtype (overrides the recipe).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of randomised methods (overrides the recipe).")] = None,
+    dtype: Annotated[
+        Optional[str], typer.Option(help="Compute dtype (overrides the recipe).")
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help="Seed of randomised methods (overrides the recipe).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     allow_pickle: Annotated[
         bool, typer.Option(help="Load .bin/.pt checkpoints with torch.load(weights_only=True).")
@@ -102,7 +110,9 @@ def merge(
 @recipe_app.command("show")
 def recipe_show(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE.yaml")],
-    mergekit: Annotated[bool, typer.Option("--mergekit", help="Print it as a mergekit config.")] = False,
+    mergekit: Annotated[
+        bool, typer.Option("--mergekit", help="Print it as a mergekit config.")
+    ] = False,
 ) -> None:
     """Validate a recipe and print it (canonical form, or as mergekit YAML) with its hash."""
     from evomerge.mergekit_compat import to_mergekit_yaml
@@ -115,6 +125,21 @@ def recipe_show(
         _fail(err)
     console.print(f"# hash: {recipe.content_hash()}", highlight=False)
     sys.stdout.write(text)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo models and merges go.")] = Path(
+        "runs/demo-output"
+    ),
+) -> None:
+    """Merge tiny generated models with the recipes in runs/demo/ (no download)."""
+    from evomerge.demo import run
+
+    try:
+        run(out, console)
+    except EvomergeError as err:
+        _fail(err)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -19,7 +19,16 @@ from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe
 
 # mergekit methods evomerge has not implemented yet (Recipe validation names them).
-MERGEKIT_ONLY_METHODS = ("sce", "karcher", "multislerp", "nearswap", "arcee_fusion", "ram", "ramplus_tl", "task_adapter")
+MERGEKIT_ONLY_METHODS = (
+    "sce",
+    "karcher",
+    "multislerp",
+    "nearswap",
+    "arcee_fusion",
+    "ram",
+    "ramplus_tl",
+    "task_adapter",
+)
 
 
 class MergekitExportError(EvomergeError):
@@ -46,7 +55,9 @@ def to_mergekit(recipe: Recipe) -> dict[str, Any]:
                 )
             params = s.setdefault("parameters", {})
             if "scale" in params:
-                raise MergekitExportError(f"slices[{i}] sets both `scale` and a `scale` parameter; keep one.")
+                raise MergekitExportError(
+                    f"slices[{i}] sets both `scale` and a `scale` parameter; keep one."
+                )
             params["scale"] = [{"filter": w, "value": scale} for w in RESIDUAL_WRITERS]
     return data
 

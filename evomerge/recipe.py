@@ -127,7 +127,9 @@ class Slice(_Strict):
         if isinstance(data, dict):
             for key, fix in _UNSUPPORTED_SLICE.items():
                 if key in data:
-                    raise ValueError(f"the mergekit slice field {key!r} is not supported by evomerge yet: {fix}.")
+                    raise ValueError(
+                        f"the mergekit slice field {key!r} is not supported by evomerge yet: {fix}."
+                    )
         return data
 
     @model_validator(mode="after")
@@ -135,7 +137,9 @@ class Slice(_Strict):
         lengths = {s.num_layers for s in self.sources}
         if len(lengths) > 1:
             ranges = ", ".join(f"{s.model}{list(s.layer_range)}" for s in self.sources)
-            raise ValueError(f"all sources of a slice must span the same number of layers; got {ranges}.")
+            raise ValueError(
+                f"all sources of a slice must span the same number of layers; got {ranges}."
+            )
         return self
 
     @property
@@ -162,7 +166,9 @@ class Recipe(_Strict):
         if isinstance(data, dict):
             for key, fix in _UNSUPPORTED_TOP.items():
                 if data.get(key) is not None:
-                    raise ValueError(f"the mergekit field {key!r} is not supported by evomerge yet: {fix}.")
+                    raise ValueError(
+                        f"the mergekit field {key!r} is not supported by evomerge yet: {fix}."
+                    )
         return data
 
     @model_validator(mode="after")
@@ -170,7 +176,9 @@ class Recipe(_Strict):
         from evomerge.merge import METHODS  # local: keeps `import evomerge.recipe` light
 
         if (self.models is None) == (self.slices is None) or not (self.models or self.slices):
-            raise ValueError("a recipe needs exactly one of `models:` (parameter space) or `slices:` (layer space).")
+            raise ValueError(
+                "a recipe needs exactly one of `models:` (parameter space) or `slices:` (layer space)."
+            )
         self.dtype = _canonical_dtype(self.dtype, "dtype")
         self.out_dtype = _canonical_dtype(self.out_dtype, "out_dtype")
         if self.tokenizer_source == "union":
@@ -232,7 +240,9 @@ class Recipe(_Strict):
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> Recipe:
         if not isinstance(data, dict):
-            raise RecipeError(f"{source}: a recipe must be a mapping of fields, got {type(data).__name__}.")
+            raise RecipeError(
+                f"{source}: a recipe must be a mapping of fields, got {type(data).__name__}."
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as err:
@@ -252,7 +262,9 @@ class Recipe(_Strict):
         try:
             text = path.read_text()
         except OSError as err:
-            raise RecipeError(f"Cannot read recipe {path}: {err.strerror}. Check the path.") from err
+            raise RecipeError(
+                f"Cannot read recipe {path}: {err.strerror}. Check the path."
+            ) from err
         return cls.from_yaml(text, str(path))
 
 
@@ -286,6 +298,6 @@ def _explain(err: ValidationError) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (
-        part.startswith(("list[", "dict[", "tuple[", "function-")) or part in {"bool", "int", "float", "str", "ConditionalParameter"}
+        part.startswith(("list[", "dict[", "tuple[", "function-"))
+        or part in {"bool", "int", "float", "str", "ConditionalParameter"}
     )
-

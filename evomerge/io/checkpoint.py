@@ -50,7 +50,9 @@ class TensorSource(Protocol):
 def read_config(path: Path) -> dict[str, Any]:
     config_path = path / "config.json"
     if not path.is_dir():
-        raise CheckpointError(f"Model {path} is not a directory. Point the recipe at a Hugging Face model directory.")
+        raise CheckpointError(
+            f"Model {path} is not a directory. Point the recipe at a Hugging Face model directory."
+        )
     try:
         return json.loads(config_path.read_text())
     except FileNotFoundError:
@@ -59,7 +61,9 @@ def read_config(path: Path) -> dict[str, Any]:
             "(config.json plus safetensors weights)."
         ) from None
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path} is not valid JSON ({err}); fix or regenerate it.") from err
+        raise CheckpointError(
+            f"{config_path} is not valid JSON ({err}); fix or regenerate it."
+        ) from err
 
 
 class Checkpoint:
@@ -85,12 +89,16 @@ class Checkpoint:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError) as err:
-                raise CheckpointError(f"{index} is not a valid safetensors index (needs a `weight_map`).") from err
+                raise CheckpointError(
+                    f"{index} is not a valid safetensors index (needs a `weight_map`)."
+                ) from err
             for tensor, file in weight_map.items():
                 self._files[tensor] = self.path / file
             missing = sorted({str(f) for f in self._files.values() if not f.exists()})
             if missing:
-                raise CheckpointError(f"{index} lists shard files that do not exist: {', '.join(missing)}.")
+                raise CheckpointError(
+                    f"{index} lists shard files that do not exist: {', '.join(missing)}."
+                )
         elif single.exists():
             self._add_safetensors(single)
         elif shards := sorted(self.path.glob("*.safetensors")):
@@ -101,7 +109,7 @@ class Checkpoint:
             return
         for file in sorted(set(self._files.values())):
             handle = self._open(file)
-            for tensor in handle.keys():
+            for tensor in handle.keys():  # noqa: SIM118 (safe_open, not a dict)
                 if self._files.get(tensor) == file:
                     sl = handle.get_slice(tensor)
                     self._meta[tensor] = (tuple(sl.get_shape()), SAFETENSORS_DTYPES[sl.get_dtype()])
@@ -116,11 +124,13 @@ class Checkpoint:
             try:
                 self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
             except Exception as err:  # safetensors raises its own error types
-                raise CheckpointError(f"Cannot read {file}: {err}. The file may be truncated or not safetensors.") from err
+                raise CheckpointError(
+                    f"Cannot read {file}: {err}. The file may be truncated or not safetensors."
+                ) from err
         return self._handles[file]
 
     def _add_safetensors(self, file: Path) -> None:
-        for tensor in self._open(file).keys():
+        for tensor in self._open(file).keys():  # noqa: SIM118 (safe_open, not a dict)
             self._files[tensor] = file
 
     def _load_pickle(self) -> None:
@@ -167,7 +177,9 @@ class Checkpoint:
         return self._meta[tensor][1]
 
     def nbytes(self) -> int:
-        return sum(_numel(s) * torch.empty((), dtype=d).element_size() for s, d in self._meta.values())
+        return sum(
+            _numel(s) * torch.empty((), dtype=d).element_size() for s, d in self._meta.values()
+        )
 
     def get(self, tensor: str) -> torch.Tensor:
         if tensor not in self._meta:
@@ -187,7 +199,9 @@ class Checkpoint:
 class StateDictSource:
     """An in-memory model (a state dict and its config) seen as a TensorSource."""
 
-    def __init__(self, name: str, tensors: Mapping[str, torch.Tensor], config: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, tensors: Mapping[str, torch.Tensor], config: dict[str, Any]
+    ) -> None:
         self.name = name
         self.config = config
         self.tensors = dict(tensors)

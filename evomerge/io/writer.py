@@ -10,6 +10,7 @@ an interrupted write leaves no half-written model behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -47,9 +48,13 @@ class TensorSpec:
 def check_output_dir(out: Path, force: bool) -> None:
     """Refuse an existing output before any compute is spent."""
     if out.exists() and not force:
-        raise OutputExistsError(f"Output {out} already exists. Choose another --out, or pass --force to replace it.")
+        raise OutputExistsError(
+            f"Output {out} already exists. Choose another --out, or pass --force to replace it."
+        )
     if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"Output {out} exists and is not a directory; remove it or choose another --out.")
+        raise OutputExistsError(
+            f"Output {out} exists and is not a directory; remove it or choose another --out."
+        )
 
 
 class _Shard:
@@ -80,7 +85,9 @@ class _Shard:
         start, end = self.offsets[name]
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         if data.nbytes != end - start:
-            raise CheckpointError(f"Tensor {name}: produced {data.nbytes} bytes, planned {end - start}.")
+            raise CheckpointError(
+                f"Tensor {name}: produced {data.nbytes} bytes, planned {end - start}."
+            )
         self.file.seek(self.data_start + start)
         self.file.write(data)
         self.written.add(name)
@@ -196,13 +203,18 @@ class CheckpointWriter:
         self._flush()
         missing = [s.name for s in self.specs if s.name not in self._shard_of[s.name].written]
         if missing:
-            raise CheckpointError(f"Output incomplete: {len(missing)} planned tensors were never written ({missing[0]}, ...).")
+            raise CheckpointError(
+                f"Output incomplete: {len(missing)} planned tensors were never written ({missing[0]}, ...)."
+            )
         for shard in self._shards:
             shard.close(self.durable)
         if len(self._shards) > 1:
             weight_map = {name: shard.path.name for name, shard in self._shard_of.items()}
             total = sum(s.size for s in self._shards)
-            self.write_json("model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+            self.write_json(
+                "model.safetensors.index.json",
+                {"metadata": {"total_size": total}, "weight_map": weight_map},
+            )
         check_output_dir(self.out, self.force)  # it may have appeared while we merged
         old = None
         if self.out.exists():
@@ -213,10 +225,10 @@ class CheckpointWriter:
             shutil.rmtree(old, ignore_errors=True)
 
     def _abort(self) -> None:
-        try:
+        with contextlib.suppress(
+            BaseException
+        ):  # already failing; the first error is the one reported
             self._flush()
-        except BaseException:
-            pass  # already failing; the first error is the one reported
         for shard in self._shards:
             if not shard.file.closed:
                 shard.file.close()

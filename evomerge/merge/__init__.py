@@ -11,6 +11,24 @@ from evomerge.merge import (  # noqa: F401  (each module registers its methods)
     slerp,
     task_arithmetic,
 )
-from evomerge.merge.registry import METHODS, BasePolicy, MethodSpec, Param, Scope, TensorGroup, get_method, merge_method
+from evomerge.merge.registry import (
+    METHODS,
+    BasePolicy,
+    MethodSpec,
+    Param,
+    Scope,
+    TensorGroup,
+    get_method,
+    merge_method,
+)
 
-__all__ = ["METHODS", "BasePolicy", "MethodSpec", "Param", "Scope", "TensorGroup", "get_method", "merge_method"]
+__all__ = [
+    "METHODS",
+    "BasePolicy",
+    "MethodSpec",
+    "Param",
+    "Scope",
+    "TensorGroup",
+    "get_method",
+    "merge_method",
+]

@@ -10,8 +10,10 @@ def work_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def weighted_sum(tensors: list[torch.Tensor], weights: list[float], dtype: torch.dtype) -> torch.Tensor:
+def weighted_sum(
+    tensors: list[torch.Tensor], weights: list[float], dtype: torch.dtype
+) -> torch.Tensor:
     out = torch.zeros_like(tensors[0], dtype=dtype)
-    for t, w in zip(tensors, weights):
+    for t, w in zip(tensors, weights, strict=True):
         out.add_(t, alpha=w) if t.dtype == dtype else out.add_(t.to(dtype), alpha=w)
     return out

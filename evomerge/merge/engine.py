@@ -10,6 +10,7 @@ disk.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ def with_overrides(recipe: Recipe, dtype: str | None = None, seed: int | None = 
 def check_device(device: str) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"Device {device!r} was requested but CUDA is not available here; use --device cpu.")
+        raise RecipeError(
+            f"Device {device!r} was requested but CUDA is not available here; use --device cpu."
+        )
     return dev
 
 
@@ -144,12 +147,16 @@ def _input_bytes(plan: MergePlan, sources: Mapping[str, TensorSource]) -> int:
     return total
 
 
-def _copy_tokenizer(recipe: Recipe, sources: Mapping[str, Checkpoint], writer: CheckpointWriter) -> None:
+def _copy_tokenizer(
+    recipe: Recipe, sources: Mapping[str, Checkpoint], writer: CheckpointWriter
+) -> None:
     src = recipe.tokenizer_source
     if src in (None, "base"):
         src = recipe.base_model or recipe.referenced_models()[0]
     if src not in sources:
-        raise RecipeError(f"tokenizer_source {src!r} is not one of the recipe's models; use 'base' or one of them.")
+        raise RecipeError(
+            f"tokenizer_source {src!r} is not one of the recipe's models; use 'base' or one of them."
+        )
     for name in TOKENIZER_FILES:
         path = sources[src].path / name
         if path.exists():
@@ -159,10 +166,10 @@ def _copy_tokenizer(recipe: Recipe, sources: Mapping[str, Checkpoint], writer: C
 def _write_mergekit_config(recipe: Recipe, writer: CheckpointWriter) -> None:
     from evomerge.mergekit_compat import MergekitExportError, to_mergekit_yaml
 
-    try:
+    with contextlib.suppress(
+        MergekitExportError
+    ):  # not expressible; evomerge_recipe.yaml is the record
         writer.write_text("mergekit_config.yml", to_mergekit_yaml(recipe))
-    except MergekitExportError:
-        pass  # not expressible in mergekit; evomerge_recipe.yaml is the record
 
 
 class InMemoryMerger:
@@ -189,7 +196,8 @@ class InMemoryMerger:
             if isinstance(src, (str, Path)):
                 src = Checkpoint(resolve_model_path(str(src)), allow_pickle=allow_pickle)
             tensors = {
-                name: src.get(name).to(device=self.device, dtype=dtype or src.dtype(name)) for name in src.tensor_names()
+                name: src.get(name).to(device=self.device, dtype=dtype or src.dtype(name))
+                for name in src.tensor_names()
             }
             self.sources[ref] = StateDictSource(ref, tensors, dict(src.config))
 

@@ -39,6 +39,10 @@ def model_stock(group: TensorGroup, filter_wise: bool = False) -> torch.Tensor:
     n = len(ws)
     denom = 1 + (n - 1) * cos
     singular = denom.abs() < 1e-6
-    ratio = torch.where(singular, torch.zeros_like(cos), n * cos / torch.where(singular, torch.ones_like(denom), denom))
+    ratio = torch.where(
+        singular,
+        torch.zeros_like(cos),
+        n * cos / torch.where(singular, torch.ones_like(denom), denom),
+    )
     average = sum(ws) / n
     return (ratio * average + (1 - ratio) * w0).reshape(shape)

@@ -16,7 +16,9 @@ _EPS = 1e-8
 _NORM_EPS = 1e-7
 
 
-def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, flatten: bool) -> torch.Tensor:
+def nuslerp_tensors(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, flatten: bool
+) -> torch.Tensor:
     shape = v0.shape
     if flatten:
         v0, v1 = v0.reshape(-1), v1.reshape(-1)
@@ -47,7 +49,10 @@ def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool
     max_inputs=2,
 )
 def nuslerp(
-    group: TensorGroup, weight: list[float], nuslerp_flatten: bool = True, nuslerp_row_wise: bool = False
+    group: TensorGroup,
+    weight: list[float],
+    nuslerp_flatten: bool = True,
+    nuslerp_row_wise: bool = False,
 ) -> torch.Tensor:
     total = weight[0] + weight[1]
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total

@@ -28,7 +28,7 @@ import torch
 from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import TensorSource
 from evomerge.io.writer import TensorSpec
-from evomerge.merge.registry import BasePolicy, MethodSpec, Param, Scope, TensorGroup, get_method
+from evomerge.merge.registry import BasePolicy, MethodSpec, Param, TensorGroup, get_method
 from evomerge.recipe import ConditionalParameter, Parameters, Recipe, Slice, SliceSource
 
 _LAYER = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -36,7 +36,12 @@ _PRE_MARKERS = ("embed", "wte", "wpe")
 # Tensors through which a layer writes into the residual stream: a slice's `scale` multiplies these.
 RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "c_proj", "fc2", "dense_4h_to_h")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 @dataclass
@@ -163,7 +168,9 @@ def evaluate_setting(setting: Any, tensor: str, t: float, param: Param) -> Any:
     return param.coerce(setting)
 
 
-def _resolve(param: Param, scopes: list[Parameters | None], tensor: str, t: float, where: str) -> Any:
+def _resolve(
+    param: Param, scopes: list[Parameters | None], tensor: str, t: float, where: str
+) -> Any:
     for scope in scopes:
         if scope and param.name in scope:
             try:
@@ -198,7 +205,9 @@ def _slice_ctx(recipe: Recipe, s: Slice, index: int) -> _SliceCtx:
         base, inputs = None, list(s.sources)
     elif method.base is BasePolicy.REQUIRED:
         if base is None:
-            raise RecipeError(f"{where}: method {method.name!r} needs a base_model; set `base_model:`.")
+            raise RecipeError(
+                f"{where}: method {method.name!r} needs a base_model; set `base_model:`."
+            )
         if base not in models:
             raise RecipeError(
                 f"{where}: method {method.name!r} needs the base model {base!r} among the slice's sources; "
@@ -219,7 +228,9 @@ def _slice_ctx(recipe: Recipe, s: Slice, index: int) -> _SliceCtx:
             else f"{method.min_inputs} to {method.max_inputs}"
         )
         kind = "non-base models" if method.base is not BasePolicy.INPUT else "models"
-        raise RecipeError(f"{where}: method {method.name!r} takes {wanted} {kind}; got {n} ({', '.join(m.model for m in inputs) or 'none'}).")
+        raise RecipeError(
+            f"{where}: method {method.name!r} takes {wanted} {kind}; got {n} ({', '.join(m.model for m in inputs) or 'none'})."
+        )
     return _SliceCtx(s, index, method, base, inputs)
 
 
@@ -233,25 +244,42 @@ def _check_known_parameters(recipe: Recipe, ctxs: list[_SliceCtx]) -> list[str]:
     for where, scope in scopes:
         for name in scope or {}:
             if name not in known:
-                warnings.append(f"{where}: parameter {name!r} is not used by {', '.join(sorted({c.method.name for c in ctxs}))}; ignored.")
+                warnings.append(
+                    f"{where}: parameter {name!r} is not used by {', '.join(sorted({c.method.name for c in ctxs}))}; ignored."
+                )
     return warnings
 
 
-def build_plan(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int | None = None) -> MergePlan:
+def build_plan(
+    recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int | None = None
+) -> MergePlan:
     """Plan ``recipe`` over ``sources`` (keyed by the recipe's model references)."""
     missing = [m for m in recipe.referenced_models() if m not in sources]
     if missing:
-        raise RecipeError(f"The recipe references models that were not provided: {', '.join(missing)}.")
+        raise RecipeError(
+            f"The recipe references models that were not provided: {', '.join(missing)}."
+        )
     layouts = {name: _layout(src) for name, src in sources.items()}
     counts = {name: _layer_count(sources[name], layouts[name]) for name in sources}
     _check_architectures(recipe, sources)
 
     if recipe.models is not None:
-        srcs = [SliceSource(model=m.model, layer_range=(0, counts[m.model][0]), parameters=m.parameters) for m in recipe.models]
-        if recipe.base_model and recipe.base_model not in {m.model for m in recipe.models}:
-            if get_method(recipe.merge_method).base is not BasePolicy.INPUT:
-                srcs.append(SliceSource(model=recipe.base_model, layer_range=(0, counts[recipe.base_model][0])))
-        slices = [Slice.model_construct(sources=srcs, base_model=None, parameters=None, merge_method=None, scale=None)]
+        srcs = [
+            SliceSource(model=m.model, layer_range=(0, counts[m.model][0]), parameters=m.parameters)
+            for m in recipe.models
+        ]
+        base_missing = recipe.base_model and recipe.base_model not in {
+            m.model for m in recipe.models
+        }
+        if base_missing and get_method(recipe.merge_method).base is not BasePolicy.INPUT:
+            srcs.append(
+                SliceSource(model=recipe.base_model, layer_range=(0, counts[recipe.base_model][0]))
+            )
+        slices = [
+            Slice.model_construct(
+                sources=srcs, base_model=None, parameters=None, merge_method=None, scale=None
+            )
+        ]
     else:
         slices = list(recipe.slices or [])
     ctxs = [_slice_ctx(recipe, s, i) for i, s in enumerate(slices)]
@@ -270,14 +298,21 @@ def build_plan(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int
     out_model = first.slice.sources[0].model
     out_prefix = layouts[out_model].prefix
 
-    def add(ctx: _SliceCtx, out_name: str, names: dict[str, str], t: float, scale: float | None) -> None:
+    def add(
+        ctx: _SliceCtx, out_name: str, names: dict[str, str], t: float, scale: float | None
+    ) -> None:
         scopes_shared = [ctx.slice.parameters, recipe.parameters]
-        shared = {p.name: _resolve(p, scopes_shared, out_name, t, out_name) for p in ctx.method.shared_params}
+        shared = {
+            p.name: _resolve(p, scopes_shared, out_name, t, out_name)
+            for p in ctx.method.shared_params
+        }
         per_model: dict[str, list[Any]] = {p.name: [] for p in ctx.method.per_model_params}
         for src in ctx.inputs:
             scopes = [src.parameters, ctx.slice.parameters, recipe.parameters]
             for p in ctx.method.per_model_params:
-                per_model[p.name].append(_resolve(p, scopes, names[src.model], t, f"{src.model}: {names[src.model]}"))
+                per_model[p.name].append(
+                    _resolve(p, scopes, names[src.model], t, f"{src.model}: {names[src.model]}")
+                )
         op = TensorOp(
             name=out_name,
             method=ctx.method,
@@ -294,7 +329,9 @@ def build_plan(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int
                 return
             shapes[model] = sources[model].shape(tensor)
         if len(set(shapes.values())) > 1:
-            problems.append(f"{out_name}: " + ", ".join(f"{m} has {list(s)}" for m, s in shapes.items()))
+            problems.append(
+                f"{out_name}: " + ", ".join(f"{m} has {list(s)}" for m, s in shapes.items())
+            )
             return
         ref_model, ref_tensor = op.all_inputs[0]
         op.shape = shapes[ref_model]
@@ -314,7 +351,8 @@ def build_plan(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int
             rests = layouts[lead.model].layers.get(lead.layer_range[0] + j, [])
             for rest in rests:
                 names = {
-                    src.model: f"{layouts[src.model].prefix}.{src.layer_range[0] + j}.{rest}" for src in ctx.slice.sources
+                    src.model: f"{layouts[src.model].prefix}.{src.layer_range[0] + j}.{rest}"
+                    for src in ctx.slice.sources
                 }
                 scale = ctx.slice.scale if any(w in rest for w in RESIDUAL_WRITERS) else None
                 add(ctx, f"{out_prefix}.{out_index}.{rest}", names, t, scale)
@@ -342,7 +380,9 @@ def build_plan(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int
         tied_output = bool(sources[out_model].config.get("tie_word_embeddings", True))
 
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        shown = "; ".join(problems[:6]) + (
+            f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        )
         raise CheckpointError(
             f"The source models do not fit together for this recipe ({len(problems)} tensors differ): {shown}. "
             f"{_config_differences(recipe, sources)}Merge models that share an architecture and vocabulary, "
@@ -356,7 +396,9 @@ def build_plan(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int
     return MergePlan(
         ops=ops,
         num_layers=out_index,
-        config_source=recipe.base_model if recipe.base_model in sources and recipe.models is not None else out_model,
+        config_source=recipe.base_model
+        if recipe.base_model in sources and recipe.models is not None
+        else out_model,
         compute_dtype=compute,
         out_dtype=out,
         seed=seed,
@@ -375,7 +417,12 @@ def _embedding_name(layout: _Layout) -> str | None:
 
 
 def _check_architectures(recipe: Recipe, sources: Mapping[str, TensorSource]) -> None:
-    archs = {m: tuple(sources[m].config.get("architectures") or [sources[m].config.get("model_type", "?")]) for m in recipe.referenced_models()}
+    archs = {
+        m: tuple(
+            sources[m].config.get("architectures") or [sources[m].config.get("model_type", "?")]
+        )
+        for m in recipe.referenced_models()
+    }
     if len(set(archs.values())) > 1:
         listed = ", ".join(f"{m}: {'/'.join(a)}" for m, a in archs.items())
         raise CheckpointError(
@@ -385,11 +432,21 @@ def _check_architectures(recipe: Recipe, sources: Mapping[str, TensorSource]) ->
 
 
 def _config_differences(recipe: Recipe, sources: Mapping[str, TensorSource]) -> str:
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "tie_word_embeddings",
+    )
     diffs = []
     models = recipe.referenced_models()
     for key in keys:
         values = {m: sources[m].config.get(key) for m in models}
         if len(set(map(str, values.values()))) > 1:
-            diffs.append(f"{key} differs (" + ", ".join(f"{m}={v}" for m, v in values.items()) + ")")
+            diffs.append(
+                f"{key} differs (" + ", ".join(f"{m}={v}" for m, v in values.items()) + ")"
+            )
     return ("Config: " + "; ".join(diffs) + ". ") if diffs else ""

@@ -57,7 +57,9 @@ class Param:
             try:
                 return float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"parameter {self.name!r} must be a number, got {value!r}") from None
+                raise ValueError(
+                    f"parameter {self.name!r} must be a number, got {value!r}"
+                ) from None
         return value
 
 

@@ -110,15 +110,21 @@ class Uniform16:
     def draw(self, count: int) -> torch.Tensor:
         """``count`` integers uniform on [0, 65536), as int32."""
         if self.device.type == "cpu":
-            return torch.from_numpy(self._np.integers(0, 1 << 16, count, dtype=np.uint16).astype(np.int32))
-        return torch.randint(0, 1 << 16, (count,), generator=self._torch, device=self.device, dtype=torch.int32)
+            return torch.from_numpy(
+                self._np.integers(0, 1 << 16, count, dtype=np.uint16).astype(np.int32)
+            )
+        return torch.randint(
+            0, 1 << 16, (count,), generator=self._torch, device=self.device, dtype=torch.int32
+        )
 
 
 def keep_threshold(density: float) -> int:
     return round(min(max(density, 0.0), 1.0) * 65536)
 
 
-def random_mask(x: torch.Tensor, base: torch.Tensor, density: float, rng: Uniform16, rescale: bool) -> tuple[torch.Tensor, float]:
+def random_mask(
+    x: torch.Tensor, base: torch.Tensor, density: float, rng: Uniform16, rescale: bool
+) -> tuple[torch.Tensor, float]:
     """A DARE keep mask (bool, flat) and the L1 rescale factor (1 without rescale)."""
     thr = keep_threshold(density)
     keep = torch.empty(base.numel(), dtype=torch.bool, device=base.device)
@@ -172,7 +178,11 @@ def della_magprune(
     width = rows.shape[1]
     order = torch.argsort(rows.abs(), dim=1)
     ranks = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
-    ranks.scatter_(1, order, torch.arange(width, dtype=torch.float32, device=rows.device).expand_as(order).contiguous())
+    ranks.scatter_(
+        1,
+        order,
+        torch.arange(width, dtype=torch.float32, device=rows.device).expand_as(order).contiguous(),
+    )
     if width > 1:
         ranks.div_(width - 1)
     probs = ranks.mul_(2 * epsilon).add_(density - epsilon)  # linear in rank, mean = density
@@ -180,5 +190,7 @@ def della_magprune(
     keep = u < probs
     masked = torch.where(keep, rows, 0)
     if rescale:
-        masked = masked * _ratio(rows.abs().sum(dtype=torch.float64).item(), masked.abs().sum(dtype=torch.float64).item())
+        masked = masked * _ratio(
+            rows.abs().sum(dtype=torch.float64).item(), masked.abs().sum(dtype=torch.float64).item()
+        )
     return masked.to(delta.dtype).reshape(shape)

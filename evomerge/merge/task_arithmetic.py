@@ -62,8 +62,14 @@ def _stream_seed(seed: int, tensor: str, model: int) -> int:
 
 
 def _survivors(
-    group: TensorGroup, i: int, sparsification: str | None, weight: float, density: float, rescale: bool,
-    gamma: float, epsilon: float,
+    group: TensorGroup,
+    i: int,
+    sparsification: str | None,
+    weight: float,
+    density: float,
+    rescale: bool,
+    gamma: float,
+    epsilon: float,
 ) -> _Survivors:
     x, base = group.tensors[i], group.base
     if sparsification is None or density >= 1:
@@ -74,7 +80,9 @@ def _survivors(
         if sparsification == "random":
             mask, ratio = sparsify.random_mask(x, base, density, rng, rescale)
             return _Survivors(weight * ratio, mask=mask)
-        return _Survivors(weight, dense=sparsify.della_magprune(x - base, density, rescale, epsilon, rng))
+        return _Survivors(
+            weight, dense=sparsify.della_magprune(x - base, density, rescale, epsilon, rng)
+        )
     if sparsification == "magnitude":
         k = max(1, int(density * n)) if density > 0 and n else 0
         if k == 0:
@@ -110,8 +118,14 @@ def merge_task_vectors(
     n_models = len(group.tensors)
     survivors = [
         _survivors(
-            group, i, sparsification, weight[i], density[i], rescale,
-            gamma[i] if gamma else 0.0, epsilon[i] if epsilon else 0.0,
+            group,
+            i,
+            sparsification,
+            weight[i],
+            density[i],
+            rescale,
+            gamma[i] if gamma else 0.0,
+            epsilon[i] if epsilon else 0.0,
         )
         for i in range(n_models)
     ]
@@ -125,7 +139,7 @@ def merge_task_vectors(
         sl = slice(start, min(start + step, flat_base.numel()))
         b = flat_base[sl]
         deltas = []
-        for x, s in zip(flat_x, survivors):
+        for x, s in zip(flat_x, survivors, strict=True):
             if s.dense is not None:
                 d = s.dense.reshape(-1)[sl] * s.factor
             else:
@@ -147,7 +161,7 @@ def merge_task_vectors(
             elected = mixed.sign_().add_(0.5).sign_()  # +1 where the sum is >= 0, else -1
             mixed = torch.zeros_like(b)
             divisor = torch.zeros_like(b)
-            for d, w in zip(deltas, weight):
+            for d, w in zip(deltas, weight, strict=True):
                 agrees = torch.sign(d).mul_(elected).relu_()
                 mixed.add_(d.mul_(agrees))
                 divisor.add_(agrees, alpha=w)
@@ -162,14 +176,18 @@ def merge_task_vectors(
     return out.reshape(base.shape)
 
 
-def _register(name: str, sparsification: str | None, consensus: bool, normalize: bool, rescale: bool, ref: str):
+def _register(
+    name: str, sparsification: str | None, consensus: bool, normalize: bool, rescale: bool, ref: str
+):
     params = [
         Param("weight", float, Scope.PER_MODEL),
         Param("density", float, Scope.PER_MODEL, default=1.0),
         Param("normalize", bool, default=normalize),
         Param("rescale", bool, default=rescale),
         Param("lambda", float, default=1.0),
-        Param("int8_mask", bool, default=False),  # accepted for mergekit compatibility; no effect on results
+        Param(
+            "int8_mask", bool, default=False
+        ),  # accepted for mergekit compatibility; no effect on results
     ]
     if sparsification == "magnitude_outliers":
         params.append(Param("gamma", float, Scope.PER_MODEL, default=0.01))
@@ -199,7 +217,14 @@ for _args in (
     ("dare_ties", "random", True, False, True, "https://arxiv.org/abs/2311.03099"),
     ("dare_linear", "random", False, False, True, "https://arxiv.org/abs/2311.03099"),
     ("breadcrumbs", "magnitude_outliers", False, False, False, "https://arxiv.org/abs/2312.06795"),
-    ("breadcrumbs_ties", "magnitude_outliers", True, False, False, "https://arxiv.org/abs/2312.06795"),
+    (
+        "breadcrumbs_ties",
+        "magnitude_outliers",
+        True,
+        False,
+        False,
+        "https://arxiv.org/abs/2312.06795",
+    ),
     ("della", "della_magprune", True, True, True, "https://arxiv.org/abs/2406.11617"),
     ("della_linear", "della_magprune", False, False, True, "https://arxiv.org/abs/2406.11617"),
 ):

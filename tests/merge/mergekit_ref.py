@@ -15,7 +15,11 @@ def run_mergekit(config: dict, out: Path) -> dict[str, torch.Tensor]:
 
     logging.getLogger("mergekit").setLevel(logging.ERROR)
     cfg = MergeConfiguration.model_validate(config)
-    run_merge(cfg, str(out), MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, device="cpu"))
+    run_merge(
+        cfg,
+        str(out),
+        MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, device="cpu"),
+    )
     state: dict[str, torch.Tensor] = {}
     for f in sorted(out.glob("*.safetensors")):
         state.update(load_file(str(f)))

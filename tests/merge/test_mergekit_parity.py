@@ -30,14 +30,30 @@ def _models(m, entries):
 CASES = {
     "linear": lambda m: {
         "merge_method": "linear",
-        "models": _models(m, [("base", {"weight": 1.0}), ("expert0", {"weight": 0.5}), ("expert1", {"weight": 0.25})]),
+        "models": _models(
+            m,
+            [
+                ("base", {"weight": 1.0}),
+                ("expert0", {"weight": 0.5}),
+                ("expert1", {"weight": 0.25}),
+            ],
+        ),
     },
     "linear_gradient_filters": lambda m: {
         "merge_method": "linear",
         "models": _models(
             m,
             [
-                ("expert0", {"weight": [{"filter": "self_attn", "value": [0.1, 0.9]}, {"filter": "mlp", "value": 0.3}, {"value": 0.5}]}),
+                (
+                    "expert0",
+                    {
+                        "weight": [
+                            {"filter": "self_attn", "value": [0.1, 0.9]},
+                            {"filter": "mlp", "value": 0.3},
+                            {"value": 0.5},
+                        ]
+                    },
+                ),
                 ("expert1", {"weight": [0.7, 0.2, 0.4]}),
             ],
         ),
@@ -56,7 +72,10 @@ CASES = {
             m,
             [
                 ("expert0", {"weight": [0.3, 1.0], "density": 0.5}),
-                ("expert1", {"weight": 0.7, "density": [{"filter": "mlp", "value": 0.3}, {"value": 0.7}]}),
+                (
+                    "expert1",
+                    {"weight": 0.7, "density": [{"filter": "mlp", "value": 0.3}, {"value": 0.7}]},
+                ),
                 ("expert2", {"weight": 0.5, "density": 0.9}),
             ],
         ),
@@ -65,24 +84,50 @@ CASES = {
     "ties_unnormalized_int8": lambda m: {
         "merge_method": "ties",
         "base_model": str(m["base"]),
-        "models": _models(m, [("base", None), ("expert0", {"weight": 1.0, "density": 0.4}), ("expert1", {"weight": -0.5, "density": 0.6})]),
+        "models": _models(
+            m,
+            [
+                ("base", None),
+                ("expert0", {"weight": 1.0, "density": 0.4}),
+                ("expert1", {"weight": -0.5, "density": 0.6}),
+            ],
+        ),
         "parameters": {"normalize": False, "int8_mask": True},
     },
     "breadcrumbs": lambda m: {
         "merge_method": "breadcrumbs",
         "base_model": str(m["base"]),
-        "models": _models(m, [("expert0", {"weight": 0.6, "density": 0.8, "gamma": 0.05}), ("expert1", {"weight": 0.4, "density": 0.7})]),
+        "models": _models(
+            m,
+            [
+                ("expert0", {"weight": 0.6, "density": 0.8, "gamma": 0.05}),
+                ("expert1", {"weight": 0.4, "density": 0.7}),
+            ],
+        ),
     },
     "breadcrumbs_ties": lambda m: {
         "merge_method": "breadcrumbs_ties",
         "base_model": str(m["base"]),
-        "models": _models(m, [("expert0", {"weight": 0.6, "density": 0.8, "gamma": 0.02}), ("expert1", {"weight": 0.4, "density": 0.7})]),
+        "models": _models(
+            m,
+            [
+                ("expert0", {"weight": 0.6, "density": 0.8, "gamma": 0.02}),
+                ("expert1", {"weight": 0.4, "density": 0.7}),
+            ],
+        ),
         "parameters": {"rescale": True},
     },
     "slerp_slices": lambda m: {
         "merge_method": "slerp",
         "base_model": str(m["base"]),
-        "slices": [{"sources": [{"model": str(m["base"]), "layer_range": [0, 3]}, {"model": str(m["expert0"]), "layer_range": [0, 3]}]}],
+        "slices": [
+            {
+                "sources": [
+                    {"model": str(m["base"]), "layer_range": [0, 3]},
+                    {"model": str(m["expert0"]), "layer_range": [0, 3]},
+                ]
+            }
+        ],
         "parameters": {"t": SELF_ATTN_MLP},
     },
     "slerp_models": lambda m: {
@@ -116,7 +161,15 @@ CASES = {
         "merge_method": "passthrough",
         "slices": [
             {"sources": [{"model": str(m["expert0"]), "layer_range": [0, 2]}]},
-            {"sources": [{"model": str(m["expert1"]), "layer_range": [1, 3]}], "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"filter": "down_proj", "value": 0.5}]}},
+            {
+                "sources": [{"model": str(m["expert1"]), "layer_range": [1, 3]}],
+                "parameters": {
+                    "scale": [
+                        {"filter": "o_proj", "value": 0.5},
+                        {"filter": "down_proj", "value": 0.5},
+                    ]
+                },
+            },
             {"sources": [{"model": str(m["expert2"]), "layer_range": [2, 3]}]},
         ],
     },
@@ -129,8 +182,16 @@ CASES = {
             {
                 "sources": [
                     {"model": str(m["base"]), "layer_range": [0, 2]},
-                    {"model": str(m["expert0"]), "layer_range": [0, 2], "parameters": {"weight": 1.0, "density": 0.5}},
-                    {"model": str(m["expert2"]), "layer_range": [0, 2], "parameters": {"weight": 0.3, "density": 0.8}},
+                    {
+                        "model": str(m["expert0"]),
+                        "layer_range": [0, 2],
+                        "parameters": {"weight": 1.0, "density": 0.5},
+                    },
+                    {
+                        "model": str(m["expert2"]),
+                        "layer_range": [0, 2],
+                        "parameters": {"weight": 0.3, "density": 0.8},
+                    },
                 ]
             },
             {

@@ -1,0 +1,91 @@
+"""Tiny, random models for tests, demos and benchmarks (no download, made in seconds).
+
+A family is a base Llama and "experts" that are the base plus small random
+task vectors: real merges have something to do, and every architectural case
+that matters (grouped-query attention, tied or untied embeddings) is covered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def llama_config(
+    *,
+    tied: bool,
+    hidden: int = 32,
+    layers: int = 3,
+    intermediate: int = 48,
+    vocab: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": tied,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+def llama_state(config: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    h, inter, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    sd = {"model.embed_tokens.weight": torch.randn(v, h, generator=gen) * 0.02}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        sd[p + "input_layernorm.weight"] = 1 + 0.1 * torch.randn(h, generator=gen)
+        sd[p + "self_attn.q_proj.weight"] = torch.randn(h, h, generator=gen) * 0.05
+        sd[p + "self_attn.k_proj.weight"] = torch.randn(kv, h, generator=gen) * 0.05
+        sd[p + "self_attn.v_proj.weight"] = torch.randn(kv, h, generator=gen) * 0.05
+        sd[p + "self_attn.o_proj.weight"] = torch.randn(h, h, generator=gen) * 0.05
+        sd[p + "post_attention_layernorm.weight"] = 1 + 0.1 * torch.randn(h, generator=gen)
+        sd[p + "mlp.gate_proj.weight"] = torch.randn(inter, h, generator=gen) * 0.05
+        sd[p + "mlp.up_proj.weight"] = torch.randn(inter, h, generator=gen) * 0.05
+        sd[p + "mlp.down_proj.weight"] = torch.randn(h, inter, generator=gen) * 0.05
+    sd["model.norm.weight"] = 1 + 0.1 * torch.randn(h, generator=gen)
+    if not config["tie_word_embeddings"]:
+        sd["lm_head.weight"] = torch.randn(v, h, generator=gen) * 0.02
+    return sd
+
+
+def save_model(path: Path, state: dict[str, torch.Tensor], config: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}))
+    return path
+
+
+def make_family(
+    root: Path, *, tied: bool, n_experts: int = 3, seed: int = 0, delta: float = 0.02, **shape
+) -> dict[str, Path]:
+    """Write ``base`` and ``expert0..`` under ``root``; returns their paths by name."""
+    gen = torch.Generator().manual_seed(seed)
+    config = llama_config(tied=tied, **shape)
+    base = llama_state(config, gen)
+    models = {"base": save_model(root / "base", base, config)}
+    for e in range(n_experts):
+        expert = {k: v + delta * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+        models[f"expert{e}"] = save_model(root / f"expert{e}", expert, config)
+    return models
