@@ -14,7 +14,6 @@ Targets (issue 2): TIES >= 10x mergekit's throughput, DARE-TIES and linear
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -24,24 +23,17 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
+
+from evomerge.testing import make_family
 
 WORK = Path(__file__).parent / "_work" / "throughput"
-CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 1024,
-    "intermediate_size": 2816,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 64,
-    "vocab_size": 32000,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-    "hidden_act": "silu",
-    "torch_dtype": "float32",
+SHAPE = {
+    "hidden": 1024,
+    "intermediate": 2816,
+    "layers": 6,
+    "heads": 16,
+    "kv_heads": 8,
+    "vocab": 32000,
 }
 RECIPES = {
     "linear": {
@@ -88,47 +80,11 @@ RECIPES = {
 
 
 def make_models() -> dict[str, Path]:
-    paths = {name: WORK / "models" / name for name in ("base", "a", "b")}
-    if all((p / "model.safetensors").exists() for p in paths.values()):
-        return paths
-    gen = torch.Generator().manual_seed(0)
-    h, inter, v, L = (
-        CONFIG["hidden_size"],
-        CONFIG["intermediate_size"],
-        CONFIG["vocab_size"],
-        CONFIG["num_hidden_layers"],
-    )
-    kv = CONFIG["num_key_value_heads"] * CONFIG["head_dim"]
-    shapes = {
-        "model.embed_tokens.weight": (v, h),
-        "model.norm.weight": (h,),
-        "lm_head.weight": (v, h),
-    }
-    for i in range(L):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (h,),
-                p + "post_attention_layernorm.weight": (h,),
-                p + "self_attn.q_proj.weight": (h, h),
-                p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h),
-                p + "self_attn.o_proj.weight": (h, h),
-                p + "mlp.gate_proj.weight": (inter, h),
-                p + "mlp.up_proj.weight": (inter, h),
-                p + "mlp.down_proj.weight": (h, inter),
-            }
-        )
-    base = {k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
-    for name, path in paths.items():
-        path.mkdir(parents=True, exist_ok=True)
-        sd = (
-            base
-            if name == "base"
-            else {k: t + 0.002 * torch.randn(t.shape, generator=gen) for k, t in base.items()}
-        )
-        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-        (path / "config.json").write_text(json.dumps(CONFIG))
+    """A base and two fine-tunes of a ~545 MB fp32 Llama, generated once."""
+    root = WORK / "models"
+    paths = {"base": root / "base", "a": root / "expert0", "b": root / "expert1"}
+    if not all((p / "model.safetensors").exists() for p in paths.values()):
+        make_family(root, tied=False, n_experts=2, seed=0, delta=0.002, **SHAPE)
     return paths
 
 
