@@ -15,5 +15,5 @@ def weighted_sum(
 ) -> torch.Tensor:
     out = torch.zeros_like(tensors[0], dtype=dtype)
     for t, w in zip(tensors, weights, strict=True):
-        out.add_(t, alpha=w) if t.dtype == dtype else out.add_(t.to(dtype), alpha=w)
+        out.add_(t, alpha=w)  # promotes t to the accumulator's dtype
     return out

@@ -228,9 +228,10 @@ class InMemoryMerger:
             existing = target.get(op.name)
             if existing is not None and existing.shape == merged.shape:
                 existing.copy_(merged)
-            elif existing is not None and isinstance(into, torch.nn.Module):
+            elif isinstance(into, torch.nn.Module):
+                found = "no such tensor" if existing is None else f"shape {list(existing.shape)}"
                 raise CheckpointError(
-                    f"Tensor {op.name}: the resident model has shape {list(existing.shape)} but the recipe makes "
+                    f"Tensor {op.name}: the resident model has {found} but the recipe makes shape "
                     f"{list(merged.shape)}; build a model from merger.output_config(recipe) for this recipe."
                 )
             else:

@@ -201,3 +201,15 @@ def test_layer_range_past_the_model_is_refused(untied_family, tmp_path):
     )
     with pytest.raises(RecipeError, match="goes past its 3 layers"):
         merge_to_disk(recipe, tmp_path / "out")
+
+
+def test_merging_into_a_model_of_another_shape_is_refused(untied_family):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    recipe = frankenmerge(untied_family)  # 5 layers
+    merger = InMemoryMerger({ref: ref for ref in recipe.referenced_models()})
+    small = LlamaForCausalLM(
+        LlamaConfig(**{**merger.output_config(recipe), "num_hidden_layers": 3})
+    )
+    with pytest.raises(CheckpointError, match="no such tensor"):
+        merger.merge(recipe, into=small)
