@@ -176,11 +176,6 @@ class Checkpoint:
     def dtype(self, tensor: str) -> torch.dtype:
         return self._meta[tensor][1]
 
-    def nbytes(self) -> int:
-        return sum(
-            _numel(s) * torch.empty((), dtype=d).element_size() for s, d in self._meta.values()
-        )
-
     def get(self, tensor: str) -> torch.Tensor:
         if tensor not in self._meta:
             raise CheckpointError(f"Tensor {tensor!r} is not in model {self.path}.")
@@ -220,10 +215,3 @@ class StateDictSource:
 
     def get(self, tensor: str) -> torch.Tensor:
         return self.tensors[tensor]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

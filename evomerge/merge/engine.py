@@ -21,7 +21,7 @@ import torch
 
 from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import Checkpoint, StateDictSource, TensorSource
-from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, check_output_dir
+from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, TensorSpec, check_output_dir
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
 
@@ -137,14 +137,11 @@ def merge_to_disk(
 
 
 def _input_bytes(plan: MergePlan, sources: Mapping[str, TensorSource]) -> int:
-    total = 0
-    for op in plan.ops:
-        for model, tensor in op.all_inputs:
-            n = torch.empty((), dtype=sources[model].dtype(tensor)).element_size()
-            for s in sources[model].shape(tensor):
-                n *= s
-            total += n
-    return total
+    return sum(
+        TensorSpec(t, sources[m].shape(t), sources[m].dtype(t)).nbytes
+        for op in plan.ops
+        for m, t in op.all_inputs
+    )
 
 
 def _copy_tokenizer(
