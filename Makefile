@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart test test-slow lint bench clean
+.PHONY: setup quickstart test test-slow lint zoo bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 ## Slower tests, kept out of the default suite.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow" ; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests yet" && exit 0; exit $$rc
+
+## Train the toy model zoo (cached) and print its accuracy table.
+zoo: $(STAMP)
+	$(BIN)/evomerge zoo build
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_throughput.py --methods ties,dare_ties,linear

@@ -136,7 +136,9 @@ def main() -> None:
     print(
         f"3 models, {input_bytes / 1e9:.2f} GB fp32 in all; torch threads: {torch.get_num_threads()}"
     )
-    header = f"{'method':<18}{'tool':<10}{'wall s':>8}{'GB/s':>8}{'peak RSS MB':>13}"
+    # Another busy process on a small machine skews the times (torch's worker threads wait on
+    # each other): the load average before each run is printed so such runs can be spotted.
+    header = f"{'method':<18}{'tool':<10}{'wall s':>8}{'GB/s':>8}{'peak RSS MB':>13}{'load':>6}"
     print(header)
     print("-" * len(header))
     rows = []
@@ -170,13 +172,15 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 os.sync()  # start each run with no dirty pages from the last one being written back
                 time.sleep(2)
+                load = os.getloadavg()[0]
                 wall, rss = timed([a.replace("{out}", str(out)) for a in template])
                 shutil.rmtree(out, ignore_errors=True)
                 if best is None or wall < best[0]:
-                    best = (wall, rss)
+                    best = (wall, rss, load)
             result[tool] = best
             print(
-                f"{method:<18}{tool:<10}{best[0]:>8.2f}{input_bytes / 1e9 / best[0]:>8.2f}{best[1]:>13.0f}",
+                f"{method:<18}{tool:<10}{best[0]:>8.2f}{input_bytes / 1e9 / best[0]:>8.2f}"
+                f"{best[1]:>13.0f}{best[2]:>6.1f}",
                 flush=True,
             )
         rows.append((method, result))

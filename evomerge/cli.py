@@ -63,6 +63,23 @@ def merge(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Merge the models of a recipe into a new model directory (streamed, atomic)."""
+    import os
+
+    from evomerge.io.prefill import start_output_prefill
+
+    # Before torch loads OpenMP: idle workers sleep rather than spin. Spinning made merges
+    # several times slower whenever another process shared the cores; alone it costs ~nothing.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before the heavy imports: warm the output file on the other core while torch loads.
+    prefill = start_output_prefill(recipe_path, out, force)
+    try:
+        _merge(recipe_path, out, device, dtype, seed, force, allow_pickle, shard_size, quiet, prefill)
+    finally:
+        if prefill is not None:
+            prefill.discard()
+
+
+def _merge(recipe_path, out, device, dtype, seed, force, allow_pickle, shard_size, quiet, prefill):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evomerge.merge.engine import merge_to_disk, with_overrides
@@ -94,6 +111,7 @@ def merge(
                 max_shard_bytes=_parse_size(shard_size),
                 search_dirs=[recipe_path.resolve().parent],
                 progress=progress,
+                prefill=prefill,
             )
     except EvomergeError as err:
         _fail(err)
@@ -140,6 +158,157 @@ def demo(
         run(out, console)
     except EvomergeError as err:
         _fail(err)
+
+
+zoo_app = typer.Typer(help="The embedded toy model zoo (trained locally, offline).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    out: Annotated[
+        Optional[Path], typer.Option(help="Zoo directory (default: zoo/ in the repository).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Retrain even if the zoo is up to date.")] = False,
+    report: Annotated[
+        bool, typer.Option(help="Print the accuracy table of models and merges afterwards.")
+    ] = True,
+) -> None:
+    """Train the base model and the experts (cached: a second call returns at once)."""
+    from evomerge.zoo.build import build_zoo, read_manifest
+
+    try:
+        path = build_zoo(out, force=force, log=lambda s: err_console.print(s, highlight=False))
+    except EvomergeError as err:
+        _fail(err)
+    if report:
+        manifest = read_manifest(path) or {}
+        if "report" not in manifest:
+            _zoo_report(path)
+        else:
+            _render_saved_report(manifest["report"])
+
+
+def _zoo_report(path: Path) -> None:
+    import json
+
+    from evomerge.io.atomic import atomic_write_text
+    from evomerge.zoo.build import MANIFEST, read_manifest
+    from evomerge.zoo.report import render, zoo_report
+
+    rep = zoo_report(path, log=lambda s: err_console.print(f"  {s}", highlight=False))
+    render(rep, console)
+    manifest = read_manifest(path)
+    if manifest is not None:  # cache the table with the zoo it describes
+        manifest["report"] = rep.to_dict()
+        atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def _render_saved_report(saved: dict) -> None:
+    from evomerge.zoo.report import Row, ZooReport, render
+
+    rep = ZooReport(saved["skills"], [Row(r["name"], r["scores"], None, r["note"]) for r in saved["rows"]])
+    render(rep, console)
+
+
+@zoo_app.command("report")
+def zoo_report_cmd(
+    zoo: Annotated[Optional[Path], typer.Option(help="Zoo directory.")] = None,
+) -> None:
+    """Score base, experts and merges of a built zoo on every skill's test split."""
+    from evomerge.zoo.build import default_zoo_dir, read_manifest
+
+    path = zoo or default_zoo_dir()
+    if read_manifest(path) is None:
+        _fail(EvomergeError(f"No built zoo in {path}; run `evomerge zoo build` first."))
+    _zoo_report(path)
+
+
+@zoo_app.command("data")
+def zoo_data(
+    check: Annotated[
+        bool, typer.Option(help="Only check that evaluators/data matches the generator.")
+    ] = False,
+) -> None:
+    """(Re)generate the zoo tasks' search/test data under evaluators/data/."""
+    from evomerge.eval.task import evaluators_dir
+    from evomerge.zoo.data import write_task_data
+
+    changed = write_task_data(evaluators_dir(), check=check)
+    if check and changed:
+        _fail(EvomergeError(f"evaluators/ data differs from the generator: {', '.join(changed)}."))
+    console.print(f"{len(changed)} file(s) {'differ' if check else 'written'}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model directory.")],
+    task: Annotated[
+        list[str], typer.Option("--task", "-t", help="Task name or YAML path (repeatable).")
+    ],
+    fidelity: Annotated[
+        Optional[int], typer.Option(help="Score a nested subset of this many examples.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="search or test.")] = "test",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Score a model directory on one or more tasks and print a table."""
+    import json
+
+    from rich.table import Table
+
+    from evomerge.eval import load_task
+    from evomerge.merge.engine import check_device
+
+    try:
+        evaluators = [load_task(t, split=split) for t in task]
+        dev = check_device(device)
+        model, tokenizer = _load_model(model_dir, dev)
+    except EvomergeError as err:
+        _fail(err)
+    results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
+    if json_out:
+        sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    else:
+        table = Table(title=f"{model_dir} ({split} split)")
+        for col in ("task", "objective", "value", "better", "examples", "seconds"):
+            table.add_column(col)
+        for ev, r in zip(evaluators, results, strict=True):
+            if not r.ok:
+                table.add_row(r.task, "-", f"[red]failed: {r.error}", "", "", f"{r.seconds:.2f}")
+                continue
+            for o in ev.objectives():
+                table.add_row(
+                    r.task,
+                    o.name,
+                    f"{r.values[o.name]:.4g}",
+                    "higher" if o.direction == "maximize" else "lower",
+                    str(r.n_examples),
+                    f"{r.seconds:.2f}",
+                )
+        console.print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+def _load_model(model_dir: Path, device):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.merge.engine import resolve_model_path
+
+    path = resolve_model_path(str(model_dir))
+    if not any(path.glob("*.safetensors")):
+        raise EvomergeError(
+            f"{path} has no .safetensors weights; evomerge eval loads safetensors only "
+            f"(convert the checkpoint, or merge it with `evomerge merge --allow-pickle`)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, use_safetensors=True
+    ).to(device)
+    return model.eval(), tokenizer
 
 
 def main() -> None:  # pragma: no cover - console entry point

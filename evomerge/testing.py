@@ -89,3 +89,55 @@ def make_family(
         expert = {k: v + delta * torch.randn(v.shape, generator=gen) for k, v in base.items()}
         models[f"expert{e}"] = save_model(root / f"expert{e}", expert, config)
     return models
+
+
+def tiny_char_lm(seed: int = 0, *, layers: int = 2, hidden: int = 32, tied: bool = False):
+    """A random, untrained Llama over the zoo's character tokenizer: (model, tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evomerge.zoo.skills import ALPHABET
+    from evomerge.zoo.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(ALPHABET)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    # Large random weights make greedy outputs vary with the prompt (a small init
+    # answers every prompt alike, which would make the evaluator tests toothless).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 1.0 if "embed" in name or "lm_head" in name else hidden**-0.5)
+    return model, tokenizer
+
+
+def run_mergekit(config: dict, out: Path) -> dict[str, torch.Tensor]:
+    """Run mergekit (the reference, a test-only dependency) in-process; returns its tensors."""
+    import logging
+
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+    from safetensors.torch import load_file
+
+    logging.getLogger("mergekit").setLevel(logging.ERROR)
+    run_merge(
+        MergeConfiguration.model_validate(config),
+        str(out),
+        MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, device="cpu"),
+    )
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(out).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state

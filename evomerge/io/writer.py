@@ -18,6 +18,7 @@ import shutil
 import struct
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +27,7 @@ import torch
 
 from evomerge.errors import CheckpointError, OutputExistsError
 from evomerge.io.checkpoint import SAFETENSORS_DTYPES
+from evomerge.io.prefill import OutputPrefill
 
 _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DEFAULT_SHARD_BYTES = 5 * 1024**3
@@ -73,13 +75,18 @@ class _Shard:
             pos += spec.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+        self._header = raw
         self.data_start = 8 + len(raw)
         self.size = pos
-        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed in close())
-        self.file.write(struct.pack("<Q", len(raw)))
-        self.file.write(raw)
-        self.file.truncate(self.data_start + pos)
+        self.file: BinaryIO | None = None
         self.written: set[str] = set()
+
+    def open(self) -> None:
+        """Create the file, or adopt a pre-warmed one (overwritten, cut to size)."""
+        self.file = open(self.path, "r+b" if self.path.exists() else "wb")  # noqa: SIM115
+        self.file.write(struct.pack("<Q", len(self._header)))
+        self.file.write(self._header)
+        self.file.truncate(self.data_start + self.size)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         start, end = self.offsets[name]
@@ -88,11 +95,15 @@ class _Shard:
             raise CheckpointError(
                 f"Tensor {name}: produced {data.nbytes} bytes, planned {end - start}."
             )
+        assert self.file is not None
         self.file.seek(self.data_start + start)
         self.file.write(data)
         self.written.add(name)
 
     def close(self, durable: bool) -> None:
+        if self.file is None:
+            self.open()
+        assert self.file is not None
         self.file.flush()
         if durable:
             os.fsync(self.file.fileno())
@@ -113,8 +124,10 @@ class CheckpointWriter:
         max_shard_bytes: int = DEFAULT_SHARD_BYTES,
         force: bool = False,
         durable: bool = False,
+        prefill: OutputPrefill | None = None,
     ) -> None:
         self.out = Path(out)
+        self._prefill = prefill
         self.specs = specs
         self.max_shard_bytes = max_shard_bytes
         self.force = force
@@ -131,8 +144,6 @@ class CheckpointWriter:
     def __enter__(self) -> CheckpointWriter:
         check_output_dir(self.out, self.force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self._tmp.mkdir()
         groups: list[list[TensorSpec]] = [[]]
         size = 0
         for spec in self.specs:
@@ -142,6 +153,16 @@ class CheckpointWriter:
             groups[-1].append(spec)
             size += spec.nbytes
         n = len(groups)
+        prefill, self._prefill = self._prefill, None
+        if prefill is not None and n == 1 and prefill.out == self.out:
+            prefill.claimed = True  # its directory and warmed shard become ours
+            self._prefill = prefill
+            self._tmp = prefill.tmp_dir
+        else:
+            if prefill is not None:
+                prefill.discard()
+            self._tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+            self._tmp.mkdir()
         for i, group in enumerate(groups):
             name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
             shard = _Shard(self._tmp / name, group)
@@ -153,12 +174,23 @@ class CheckpointWriter:
         return self
 
     def _drain(self) -> None:
+        try:
+            if self._prefill is not None:
+                self._prefill.wait()  # no byte of ours before its last zero
+            for shard in self._shards:
+                shard.open()
+        except BaseException as err:
+            self._error = err
         while (item := self._queue.get()) is not None:
+            name, tensor, done = item
             if self._error is None:
                 try:
-                    self._shard_of[item[0]].write(*item)
+                    self._shard_of[name].write(name, tensor)
                 except BaseException as err:  # reported to the producer at its next call
                     self._error = err
+            del item, tensor
+            if done is not None and self._error is None:
+                done()
 
     def _flush(self) -> None:
         if self._thread is not None:
@@ -173,12 +205,15 @@ class CheckpointWriter:
         assert self._tmp is not None, "use CheckpointWriter as a context manager"
         return self._tmp
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(
+        self, name: str, tensor: torch.Tensor, done: Callable[[], None] | None = None
+    ) -> None:
+        """Queue ``tensor`` for writing; ``done()`` is called once its bytes are in the file."""
         if self._error is not None:
             raise self._error
         if name not in self._shard_of:
             raise CheckpointError(f"Tensor {name} was not planned for this output.")
-        self._queue.put((name, tensor))
+        self._queue.put((name, tensor, done))
 
     def write_json(self, filename: str, data: dict[str, Any]) -> None:
         (self.tmp_dir / filename).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -229,8 +264,10 @@ class CheckpointWriter:
             BaseException
         ):  # already failing; the first error is the one reported
             self._flush()
+        if self._prefill is not None:
+            self._prefill.discard()
         for shard in self._shards:
-            if not shard.file.closed:
+            if shard.file is not None and not shard.file.closed:
                 shard.file.close()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

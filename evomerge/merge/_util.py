@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 
 
@@ -13,7 +19,75 @@ def work_dtype(t: torch.Tensor) -> torch.dtype:
 def weighted_sum(
     tensors: list[torch.Tensor], weights: list[float], dtype: torch.dtype
 ) -> torch.Tensor:
-    out = torch.zeros_like(tensors[0], dtype=dtype)
+    first = tensors[0]
+    out = new_output(first.shape, dtype, first.device).zero_()
     for t, w in zip(tensors, weights, strict=True):
         out.add_(t, alpha=w)  # promotes t to the accumulator's dtype
     return out
+
+
+class OutputPool:
+    """Recycles the CPU buffers that merged tensors are written into.
+
+    Freshly mapped memory is slow to touch the first time (page faults, and worse on
+    some VMs); a streamed merge produces one output tensor after another, so the buffer
+    of a tensor already written can hold a later one. ``merge_to_disk`` installs a pool
+    with ``use_output_pool``; methods get buffers from ``new_output``; ``settle`` after
+    each op frees what the op took but did not return, and the writer ``release``s the
+    returned one once it is on disk. Without a pool, ``new_output`` is ``torch.empty``.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []  # flat uint8 buffers
+        self._lent: dict[int, torch.Tensor] = {}  # storage address -> buffer, in this op
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            # Best fit, and never a buffer much larger: keep it for the large tensor to come.
+            fits = [
+                (b.numel(), i)
+                for i, b in enumerate(self._free)
+                if nbytes <= b.numel() <= 2 * nbytes + (1 << 20)
+            ]
+            buf = self._free.pop(min(fits)[1]) if fits else None
+        if buf is None:
+            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+        self._lent[buf.data_ptr()] = buf
+        return buf[:nbytes].view(dtype).view(shape)
+
+    def settle(self, result: torch.Tensor) -> torch.Tensor | None:
+        """End of an op: the buffer behind ``result`` (if it is one of ours), others freed."""
+        addr = result.untyped_storage().data_ptr() if result.device.type == "cpu" else None
+        keep = self._lent.pop(addr, None) if addr is not None else None
+        with self._lock:
+            self._free.extend(self._lent.values())
+        self._lent.clear()
+        return keep
+
+    def release(self, buf: torch.Tensor) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
+_output_pool: ContextVar[OutputPool | None] = ContextVar("evomerge_output_pool", default=None)
+
+
+@contextlib.contextmanager
+def use_output_pool(pool: OutputPool | None) -> Iterator[None]:
+    token = _output_pool.set(pool)
+    try:
+        yield
+    finally:
+        _output_pool.reset(token)
+
+
+def new_output(
+    shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """An uninitialised output tensor: from the active pool on the CPU, else fresh."""
+    pool = _output_pool.get()
+    if pool is None or device.type != "cpu":
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    return pool.take(tuple(shape), dtype)

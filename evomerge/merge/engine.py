@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import torch
 
 from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import Checkpoint, StateDictSource, TensorSource
+from evomerge.io.prefill import OutputPrefill
 from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, TensorSpec, check_output_dir
+from evomerge.merge._util import OutputPool, use_output_pool
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
 
@@ -103,8 +106,13 @@ def merge_to_disk(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     search_dirs: Sequence[Path] = (),
     progress: Progress | None = None,
+    prefill: OutputPrefill | None = None,
 ) -> MergeResult:
-    """Merge ``recipe`` into a new model directory ``out``, atomically."""
+    """Merge ``recipe`` into a new model directory ``out``, atomically.
+
+    ``prefill``: an output file being warmed by ``evomerge.io.prefill`` (the CLI's), adopted
+    by the writer when the output is one shard.
+    """
     start = time.perf_counter()
     out = Path(out)
     dev = check_device(device)
@@ -112,14 +120,20 @@ def merge_to_disk(
     sources = open_sources(recipe, search_dirs, allow_pickle=allow_pickle)
     plan = build_plan(recipe, sources)
     specs = plan.specs()
-    with CheckpointWriter(out, specs, max_shard_bytes=max_shard_bytes, force=force) as writer:
-        with torch.inference_mode():
+    with CheckpointWriter(
+        out, specs, max_shard_bytes=max_shard_bytes, force=force, prefill=prefill
+    ) as writer:
+        pool = OutputPool()  # written tensors' buffers hold later ones: no fresh pages
+        with torch.inference_mode(), use_output_pool(pool):
             for i, op in enumerate(plan.ops):
                 if progress:
                     progress(i, len(plan.ops), op.name)
                 merged = plan.run_op(op, lambda m, t: sources[m].get(t), dev)
-                writer.write(op.name, merged)
-                del merged
+                buf = pool.settle(merged)
+                writer.write(
+                    op.name, merged, done=None if buf is None else partial(pool.release, buf)
+                )
+                del merged, buf
         if progress:
             progress(len(plan.ops), len(plan.ops), "")
         writer.write_json("config.json", plan.output_config(sources))

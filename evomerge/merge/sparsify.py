@@ -20,12 +20,21 @@ tied exactly at the threshold are all kept (for real weights that happens only
 for zeros, which change nothing). Random masks draw 16-bit uniforms (the kept
 probability is density rounded to 1/65536) from a stream seeded per tensor
 and model, so the same seed gives the same bytes however the work is chunked.
+
+On the CPU, float32/float64 work goes through numpy views of the tensors: its
+comparisons and bool masks are several times faster than torch's there, and
+every operation used is exact IEEE arithmetic, so results are bit-identical to
+the torch path (kept for other devices and dtypes). Sums stay in torch, whose
+reduction order defines the rescale factors.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -33,10 +42,60 @@ import torch
 CHUNK = 1 << 19  # elements per piece on the CPU: a few such buffers stay in cache
 _SAMPLE = 1 << 15
 _RESCALE_EPS = 1e-7
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+
+T = TypeVar("T")
 
 
 def chunk_size(t: torch.Tensor) -> int:
     return CHUNK if t.device.type == "cpu" else max(t.numel(), 1)
+
+
+def use_numpy(*tensors: torch.Tensor) -> bool:
+    """Whether the numpy fast path applies: CPU, one float32/float64 dtype."""
+    first = tensors[0]
+    return (
+        first.device.type == "cpu"
+        and first.dtype in _NUMPY_DTYPES
+        and all(t.device.type == "cpu" and t.dtype == first.dtype for t in tensors)
+    )
+
+
+def flat_np(t: torch.Tensor) -> np.ndarray:
+    """A flat numpy view of a CPU tensor (a copy only if it is not contiguous)."""
+    return t.detach().reshape(-1).numpy()
+
+
+_local = threading.local()
+
+
+def scratch(key: str, n: int, dtype) -> np.ndarray:
+    """A per-thread buffer reused across calls: fresh pages are slow to fault in."""
+    bufs = _local.__dict__.setdefault("bufs", {})
+    buf = bufs.get(key)
+    if buf is None or buf.dtype != dtype or buf.size < n:
+        buf = bufs[key] = np.empty(max(n, CHUNK), dtype=dtype)
+    return buf[:n]
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def workers() -> int:
+    return max(1, min(torch.get_num_threads(), 8))
+
+
+def parallel_map(fn: Callable[..., T], *args: Sequence) -> list[T]:
+    """``[fn(*a) for a in zip(*args)]`` on a small thread pool (numpy releases the GIL)."""
+    global _pool
+    items = list(zip(*args, strict=True))
+    if len(items) <= 1 or workers() == 1:
+        return [fn(*a) for a in items]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(workers(), thread_name_prefix="evomerge-merge")
+    return list(_pool.map(lambda a: fn(*a), items))
 
 
 def delta_chunks(x: torch.Tensor, base: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -51,9 +110,12 @@ def delta_chunks(x: torch.Tensor, base: torch.Tensor) -> Iterator[tuple[slice, t
 # -- exact order statistics of |x - base| -------------------------------------------------
 
 
-def _select(values: torch.Tensor, ranks: list[int]) -> list[float]:
+def _select(values: torch.Tensor | np.ndarray, ranks: list[int]) -> list[float]:
     """Values at 1-based ascending ``ranks`` of a flat tensor (numpy's introselect is fast)."""
-    arr = values.detach().float().cpu().numpy()
+    if isinstance(values, np.ndarray):
+        arr = values.astype(np.float32, copy=False)  # as the torch path: thresholds are float32
+    else:
+        arr = values.detach().float().cpu().numpy()
     kth = sorted({r - 1 for r in ranks})
     part = np.partition(arr, kth)
     return [float(part[r - 1]) for r in ranks]
@@ -66,8 +128,15 @@ def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int])
     if n <= 4 * _SAMPLE:
         return _select((xf - bf).abs(), ranks)
     gen = torch.Generator(device="cpu").manual_seed(n)
-    idx = torch.randint(0, n, (_SAMPLE,), generator=gen).to(base.device)
-    sample = (xf[idx] - bf[idx]).abs()
+    idx = torch.randint(0, n, (_SAMPLE,), generator=gen)
+    fast = use_numpy(x, base)
+    if fast:  # sorted, so memory-mapped pages are touched in order (the sample is a set)
+        xa, ba = flat_np(xf), flat_np(bf)
+        ia = np.sort(idx.numpy())
+        sample = np.abs(xa[ia] - ba[ia])
+    else:
+        idx = idx.to(base.device)
+        sample = (xf[idx] - bf[idx]).abs()
     positions = []
     for r in ranks:
         pos = (r - 0.5) / n * _SAMPLE
@@ -75,8 +144,26 @@ def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int])
         positions += [max(int(pos - margin), 0) + 1, min(int(pos + margin), _SAMPLE - 1) + 1]
     bounds = _select(sample, positions)
     windows = [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
-    below = [0] * len(ranks)
-    inside: list[list[torch.Tensor]] = [[] for _ in ranks]
+    if fast:
+        below, inside = _count_windows_np(xa, ba, windows)
+    else:
+        below, inside = _count_windows(x, base, windows)
+    out = []
+    for j, r in enumerate(ranks):
+        cand = inside[j]
+        if below[j] < r <= below[j] + len(cand):
+            out.append(_select(cand, [r - below[j]])[0])
+        else:  # the sample missed the rank (vanishingly rare): select over everything
+            out.append(_select((xf - bf).abs(), [r])[0])
+    return out
+
+
+def _count_windows(
+    x: torch.Tensor, base: torch.Tensor, windows: list[tuple[float, float]]
+) -> tuple[list[int], list[torch.Tensor]]:
+    """Per window: how many magnitudes lie below it, and those inside it."""
+    below = [0] * len(windows)
+    inside: list[list[torch.Tensor]] = [[] for _ in windows]
     for _, d in delta_chunks(x, base):
         mags = d.abs_()
         for j, (lo, hi) in enumerate(windows):
@@ -84,35 +171,73 @@ def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int])
             below[j] += mags.numel() - int(torch.count_nonzero(in_window))
             in_window.logical_and_(mags <= hi)
             inside[j].append(mags[in_window])
-    out = []
-    for j, r in enumerate(ranks):
-        cand = torch.cat(inside[j])
-        if below[j] < r <= below[j] + cand.numel():
-            out.append(_select(cand, [r - below[j]])[0])
-        else:  # the sample missed the rank (vanishingly rare): select over everything
-            out.append(_select((xf - bf).abs(), [r])[0])
-    return out
+    return below, [torch.cat(c) for c in inside]
+
+
+def _count_windows_np(
+    xa: np.ndarray, ba: np.ndarray, windows: list[tuple[float, float]]
+) -> tuple[list[int], list[np.ndarray]]:
+    below = [0] * len(windows)
+    inside: list[list[np.ndarray]] = [[] for _ in windows]
+    n = ba.size
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        m = stop - start
+        mags = np.subtract(xa[start:stop], ba[start:stop], out=scratch("mags", m, ba.dtype))
+        np.abs(mags, out=mags)
+        ge = scratch("ge", m, np.bool_)
+        le = scratch("le", m, np.bool_)
+        for j, (lo, hi) in enumerate(windows):
+            np.greater_equal(mags, lo, out=ge)
+            below[j] += m - int(np.count_nonzero(ge))
+            np.less_equal(mags, hi, out=le)
+            np.logical_and(ge, le, out=ge)
+            inside[j].append(mags[ge])
+    return below, [np.concatenate(c) for c in inside]
 
 
 # -- random keep masks ----------------------------------------------------------------------
 
 
 class Uniform16:
-    """Deterministic 16-bit uniforms for one (tensor, model) stream, on the tensor's device."""
+    """Deterministic 16-bit uniforms for one (tensor, model) stream, on the tensor's device.
+
+    On the CPU the stream is ``numpy.random.Generator(PCG64(seed)).integers(0, 65536,
+    count, dtype=uint16)``, produced here from the raw 64-bit words (several times
+    faster): each word is two 32-bit halves, low first, each two 16-bit halves, low
+    first; a call ending on an odd 32-bit half keeps the word's other half for the
+    next call and drops the unused 16 bits, as ``integers`` does.
+    """
 
     def __init__(self, seed: int, device: torch.device) -> None:
         self.device = device
         if device.type == "cpu":
-            self._np = np.random.Generator(np.random.PCG64(seed))
+            self._bits = np.random.PCG64(seed)
+            self._held: np.ndarray | None = None  # a kept 32-bit half, as two uint16
         else:
             self._torch = torch.Generator(device=device).manual_seed(seed)
+
+    def draw_u16(self, count: int) -> np.ndarray:
+        """CPU only: ``count`` integers uniform on [0, 65536), as uint16."""
+        parts = []
+        if self._held is not None and count > 0:
+            parts.append(self._held[: min(count, 2)])
+            count -= min(count, 2)  # (a 16-bit remainder of a 32-bit half is dropped)
+            self._held = None
+        halves = (count + 1) // 2  # 32-bit halves needed
+        if halves:
+            words = self._bits.random_raw((halves + 1) // 2).view(np.uint16)
+            if halves % 2:
+                self._held = words[-2:].copy()
+            parts.append(words[:count])
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint16)
 
     def draw(self, count: int) -> torch.Tensor:
         """``count`` integers uniform on [0, 65536), as int32."""
         if self.device.type == "cpu":
-            return torch.from_numpy(
-                self._np.integers(0, 1 << 16, count, dtype=np.uint16).astype(np.int32)
-            )
+            return torch.from_numpy(self.draw_u16(count).astype(np.int32))
         return torch.randint(
             0, 1 << 16, (count,), generator=self._torch, device=self.device, dtype=torch.int32
         )
@@ -127,6 +252,8 @@ def random_mask(
 ) -> tuple[torch.Tensor, float]:
     """A DARE keep mask (bool, flat) and the L1 rescale factor (1 without rescale)."""
     thr = keep_threshold(density)
+    if use_numpy(x, base):
+        return _random_mask_np(flat_np(x), flat_np(base), thr, rng, rescale)
     keep = torch.empty(base.numel(), dtype=torch.bool, device=base.device)
     before = after = 0.0
     for sl, d in delta_chunks(x, base):
@@ -139,6 +266,33 @@ def random_mask(
     return keep, _ratio(before, after) if rescale else 1.0
 
 
+def _random_mask_np(
+    xa: np.ndarray, ba: np.ndarray, thr: int, rng: Uniform16, rescale: bool
+) -> tuple[torch.Tensor, float]:
+    n = ba.size
+    keep = np.empty(n, dtype=np.bool_)
+    before = after = 0.0
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        k = keep[start:stop]
+        if thr >= 1 << 16:  # every uniform is below it; the stream is not needed
+            k.fill(True)
+        elif thr <= 0:
+            k.fill(False)
+        else:  # compare the uint16 draws directly: no widening, no torch bool kernel
+            np.less(rng.draw_u16(stop - start), thr, out=k)
+        if rescale:
+            mags = np.subtract(
+                xa[start:stop], ba[start:stop], out=scratch("mags", k.size, ba.dtype)
+            )
+            np.abs(mags, out=mags)
+            t = torch.from_numpy(mags)
+            before += t.sum(dtype=torch.float64).item()
+            np.multiply(mags, k, out=mags)
+            after += t.sum(dtype=torch.float64).item()
+    return torch.from_numpy(keep), _ratio(before, after) if rescale else 1.0
+
+
 def _ratio(before: float, after: float) -> float:
     if before < _RESCALE_EPS or after < _RESCALE_EPS:
         return 1.0
@@ -148,6 +302,20 @@ def _ratio(before: float, after: float) -> float:
 def l1_ratio_in_band(x: torch.Tensor, base: torch.Tensor, lo: float, hi: float) -> float:
     """Rescale factor when entries with lo <= |d| <= hi are kept."""
     before = after = 0.0
+    if use_numpy(x, base):
+        xa, ba = flat_np(x), flat_np(base)
+        for start in range(0, ba.size, CHUNK):
+            stop = min(start + CHUNK, ba.size)
+            m = stop - start
+            mags = np.subtract(xa[start:stop], ba[start:stop], out=scratch("mags", m, ba.dtype))
+            np.abs(mags, out=mags)
+            t = torch.from_numpy(mags)
+            before += t.sum(dtype=torch.float64).item()
+            band = np.greater_equal(mags, lo, out=scratch("ge", m, np.bool_))
+            np.logical_and(band, np.less_equal(mags, hi, out=scratch("le", m, np.bool_)), out=band)
+            np.multiply(mags, band, out=mags)  # the same values torch.where gives: mags >= 0
+            after += t.sum(dtype=torch.float64).item()
+        return _ratio(before, after)
     for _, d in delta_chunks(x, base):
         mags = d.abs_()
         before += mags.sum(dtype=torch.float64).item()

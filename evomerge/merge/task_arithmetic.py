@@ -27,9 +27,11 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from evomerge.merge import sparsify
+from evomerge.merge._util import new_output
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
 
 
@@ -116,8 +118,10 @@ def merge_task_vectors(
     if not group.tensors:
         return base
     n_models = len(group.tensors)
-    survivors = [
-        _survivors(
+    fast = sparsify.use_numpy(base, *group.tensors)
+
+    def survivors_of(i: int) -> _Survivors:
+        return _survivors(
             group,
             i,
             sparsification,
@@ -127,8 +131,11 @@ def merge_task_vectors(
             gamma[i] if gamma else 0.0,
             epsilon[i] if epsilon else 0.0,
         )
-        for i in range(n_models)
-    ]
+
+    if fast:  # one model per worker: each pass is independent and numpy releases the GIL
+        survivors = sparsify.parallel_map(survivors_of, range(n_models))
+        return _combine_np(group, survivors, weight, consensus, normalize, lambda_)
+    survivors = [survivors_of(i) for i in range(n_models)]
     # Pass 2, piece by piece: rebuild each surviving, weighted delta; elect signs; combine.
     flat_base = base.reshape(-1)
     flat_x = [t.reshape(-1) for t in group.tensors]
@@ -174,6 +181,96 @@ def merge_task_vectors(
             mixed.mul_(lambda_)
         torch.add(b, mixed, out=out[sl])
     return out.reshape(base.shape)
+
+
+def _combine_np(
+    group: TensorGroup,
+    survivors: list[_Survivors],
+    weight: list[float],
+    consensus: bool,
+    normalize: bool,
+    lambda_: float,
+) -> torch.Tensor:
+    """Pass 2 of ``merge_task_vectors`` on the CPU through numpy, bit-identical to the torch loop.
+
+    Masks are bool comparisons (x * True == x and x * False == +-0, as the float masks
+    give). Products with a Python scalar round it to the tensor's dtype, as torch does.
+    """
+    base = group.base
+    ba = sparsify.flat_np(base)
+    xs = [sparsify.flat_np(t) for t in group.tensors]
+    masks = [None if s.mask is None else s.mask.numpy() for s in survivors]
+    dense = [None if s.dense is None else s.dense.reshape(-1) for s in survivors]
+    out = new_output(base.shape, base.dtype, base.device)
+    oa = out.view(-1).numpy()
+    ft = ba.dtype.type
+    total_weight = sum(weight)
+    n = ba.size
+
+    def chunk(start: int, stop: int) -> None:
+        m = stop - start
+        b = ba[start:stop]
+        scratch = sparsify.scratch
+        ts = []
+        for i, s in enumerate(survivors):
+            t = scratch(f"t{i}", m, ba.dtype)
+            if dense[i] is not None:
+                torch.mul(dense[i][start:stop], s.factor, out=torch.from_numpy(t))
+            else:
+                np.subtract(xs[i][start:stop], b, out=t)
+                if masks[i] is not None:
+                    np.multiply(t, masks[i][start:stop], out=t)
+                elif not s.keeps_all:
+                    mags = np.abs(t, out=scratch("mags", m, ba.dtype))
+                    band = np.greater_equal(mags, s.lo, out=scratch("ge", m, np.bool_))
+                    if s.hi != math.inf:
+                        le = np.less_equal(mags, s.hi, out=scratch("le", m, np.bool_))
+                        np.logical_and(band, le, out=band)
+                    np.multiply(t, band, out=t)
+                if s.factor != 1:  # x * 1.0 is x; torch also rounds the factor to the dtype first
+                    np.multiply(t, ft(s.factor), out=t)
+            ts.append(t)
+        mixed = scratch("mixed", m, ba.dtype)
+        np.copyto(mixed, ts[0])
+        for t in ts[1:]:
+            np.add(mixed, t, out=mixed)
+        if consensus:
+            # The elected sign is + where the sum is >= 0; copysign differs only at -0, which
+            # needs every delta to be +-0, and those never agree anyway.
+            elected = np.copysign(ft(1), mixed, out=scratch("elected", m, ba.dtype))
+            agrees = []
+            for i, t in enumerate(ts):
+                signed = np.multiply(t, elected, out=scratch("mags", m, ba.dtype))
+                agrees.append(np.greater(signed, 0, out=scratch(f"a{i}", m, np.bool_)))
+            divisor = scratch("divisor", m, ba.dtype)
+            for i, (t, a) in enumerate(zip(ts, agrees, strict=True)):
+                np.multiply(t, a, out=t)
+                if i == 0:
+                    np.add(t, ft(0), out=mixed)  # 0 + t: the torch loop's sum starts from +0
+                    np.multiply(a, ft(weight[i]), out=divisor)
+                else:
+                    np.add(mixed, t, out=mixed)
+                    np.add(divisor, np.multiply(a, ft(weight[i]), out=t), out=divisor)
+            empty = np.equal(divisor, 0, out=scratch("ge", m, np.bool_))
+            np.add(divisor, empty, out=divisor)  # an empty divisor becomes 1
+            if normalize:
+                np.divide(mixed, divisor, out=mixed)
+        elif normalize:
+            torch.from_numpy(mixed).div_(1.0 if abs(total_weight) < 1e-8 else total_weight)
+        if lambda_ != 1:
+            torch.from_numpy(mixed).mul_(lambda_)
+        np.add(b, mixed, out=oa[start:stop])
+
+    def run(first: int, last: int) -> None:
+        for start in range(first, last, sparsify.CHUNK):
+            chunk(start, min(start + sparsify.CHUNK, last))
+
+    # Contiguous, chunk-aligned ranges, one per worker.
+    n_chunks = -(-n // sparsify.CHUNK)
+    parts = min(sparsify.workers(), n_chunks)
+    bounds = [min(n, (n_chunks * k // parts) * sparsify.CHUNK) for k in range(parts + 1)]
+    sparsify.parallel_map(run, bounds[:-1], bounds[1:])
+    return out
 
 
 def _register(

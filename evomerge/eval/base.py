@@ -1,0 +1,160 @@
+"""The evaluator protocol: what a task yields, which way is better, what a fidelity costs.
+
+An evaluator scores a model object that is already in memory (a search merges
+into one resident model and never writes it to disk). ``evaluate`` never raises
+for a failing task: a crash or a non-finite value comes back as a failed
+``EvalResult`` carrying the reason, so one bad candidate cannot stop a search.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evomerge.registry import Registry
+
+Direction = Literal["maximize", "minimize"]
+
+
+class EvaluationFailure(Exception):
+    """Raised inside an evaluator for a known failure mode (e.g. NaN logits)."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: Direction
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger is better: multiply to get a value to maximise."""
+        return 1.0 if self.direction == "maximize" else -1.0
+
+
+@dataclass
+class EvalResult:
+    task: str
+    values: dict[str, float]
+    ok: bool = True
+    error: str | None = None
+    fidelity: int | None = None
+    n_examples: int = 0
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TaskConfig(BaseModel):
+    """Fields every task YAML has; each evaluator type adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    name: str | None = None
+    description: str = ""
+    fidelities: list[int] = Field(default_factory=list)
+    subset_seed: int = 0
+    batch_size: int = Field(default=64, ge=1)
+
+
+class Evaluator(ABC):
+    """One task. Subclasses set ``Config`` and implement ``objectives`` and ``_score``."""
+
+    Config: ClassVar[type[TaskConfig]] = TaskConfig
+
+    def __init__(self, config: TaskConfig, *, name: str, split: str, root: Path) -> None:
+        self.config = config
+        self.name = name
+        self.split = split
+        self.root = root  # the directory relative paths in the config are resolved against
+
+    @abstractmethod
+    def objectives(self) -> list[Objective]: ...
+
+    def size(self) -> int | None:
+        """Number of examples in the split (``None``: not example-based)."""
+        return None
+
+    def validate(self) -> None:
+        """Load what the task reads (data files, functions) now, so a bad path or a
+        malformed row fails before a search spends compute. Raises ``EvomergeError``."""
+        self.size()
+
+    def fidelity_levels(self) -> list[int | None]:
+        """Nested subset sizes, cheapest first; ``None`` means every example."""
+        n = self.size()
+        if n is None:
+            return [None]
+        return [k for k in sorted(set(self.config.fidelities)) if k < n] + [None]
+
+    def cost(self, fidelity: int | None = None) -> float:
+        """Relative cost of one evaluation at ``fidelity`` (examples scored)."""
+        n = self.size()
+        if n is None:
+            return 1.0
+        return float(n if fidelity is None else min(fidelity, n))
+
+    @abstractmethod
+    def _score(self, model, tokenizer, fidelity: int | None) -> tuple[dict[str, float], int]:
+        """Values keyed by objective name, and the number of examples scored."""
+
+    def evaluate(self, model, tokenizer, fidelity: int | None = None) -> EvalResult:
+        t0 = time.perf_counter()
+        try:
+            values, n = self._score(model, tokenizer, fidelity)
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise EvaluationFailure(f"non-finite value for {', '.join(bad)}")
+            missing = [o.name for o in self.objectives() if o.name not in values]
+            if missing:
+                raise EvaluationFailure(f"no value for objective(s) {', '.join(missing)}")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except EvaluationFailure as e:
+            return self._failed(str(e), fidelity, t0)
+        except Exception as e:  # a failing task is a result, not a crash of the search
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            reason = f"{type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
+            return self._failed(reason, fidelity, t0)
+        return EvalResult(
+            task=self.name,
+            values={k: float(v) for k, v in values.items()},
+            fidelity=fidelity,
+            n_examples=n,
+            seconds=time.perf_counter() - t0,
+        )
+
+    def _failed(self, reason: str, fidelity: int | None, t0: float) -> EvalResult:
+        return EvalResult(
+            task=self.name,
+            values={},
+            ok=False,
+            error=reason,
+            fidelity=fidelity,
+            seconds=time.perf_counter() - t0,
+        )
+
+
+EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator type")
+
+
+def register_evaluator(name: str):
+    """Class decorator: ``@register_evaluator("exact_match")``."""
+    return EVALUATORS.decorator(name)
+
+
+def model_device(model):
+    import torch
+
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,107 @@
+"""Finding, validating and building tasks from their YAML configs.
+
+A task is named by a file in ``evaluators/tasks/`` (``--task addition``) or by a
+path to any YAML. Configs are validated in full before anything is scored, and
+errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from evomerge.errors import EvomergeError
+from evomerge.eval.base import EVALUATORS, Evaluator
+
+SPLITS = ("search", "test")
+
+
+class TaskConfigError(EvomergeError):
+    pass
+
+
+class SplitLeakError(EvomergeError):
+    pass
+
+
+def evaluators_dir() -> Path:
+    """``$EVOMERGE_EVALUATORS`` or the repository's ``evaluators/``."""
+    env = os.environ.get("EVOMERGE_EVALUATORS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "evaluators"
+
+
+def task_names() -> list[str]:
+    d = evaluators_dir() / "tasks"
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def find_task(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise TaskConfigError(f"Task config {p} does not exist.")
+        return p.resolve()
+    candidate = evaluators_dir() / "tasks" / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    import difflib
+
+    names = task_names()
+    close = difflib.get_close_matches(name_or_path, names, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise TaskConfigError(
+        f"Unknown task {name_or_path!r}.{hint} Known tasks (in {candidate.parent}): "
+        f"{', '.join(names) or 'none'}; or pass the path of a task YAML."
+    )
+
+
+def load_task(
+    name_or_path: str,
+    *,
+    split: str = "search",
+    fitness: bool = False,
+    allow_test_split: bool = False,
+    validate: bool = True,
+) -> Evaluator:
+    """Build the evaluator of one task on one split.
+
+    ``fitness=True`` marks a task a search optimises: the ``test`` split is then
+    refused unless ``allow_test_split`` says the user means it, because a
+    recipe tuned on the test split reports a score nobody should believe.
+    ``validate`` reads the task's data now, so errors surface before any scoring.
+    """
+    if split not in SPLITS:
+        raise TaskConfigError(f"split {split!r} is not one of {', '.join(SPLITS)}.")
+    if fitness and split == "test" and not allow_test_split:
+        raise SplitLeakError(
+            f"Task {name_or_path!r}: the 'test' split is held out for reporting and cannot be a "
+            f"search's fitness. Optimise on 'search', or pass --allow-test-split if you really "
+            f"mean to tune on the test split (its scores then no longer measure generalisation)."
+        )
+    path = find_task(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise TaskConfigError(f"{path}: not valid YAML ({e}).") from None
+    if not isinstance(raw, dict) or "type" not in raw:
+        raise TaskConfigError(
+            f"{path}: a task config is a mapping with a `type` field "
+            f"({', '.join(EVALUATORS.names())})."
+        )
+    if raw["type"] not in EVALUATORS:
+        raise TaskConfigError(f"{path}: type: {EVALUATORS.unknown_message(str(raw['type']))}")
+    cls = EVALUATORS.get(raw["type"])
+    try:
+        config = cls.Config.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        )
+        raise TaskConfigError(f"{path}: invalid {raw['type']} task config: {problems}.") from None
+    evaluator = cls(config, name=config.name or path.stem, split=split, root=path.parent)
+    if validate:
+        evaluator.validate()
+    return evaluator

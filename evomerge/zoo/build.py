@@ -1,0 +1,293 @@
+"""``evomerge zoo build``: train the toy model zoo from one random init, offline.
+
+The base sees a broad mix of easy string tasks plus a little of each hard
+skill; each expert continues from the base on one hard skill only. Every model
+is a plain Hugging Face directory (safetensors, config, fast tokenizer). The
+build is cached by the hash of its config: a second call returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evomerge.errors import EvomergeError
+from evomerge.io.atomic import atomic_write_text
+
+ZOO_FORMAT = 1  # bump when the build changes what a given config produces
+
+
+class Architecture(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    intermediate_size: int = 384
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 64
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    seed: int = 0
+
+
+class ExpertSpec(Stage):
+    name: str
+    skill: str
+    # Share of each batch drawn from the base's easy skills: experts keep the
+    # format and the basics, as real fine-tunes do, and their task vectors are
+    # about their skill rather than about forgetting.
+    replay: float = Field(default=0.0, ge=0.0, lt=1.0)
+    replay_hard: bool = False
+
+
+class ZooConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = 0
+    architecture: Architecture = Architecture()
+    base_mixture: dict[str, float] = {
+        "copy": 1.0,
+        "first": 1.0,
+        "last": 1.0,
+        "length": 1.0,
+        "increment": 1.0,
+        "addition": 1.0,
+        "reversal": 1.0,
+        "sorting": 1.0,
+        "recall": 1.0,
+    }
+    base: Stage = Stage(steps=1500, lr=3e-3, seed=1)
+    experts: tuple[ExpertSpec, ...] = (
+        ExpertSpec(name="addition", skill="addition", steps=300, lr=1e-3, seed=11),
+        ExpertSpec(name="reversal", skill="reversal", steps=300, lr=2e-3, seed=12),
+        ExpertSpec(name="sorting", skill="sorting", steps=300, lr=1e-3, seed=13),
+    )
+    workers: int = Field(default=2, ge=1, description="Expert trainings run side by side.")
+
+    def content_hash(self) -> str:
+        from evomerge.zoo.data import task_data
+
+        # The held-out data decides which prompts training skips, so it is part of the key.
+        data = hashlib.sha256(json.dumps(task_data(), sort_keys=True).encode()).hexdigest()
+        payload = self.model_dump(exclude={"workers"}) | {"format": ZOO_FORMAT, "data": data}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class ZooError(EvomergeError):
+    pass
+
+
+MANIFEST = "zoo.json"
+
+
+def default_zoo_dir() -> Path:
+    env = os.environ.get("EVOMERGE_ZOO")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "zoo"
+
+
+def read_manifest(out: Path) -> dict | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def is_built(out: Path, config: ZooConfig) -> bool:
+    m = read_manifest(out)
+    if not m or m.get("config_hash") != config.content_hash():
+        return False
+    return all((out / name / "model.safetensors").is_file() for name in m.get("models", {}))
+
+
+def _llama_config(arch: Architecture, tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        head_dim=arch.hidden_size // arch.num_attention_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+
+
+def _save(model, tokenizer, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def expert_mixture(spec: ExpertSpec, base_mixture: dict[str, float]):
+    from evomerge.zoo.skills import SKILLS
+    from evomerge.zoo.train import Mixture
+
+    other = {
+        k: w
+        for k, w in base_mixture.items()
+        if k != spec.skill and (spec.replay_hard or not SKILLS.get(k).hard)
+    }
+    total = sum(other.values())
+    if spec.replay == 0 or total == 0:
+        return Mixture({spec.skill: 1.0})
+    scale = spec.replay / (1 - spec.replay) / total
+    return Mixture({spec.skill: 1.0} | {k: w * scale for k, w in other.items()})
+
+
+def train_expert(
+    base_dir: Path, out_dir: Path, spec: ExpertSpec, base_mixture: dict[str, float], threads: int
+) -> dict:
+    """One expert: continue from the base on one skill (run in its own process)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.zoo.data import eval_prompts
+    from evomerge.zoo.train import TrainSchedule, train
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    loss = train(
+        model,
+        tokenizer,
+        expert_mixture(spec, base_mixture).sampler(spec.seed, eval_prompts()),
+        TrainSchedule(spec.steps, spec.lr, spec.batch_size, warmup=20),
+        seed=spec.seed,
+    )
+    _save(model, tokenizer, out_dir)
+    return {"name": spec.name, "loss": loss, "seconds": time.perf_counter() - t0}
+
+
+def _run_experts(
+    base: Path, out: Path, experts, base_mixture: dict, workers: int, threads: int, log
+) -> None:
+    """Experts side by side in child processes (``python -m evomerge.zoo.expert``).
+
+    Plain subprocesses rather than a multiprocessing pool: a pool re-imports the
+    caller's ``__main__``, which breaks scripts without a main guard.
+    """
+    pending = list(experts)
+    running: list[tuple[ExpertSpec, subprocess.Popen, object]] = []
+    failed: list[str] = []
+    while pending or running:
+        while pending and len(running) < workers:
+            spec = pending.pop(0)
+            cmd = [sys.executable, "-m", "evomerge.zoo.expert", str(base), str(out / spec.name),
+                   spec.model_dump_json(), json.dumps(base_mixture), str(threads)]
+            # Output to files, not pipes: a child filling an unread pipe would stall.
+            logf = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed after the child ends)
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True)
+            running.append((spec, proc, logf))
+        spec, proc, logf = running.pop(0)
+        proc.wait()
+        logf.seek(0)
+        stdout = logf.read()
+        logf.close()
+        if proc.returncode != 0:
+            tail = "\n".join(stdout.strip().splitlines()[-5:])
+            failed.append(f"{spec.name} (exit {proc.returncode}): {tail}")
+            continue
+        r = json.loads(stdout.strip().splitlines()[-1])
+        log(f"expert {r['name']} done in {r['seconds']:.0f}s (final loss {r['loss']:.3f})")
+    if failed:
+        raise ZooError("Expert training failed: " + "; ".join(failed))
+
+
+def build_zoo(
+    out: Path | None = None,
+    config: ZooConfig | None = None,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train (or find cached) the zoo in ``out``; returns ``out``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from evomerge.zoo.data import eval_prompts
+    from evomerge.zoo.skills import ALPHABET, SKILLS
+    from evomerge.zoo.tokenizer import build_tokenizer
+    from evomerge.zoo.train import Mixture, TrainSchedule, train
+
+    config = config or ZooConfig()
+    out = Path(out or default_zoo_dir())
+    for name in list(config.base_mixture) + [e.skill for e in config.experts]:
+        SKILLS.get(name)  # unknown skill names fail before any training
+    if not force and is_built(out, config):
+        log(f"zoo is up to date in {out} (config {config.content_hash()[:12]})")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-built zoo must not look finished
+    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
+
+    tokenizer = build_tokenizer(ALPHABET)
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(_llama_config(config.architecture, tokenizer))
+    exclude = eval_prompts()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"base: {n_params / 1e6:.2f}M parameters, {config.base.steps} steps")
+    loss = train(
+        model,
+        tokenizer,
+        Mixture(config.base_mixture).sampler(config.base.seed, exclude),
+        TrainSchedule(config.base.steps, config.base.lr, config.base.batch_size),
+        seed=config.base.seed,
+        log=lambda step, lo: log(f"  base step {step}: loss {lo:.3f}"),
+    )
+    _save(model, tokenizer, out / "base")
+    timings = {"base": time.perf_counter() - t_start}
+    log(f"base done in {timings['base']:.0f}s (final loss {loss:.3f})")
+
+    # Experts are independent: side by side, one thread each, beats one at a time on 2 threads.
+    workers = max(1, min(config.workers, len(config.experts), threads))
+    if workers == 1:  # no child processes: what tests and single-core machines want
+        for spec in config.experts:
+            r = train_expert(out / "base", out / spec.name, spec, config.base_mixture, threads)
+            log(f"expert {r['name']} done in {r['seconds']:.0f}s (final loss {r['loss']:.3f})")
+    else:
+        _run_experts(
+            out / "base", out, config.experts, config.base_mixture, workers, threads // workers, log
+        )
+    timings["experts"] = time.perf_counter() - t_start - timings["base"]
+    timings["total"] = time.perf_counter() - t_start
+    manifest = {
+        "config_hash": config.content_hash(),
+        "config": config.model_dump(),
+        "models": {"base": {"role": "base"}}
+        | {e.name: {"role": "expert", "skill": e.skill} for e in config.experts},
+        "seconds": timings,
+        "parameters": n_params,
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    log(f"zoo built in {timings['total']:.0f}s -> {out}")
+    return out

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import random
+
+from evomerge.zoo.skills import ALPHABET, SKILLS, draw
+from evomerge.zoo.tokenizer import build_tokenizer
+
+
+def test_skills_answer_correctly():
+    rng = random.Random(0)
+    for _ in range(50):
+        a = SKILLS.get("addition").sample(rng)
+        x, y = a.prompt.removeprefix("add:").removesuffix("=").split("+")
+        assert int(a.answer) == int(x) + int(y)
+        r = SKILLS.get("reversal").sample(rng)
+        assert r.answer == r.prompt.removeprefix("rev:").removesuffix("=")[::-1]
+        s = SKILLS.get("sorting").sample(rng)
+        assert s.answer == "".join(sorted(s.prompt.removeprefix("sort:").removesuffix("=")))
+        k = SKILLS.get("recall").sample(rng)
+        body, key = k.prompt.removeprefix("kv:").removesuffix("=").split("?")
+        assert dict(zip(body[::2], body[1::2], strict=True))[key] == k.answer
+
+
+def test_draw_is_deterministic_distinct_and_excludes():
+    a = draw("reversal", random.Random(5), 100)
+    b = draw("reversal", random.Random(5), 100)
+    assert a == b and len({e.prompt for e in a}) == 100
+    c = draw("reversal", random.Random(6), 50, exclude={e.prompt for e in a})
+    assert not {e.prompt for e in c} & {e.prompt for e in a}
+
+
+def test_char_tokenizer_round_trips_every_skill():
+    tok = build_tokenizer(ALPHABET)
+    rng = random.Random(1)
+    for name in SKILLS.names():
+        ex = SKILLS.get(name).sample(rng)
+        ids = tok(ex.text)["input_ids"]
+        assert ids[0] == tok.bos_token_id and len(ids) == len(ex.text) + 1
+        assert tok.decode(ids, skip_special_tokens=True) == ex.text
