@@ -152,6 +152,14 @@ def register_evaluator(name: str):
     return EVALUATORS.decorator(name)
 
 
+def check_finite(logits) -> None:
+    """NaN or inf logits mean a broken merge: a failed result, not a score."""
+    import torch
+
+    if not torch.isfinite(logits).all():
+        raise EvaluationFailure("the model produced non-finite logits")
+
+
 def model_device(model):
     import torch
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from evomerge.eval.base import EvaluationFailure, model_device
+from evomerge.eval.base import check_finite, model_device
 
 
 def _truncate(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -71,8 +71,7 @@ def _decode_batch(model, tokenizer, ids, mask, max_new_tokens, stop, eos) -> lis
             use_cache=True,
         )
         logits = res.logits[:, -1, :]
-        if not torch.isfinite(logits).all():
-            raise EvaluationFailure("the model produced non-finite logits")
+        check_finite(logits)
         nxt = logits.argmax(-1)
         past = res.past_key_values
         for r, tok in enumerate(nxt.tolist()):

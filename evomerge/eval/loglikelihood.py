@@ -18,6 +18,7 @@ from evomerge.eval.base import (
     Evaluator,
     Objective,
     TaskConfig,
+    check_finite,
     model_device,
     register_evaluator,
 )
@@ -52,8 +53,7 @@ def continuation_logprobs(
             ids[r, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
         # Right padding: causal attention never lets a real token see the pads after it.
         logits = model(input_ids=ids.to(device)).logits.float()
-        if not torch.isfinite(logits).all():
-            raise EvaluationFailure("the model produced non-finite logits")
+        check_finite(logits)
         logp = torch.log_softmax(logits, dim=-1).cpu()
         for r, i in enumerate(idx):
             seq, n_ctx = seqs[i]

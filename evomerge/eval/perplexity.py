@@ -13,10 +13,10 @@ import torch
 from pydantic import Field
 
 from evomerge.eval.base import (
-    EvaluationFailure,
     Evaluator,
     Objective,
     TaskConfig,
+    check_finite,
     model_device,
     register_evaluator,
 )
@@ -81,8 +81,7 @@ class Perplexity(Evaluator):
                 ids[r, : len(w)] = torch.tensor(w)
                 labels[r, : len(w)] = torch.tensor(w)
             logits = model(input_ids=ids.to(device)).logits.float()
-            if not torch.isfinite(logits).all():
-                raise EvaluationFailure("the model produced non-finite logits")
+            check_finite(logits)
             shift = labels[:, 1:].to(logits.device)
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),

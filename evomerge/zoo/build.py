@@ -65,15 +65,15 @@ class ZooConfig(BaseModel):
         "last": 1.0,
         "length": 1.0,
         "increment": 1.0,
-        "addition": 1.0,
-        "reversal": 1.0,
-        "sorting": 1.0,
-        "recall": 1.0,
+        "addition": 0.3,
+        "reversal": 0.3,
+        "sorting": 0.3,
+        "recall": 0.3,
     }
-    base: Stage = Stage(steps=1500, lr=3e-3, seed=1)
+    base: Stage = Stage(steps=1000, lr=3e-3, seed=1)
     experts: tuple[ExpertSpec, ...] = (
         ExpertSpec(name="addition", skill="addition", steps=300, lr=1e-3, seed=11),
-        ExpertSpec(name="reversal", skill="reversal", steps=300, lr=2e-3, seed=12),
+        ExpertSpec(name="reversal", skill="reversal", steps=300, lr=1e-3, seed=12),
         ExpertSpec(name="sorting", skill="sorting", steps=300, lr=1e-3, seed=13),
     )
     workers: int = Field(default=2, ge=1, description="Expert trainings run side by side.")

@@ -31,16 +31,16 @@ def skill_splits(name: str, n: int = EXAMPLES_PER_SPLIT) -> dict[str, list[Examp
 def _mc_rows(examples: list[Example], rng: random.Random) -> list[dict]:
     rows = []
     for ex in examples:
-        right = int(ex.answer)
+        right = int(ex.answer[::-1])  # sums are written backwards
         wrong: list[int] = []
         for delta in rng.sample([1, -1, 10, -10, 100, -100, 2, -2], 8):
             if len(wrong) == 3:
                 break
             if right + delta >= 0 and right + delta not in wrong:
                 wrong.append(right + delta)
-        choices = [str(v) for v in [right, *wrong]]
+        choices = [str(v)[::-1] for v in [right, *wrong]]
         rng.shuffle(choices)
-        rows.append({"prompt": ex.prompt, "choices": choices, "answer": choices.index(str(right))})
+        rows.append({"prompt": ex.prompt, "choices": choices, "answer": choices.index(ex.answer)})
     return rows
 
 

@@ -63,10 +63,13 @@ def _word(rng: random.Random, lo: int, hi: int, letters: str = LETTERS) -> str:
 # --- hard skills: one expert each -------------------------------------------------------
 
 
-@skill("addition", hard=True, description="add two numbers of 1-2 digits")
+@skill("addition", hard=True, description="add two numbers of 1-3 digits, sum written backwards")
 def _addition(rng: random.Random) -> Example:
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
-    return Example(f"add:{a}+{b}=", str(a + b))
+    # Least significant digit first: each output digit then depends only on digits already
+    # seen plus a carry, which a 2-layer model learns reliably (most significant first it
+    # learns it only sometimes, and the zoo must come out the same on every machine).
+    a, b = rng.randint(0, 999), rng.randint(0, 999)
+    return Example(f"add:{a}+{b}=", str(a + b)[::-1])
 
 
 @skill("reversal", hard=True, description="reverse a word of 4-8 letters from a-h")

@@ -11,7 +11,7 @@ def test_skills_answer_correctly():
     for _ in range(50):
         a = SKILLS.get("addition").sample(rng)
         x, y = a.prompt.removeprefix("add:").removesuffix("=").split("+")
-        assert int(a.answer) == int(x) + int(y)
+        assert int(a.answer[::-1]) == int(x) + int(y)
         r = SKILLS.get("reversal").sample(rng)
         assert r.answer == r.prompt.removeprefix("rev:").removesuffix("=")[::-1]
         s = SKILLS.get("sorting").sample(rng)
