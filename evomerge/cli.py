@@ -311,6 +311,44 @@ def _load_model(model_dir: Path, device):
     return model.eval(), tokenizer
 
 
+space_app = typer.Typer(help="Inspect search spaces.", no_args_is_help=True)
+app.add_typer(space_app, name="space")
+
+
+@space_app.command("show")
+def space_show(
+    space_path: Annotated[Path, typer.Argument(metavar="SPACE.yaml")],
+    seed: Annotated[
+        Optional[int], typer.Option(help="Decode a random point (default: the cube's centre).")
+    ] = None,
+) -> None:
+    """Validate a search space, list its genes and print a decoded sample recipe."""
+    import random
+
+    from rich.table import Table
+
+    from evomerge.search.space import ParameterSpace
+
+    try:
+        space = ParameterSpace.load(space_path)
+        genes = space.genes()
+        rng = random.Random(seed)
+        point = [0.5] * len(genes) if seed is None else [rng.random() for _ in genes]
+        recipe = space.decode(point)
+    except EvomergeError as err:
+        _fail(err)
+    table = Table(title=f"{space_path}: {len(genes)} genes")
+    table.add_column("#", justify="right")
+    table.add_column("gene")
+    table.add_column("range")
+    for i, g in enumerate(genes):
+        table.add_row(str(i), g.name, g.describe())
+    console.print(table)
+    where = "the centre of the cube" if seed is None else f"a random point (seed {seed})"
+    console.print(f"# recipe at {where}, hash {recipe.content_hash()[:12]}", highlight=False)
+    sys.stdout.write(recipe.to_yaml())
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
