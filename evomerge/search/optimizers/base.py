@@ -1,0 +1,60 @@
+"""The ask/tell protocol every optimiser follows.
+
+Optimisers see only the unit cube ``[0, 1]^d`` (the search space decodes
+points into recipes) and *maximise* every value they are told; the controller
+turns objectives into that form (flipping the sign of minimised ones) and, for
+single-objective optimisers, applies the run's declared scalarisation first.
+``ask`` may return ``None`` when the optimiser cannot propose before hearing
+back (CMA-ES waits for the rest of its generation); ``tell(..., None)`` reports
+a failed trial.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from evomerge.registry import Registry
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    id: int
+    x: np.ndarray
+
+
+class Optimizer(ABC):
+    #: how many values ``tell`` takes: 1 for single-objective optimisers, None for any number
+    max_objectives: int | None = 1
+
+    def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0) -> None:
+        if dimension < 1:
+            raise ValueError("a search space needs at least one gene")
+        if self.max_objectives is not None and n_objectives > self.max_objectives:
+            raise ValueError(
+                f"{type(self).__name__} optimises one value; declare a scalarisation of the "
+                f"{n_objectives} objectives or choose a multi-objective optimiser (nsga2, random)"
+            )
+        self.dimension = dimension
+        self.n_objectives = n_objectives
+        self.seed = seed
+        self._next_id = 0
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    @abstractmethod
+    def ask(self) -> Suggestion | None: ...
+
+    @abstractmethod
+    def tell(self, id: int, values: tuple[float, ...] | None) -> None: ...
+
+
+OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
+
+
+def register_optimizer(name: str):
+    return OPTIMIZERS.decorator(name)

@@ -1,0 +1,22 @@
+"""Uniform random search: the baseline every other optimiser must beat."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evomerge.search.optimizers.base import Optimizer, Suggestion, register_optimizer
+
+
+@register_optimizer("random")
+class RandomSearch(Optimizer):
+    max_objectives = None
+
+    def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0) -> None:
+        super().__init__(dimension, n_objectives, seed)
+        self._rng = np.random.default_rng(seed)
+
+    def ask(self) -> Suggestion:
+        return Suggestion(self._new_id(), self._rng.random(self.dimension))
+
+    def tell(self, id: int, values: tuple[float, ...] | None) -> None:
+        pass
