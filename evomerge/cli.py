@@ -349,6 +349,30 @@ def space_show(
     sys.stdout.write(recipe.to_yaml())
 
 
+@app.command()
+def search(
+    run_config: Annotated[Path, typer.Argument(metavar="RUN.yaml", help="A run config (see runs/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (ledger, run.yaml).")],
+    trials: Annotated[Optional[int], typer.Option(help="Override the trial budget.")] = None,
+) -> None:
+    """Search a space for merge recipes (serial, in-process; resume and fronts come next)."""
+    from evomerge.search.controller import run_search
+
+    try:
+        result = run_search(
+            run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False)
+        )
+    except EvomergeError as err:
+        _fail(err)
+    console.print(
+        f"{result.evaluated} trials evaluated ({result.failed} failed, {result.duplicates} "
+        f"duplicates told from the ledger); best: trial {result.best_number}, fitness "
+        f"{result.best_fitness if result.best_fitness is None else round(result.best_fitness, 4)}; "
+        f"ledger in {result.run_dir / 'ledger.db'}",
+        highlight=False,
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

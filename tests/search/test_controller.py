@@ -1,0 +1,89 @@
+"""The serial search loop on a miniature zoo: ledger, dedupe by hash, leak guard, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evomerge.cli import app
+from evomerge.errors import EvomergeError
+from evomerge.search.controller import run_search
+from evomerge.search.ledger import Ledger
+from evomerge.zoo.build import Architecture, ExpertSpec, Stage, ZooConfig, build_zoo
+
+MINI = ZooConfig(
+    architecture=Architecture(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
+    base=Stage(steps=3, lr=1e-3, batch_size=8),
+    experts=(
+        ExpertSpec(name="add", skill="addition", steps=2, lr=1e-3, batch_size=8, seed=1),
+        ExpertSpec(name="rev", skill="reversal", steps=2, lr=1e-3, batch_size=8, seed=2),
+    ),
+    workers=1,
+)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return build_zoo(tmp_path_factory.mktemp("zoo"), MINI, log=lambda s: None)
+
+
+def _run(tmp_path, zoo, weight=(0.0, 1.0), density=(0.3, 1.0), **over):
+    space = {
+        "base_model": str(zoo / "base"),
+        "models": [str(zoo / "add"), str(zoo / "rev")],
+        "methods": ["task_arithmetic", "ties"],
+        "parameters": {"weight": {"low": weight[0], "high": weight[1]}, "density": {"low": density[0], "high": density[1]}},
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    run = {
+        "space": "space.yaml",
+        "objectives": [{"task": "addition"}, {"task": "cost", "metric": "params", "weight": 0.5}],
+        "optimizer": {"name": "random"},
+        "budget": {"trials": 5},
+        "fidelity": 4,
+        **over,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    return tmp_path / "run.yaml"
+
+
+def test_search_records_every_trial(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo)
+    result = run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert result.evaluated == 5 and result.failed == 0
+    ledger = Ledger(tmp_path / "out" / "ledger.db")
+    rows = ledger.trials("complete")
+    assert len(rows) == 5 and len({r.recipe_hash for r in rows}) == 5
+    assert set(rows[0].scores) == {"addition/exact_match", "cost/params", "cost/layers", "cost/bytes"}
+    assert result.best_number in {r.number for r in rows}
+    with pytest.raises(EvomergeError, match="already holds a run"):
+        run_search(cfg, tmp_path / "out", log=lambda s: None)
+
+
+def test_identical_recipes_are_evaluated_once(tmp_path, zoo):
+    # Ranges narrower than the recipe's rounding: every point decodes to one of two recipes
+    # (one per method), so the search runs out of new recipes and stops.
+    cfg = _run(tmp_path, zoo, weight=(0.5, 0.5000001), density=(0.5, 0.5000001))
+    cfg_data = yaml.safe_load(cfg.read_text())
+    cfg_data["budget"]["trials"] = 3
+    cfg.write_text(yaml.safe_dump(cfg_data))
+    result = run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert result.evaluated == 2 and result.duplicates > 0
+    assert len(Ledger(tmp_path / "out" / "ledger.db").trials()) == result.evaluated
+
+
+def test_test_split_fitness_is_refused(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, split="test")
+    with pytest.raises(EvomergeError, match="allow-test-split"):
+        run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_search_cli(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, budget={"trials": 2})
+    res = CliRunner().invoke(app, ["search", str(cfg), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "2 trials evaluated" in res.stdout
+    res = CliRunner().invoke(app, ["search", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2
