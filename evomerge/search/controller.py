@@ -58,8 +58,15 @@ def prepare(config: RunConfig, config_path: Path):
         if task not in tasks:
             tasks.append(task)
         objectives.append(BoundObjective(f"{task.name}/{metric}", names[metric].sign, spec.weight))
-    optimizer_cls = OPTIMIZERS.get(config.optimizer.name)
-    return space, tasks, objectives, optimizer_cls, here
+    cls = OPTIMIZERS.get(config.optimizer.name)
+    try:
+        optimizer = cls(space.dimension, 1, config.seed, **config.optimizer.options)
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(
+            f"{config_path}: optimizer: {config.optimizer.name} cannot be built with options "
+            f"{config.optimizer.options} ({e})."
+        ) from None
+    return space, tasks, objectives, optimizer, here
 
 
 def fitness(scores: dict[str, float], objectives: list[BoundObjective]) -> float:
@@ -76,7 +83,7 @@ def run_search(
     log: Callable[[str], None] = print,
 ) -> SearchResult:
     config = RunConfig.load(config_path)
-    space, tasks, objectives, optimizer_cls, here = prepare(config, config_path)
+    space, tasks, objectives, optimizer, here = prepare(config, config_path)
     if (run_dir / "ledger.db").exists():
         raise EvomergeError(
             f"{run_dir} already holds a run; choose another --out (resuming a run comes next)."
@@ -87,7 +94,6 @@ def run_search(
     refs = [space.base_model, *space.models]
     sources = {r: resolve_model_path(r, [here / Path(config.space).parent, here]) for r in refs}
     executor = InProcessExecutor(sources, space.base_model, tasks, device=config.device)
-    optimizer = optimizer_cls(space.dimension, 1, config.seed, **config.optimizer.options)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.yaml").write_text(config.model_dump_json(indent=2))
     ledger = Ledger(run_dir / "ledger.db")

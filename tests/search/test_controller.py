@@ -87,3 +87,10 @@ def test_search_cli(tmp_path, zoo):
     assert "2 trials evaluated" in res.stdout
     res = CliRunner().invoke(app, ["search", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "p")])
     assert res.exit_code == 2
+
+
+def test_bad_optimizer_options_fail_before_compute(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, optimizer={"name": "random", "options": {"sigma0": 0.3}})
+    with pytest.raises(EvomergeError, match="optimizer: random cannot be built.*sigma0"):
+        run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out").exists()
