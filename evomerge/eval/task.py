@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, field_problems
 from evomerge.eval.base import EVALUATORS, Evaluator
 
 SPLITS = ("search", "test")
@@ -97,9 +97,7 @@ def load_task(
     try:
         config = cls.Config.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
-        )
+        problems = field_problems(e)
         raise TaskConfigError(f"{path}: invalid {raw['type']} task config: {problems}.") from None
     evaluator = cls(config, name=config.name or path.stem, split=split, root=path.parent)
     if validate:

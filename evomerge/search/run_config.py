@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, field_problems
 
 
 class RunConfigError(EvomergeError):
@@ -55,7 +55,5 @@ class RunConfig(BaseModel):
         except (OSError, yaml.YAMLError) as e:
             raise RunConfigError(f"{path}: cannot read the run config ({e}).") from None
         except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
-            )
+            problems = field_problems(e)
             raise RunConfigError(f"{path}: invalid run config: {problems}.") from None

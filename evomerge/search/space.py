@@ -23,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, field_problems
 from evomerge.recipe import Recipe
 
 OTHER = "other"  # the filter slot for tensors no named filter matches
@@ -193,9 +193,7 @@ class ParameterSpace(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
-            )
+            problems = field_problems(e)
             raise SearchSpaceError(f"{path}: invalid search space: {problems}.") from None
 
 
