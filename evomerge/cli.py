@@ -364,13 +364,31 @@ def search(
         )
     except EvomergeError as err:
         _fail(err)
+    _print_search_result(result)
+
+
+def _print_search_result(result) -> None:
+    best = "none" if result.best_fitness is None else f"trial {result.best_number}, fitness {result.best_fitness:.4f}"
     console.print(
-        f"{result.evaluated} trials evaluated ({result.failed} failed, {result.duplicates} "
-        f"duplicates told from the ledger); best: trial {result.best_number}, fitness "
-        f"{result.best_fitness if result.best_fitness is None else round(result.best_fitness, 4)}; "
-        f"ledger in {result.run_dir / 'ledger.db'}",
+        f"{result.evaluated} trials evaluated ({result.failed} failed in the run, {result.duplicates} "
+        f"told from the ledger); best: {best}; ledger in {result.run_dir / 'ledger.db'}",
         highlight=False,
     )
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    trials: Annotated[Optional[int], typer.Option(help="Raise the trial budget.")] = None,
+) -> None:
+    """Continue an interrupted search: finished trials are kept, never run again."""
+    from evomerge.search.controller import resume_search
+
+    try:
+        result = resume_search(run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False))
+    except EvomergeError as err:
+        _fail(err)
+    _print_search_result(result)
 
 
 def main() -> None:  # pragma: no cover - console entry point

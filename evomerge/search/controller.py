@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from evomerge.errors import EvomergeError
+from evomerge.io.atomic import atomic_write_text
 from evomerge.search.ledger import Ledger
 from evomerge.search.run_config import RunConfig, RunConfigError
 
@@ -80,62 +83,93 @@ def run_search(
     run_dir: Path,
     *,
     trials: int | None = None,
+    resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> SearchResult:
+    """Start a run in ``run_dir``, or with ``resume`` continue the one there.
+
+    Resuming replays the run from its seed: the optimiser proposes the same
+    points again, and every recipe the ledger already finished is told its
+    recorded result instead of being evaluated. The optimiser thus continues
+    the very trajectory that was interrupted; only trials in flight at the
+    interruption are evaluated again.
+    """
     config = RunConfig.load(config_path)
     space, tasks, objectives, optimizer, here = prepare(config, config_path)
-    if (run_dir / "ledger.db").exists():
+    has_run = (run_dir / "ledger.db").exists()
+    if has_run and not resume:
         raise EvomergeError(
-            f"{run_dir} already holds a run; choose another --out (resuming a run comes next)."
+            f"{run_dir} already holds a run; continue it with `evomerge resume {run_dir}` "
+            f"or choose another --out."
         )
+    if resume and not has_run:
+        raise EvomergeError(f"{run_dir} holds no run to resume (no ledger.db).")
     from evomerge.merge.engine import resolve_model_path
     from evomerge.search.executor import InProcessExecutor
 
+    space_path = (here / config.space).resolve()
     refs = [space.base_model, *space.models]
-    sources = {r: resolve_model_path(r, [here / Path(config.space).parent, here]) for r in refs}
+    sources = {r: resolve_model_path(r, [space_path.parent, here]) for r in refs}
     executor = InProcessExecutor(sources, space.base_model, tasks, device=config.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.yaml").write_text(config.model_dump_json(indent=2))
+    if not resume:  # the run keeps its own config, with paths that work from anywhere
+        frozen = config.model_copy(update={"space": str(space_path)})
+        atomic_write_text(run_dir / "run.yaml", yaml.safe_dump(frozen.model_dump(), sort_keys=False))
     ledger = Ledger(run_dir / "ledger.db")
+    abandoned = ledger.abandon_running()
+    if abandoned:
+        log(f"{abandoned} trial(s) were in flight when the run stopped; they are proposed again")
 
     budget = trials or config.budget.trials
     deadline = time.monotonic() + config.budget.seconds if config.budget.seconds else None
-    evaluated = duplicates = failed = 0
-    best: tuple[float, int] | None = None
+    finished = len(ledger.trials("complete")) + len(ledger.trials("failed"))
+    start_finished = finished
+    hits = 0
     try:
-        while evaluated < budget and (deadline is None or time.monotonic() < deadline):
+        while finished < budget and (deadline is None or time.monotonic() < deadline):
             suggestion = optimizer.ask()
             if suggestion is None:  # nothing in flight in a serial run, so this is a bug
                 raise RuntimeError("optimizer asked to wait with no trial in flight")
             recipe = space.decode(suggestion.x)
             digest = recipe.content_hash()
-            seen = ledger.find_complete(digest, config.fidelity)
-            if seen is not None and seen.scores is not None:
-                duplicates += 1
-                optimizer.tell(suggestion.id, (fitness(seen.scores, objectives),))
-                if duplicates > 10 * budget:
+            seen = ledger.find_finished(digest, config.fidelity)
+            if seen is not None:  # replayed after a resume, or the same recipe proposed again
+                hits += 1
+                told = None if seen.scores is None else (fitness(seen.scores, objectives),)
+                optimizer.tell(suggestion.id, told)
+                if hits > 10 * budget + start_finished:
                     log("stopping: the optimiser keeps proposing recipes already evaluated")
                     break
                 continue
             number = ledger.start(digest, [float(v) for v in suggestion.x], recipe.to_yaml(), config.fidelity)
             outcome = executor.evaluate(recipe, config.fidelity)
             ledger.finish(number, outcome.values, outcome.error)
-            evaluated += 1
+            finished += 1
             if outcome.values is None:
-                failed += 1
                 optimizer.tell(suggestion.id, None)
-                log(f"trial {number}: failed ({outcome.error})")
+                log(f"trial {number}: failed ({outcome.error})  [{finished}/{budget}]")
                 continue
             f = fitness(outcome.values, objectives)
             optimizer.tell(suggestion.id, (f,))
-            if best is None or f > best[0]:
-                best = (f, number)
-            log(
-                f"trial {number}: fitness {f:.4f} ({recipe.merge_method}, {outcome.seconds:.1f}s)"
-                f"  best {best[0]:.4f} (trial {best[1]})  [{evaluated}/{budget}]"
-            )
+            log(f"trial {number}: fitness {f:.4f} ({recipe.merge_method}, {outcome.seconds:.1f}s)  [{finished}/{budget}]")
+        complete = ledger.trials("complete")
+        failed = len(ledger.trials("failed"))
     finally:
         ledger.close()
+    scored = [(fitness(t.scores, objectives), t.number) for t in complete if t.scores]
+    best = max(scored) if scored else None
     return SearchResult(
-        run_dir, evaluated, duplicates, failed, best[1] if best else None, best[0] if best else None
+        run_dir,
+        evaluated=finished - start_finished,
+        duplicates=hits,
+        failed=failed,
+        best_number=best[1] if best else None,
+        best_fitness=best[0] if best else None,
     )
+
+
+def resume_search(run_dir: Path, *, trials: int | None = None, log: Callable[[str], None] = print) -> SearchResult:
+    config_path = run_dir / "run.yaml"
+    if not config_path.is_file():
+        raise EvomergeError(f"{run_dir} holds no run to resume (no run.yaml).")
+    return run_search(config_path, run_dir, trials=trials, resume=True, log=log)

@@ -71,13 +71,19 @@ class Ledger:
             (state, json.dumps(scores) if scores is not None else None, error, time.time(), number),
         )
 
-    def find_complete(self, recipe_hash: str, fidelity: int | None) -> TrialRecord | None:
+    def find_finished(self, recipe_hash: str, fidelity: int | None) -> TrialRecord | None:
+        """The first complete or failed trial of this recipe at this fidelity."""
         row = self._db.execute(
-            "SELECT * FROM trials WHERE recipe_hash = ? AND state = 'complete' AND fidelity IS ? "
-            "ORDER BY number LIMIT 1",
+            "SELECT * FROM trials WHERE recipe_hash = ? AND state IN ('complete', 'failed') "
+            "AND fidelity IS ? ORDER BY number LIMIT 1",
             (recipe_hash, fidelity),
         ).fetchone()
         return _record(row) if row else None
+
+    def abandon_running(self) -> int:
+        """Mark trials left 'running' by an interrupted run; returns how many."""
+        cur = self._db.execute("UPDATE trials SET state = 'abandoned' WHERE state = 'running'")
+        return cur.rowcount
 
     def trials(self, state: str | None = None) -> list[TrialRecord]:
         if state is None:

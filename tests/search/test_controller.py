@@ -94,3 +94,51 @@ def test_bad_optimizer_options_fail_before_compute(tmp_path, zoo):
     with pytest.raises(EvomergeError, match="optimizer: random cannot be built.*sigma0"):
         run_search(cfg, tmp_path / "out", log=lambda s: None)
     assert not (tmp_path / "out").exists()
+
+
+def _hashes(run_dir):
+    return [t.recipe_hash for t in Ledger(run_dir / "ledger.db").trials("complete")]
+
+
+@pytest.mark.parametrize("optimizer", ["cmaes", "tpe"])
+def test_resume_continues_the_same_trajectory(tmp_path, zoo, optimizer):
+    from evomerge.search.controller import resume_search
+
+    cfg = _run(tmp_path, zoo, optimizer={"name": optimizer, "options": {"popsize": 4} if optimizer == "cmaes" else {}},
+               budget={"trials": 6})
+    run_search(cfg, tmp_path / "whole", log=lambda s: None)
+    run_search(cfg, tmp_path / "split", trials=3, log=lambda s: None)
+    first = _hashes(tmp_path / "split")
+    result = resume_search(tmp_path / "split", log=lambda s: None)
+    assert result.evaluated == 3  # only the missing trials ran
+    assert _hashes(tmp_path / "split")[:3] == first
+    assert _hashes(tmp_path / "split") == _hashes(tmp_path / "whole")
+
+
+def test_kill_9_mid_search_then_resume_loses_and_repeats_nothing(tmp_path, zoo):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _run(tmp_path, zoo, optimizer={"name": "cmaes", "options": {"popsize": 4}}, budget={"trials": 8})
+    run_search(cfg, tmp_path / "whole", log=lambda s: None)
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (run_dir / "ledger.db").exists() and len(_hashes(run_dir)) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = _hashes(run_dir)
+    assert 3 <= len(done) < 8, "the kill should land mid-search"
+    res = CliRunner().invoke(app, ["resume", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    after = _hashes(run_dir)
+    assert after[: len(done)] == done  # finished trials kept, in order
+    assert len(after) == len(set(after)) == 8  # none evaluated twice
+    assert after == _hashes(tmp_path / "whole")  # the same trajectory as an uninterrupted run
