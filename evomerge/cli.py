@@ -391,6 +391,24 @@ def resume(
     _print_search_result(result)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
+    trial: Annotated[Optional[int], typer.Option(help="Trial number (default: the best).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Write a trial of a search as a model: weights, recipe, mergekit YAML and a model card."""
+    from evomerge.search.export import export_trial
+
+    try:
+        number, path = export_trial(run_dir, out, trial=trial, force=force, device=device)
+    except EvomergeError as err:
+        _fail(err)
+    console.print(f"trial {number} -> {path}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

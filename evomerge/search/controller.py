@@ -157,7 +157,7 @@ def run_search(
     finally:
         ledger.close()
     scored = [(fitness(t.scores, objectives), t.number) for t in complete if t.scores]
-    best = max(scored) if scored else None
+    best = max(scored, key=lambda p: (p[0], -p[1])) if scored else None  # ties: the earliest
     return SearchResult(
         run_dir,
         evaluated=finished - start_finished,

@@ -142,3 +142,22 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_nothing(tmp_path, zoo):
     assert after[: len(done)] == done  # finished trials kept, in order
     assert len(after) == len(set(after)) == 8  # none evaluated twice
     assert after == _hashes(tmp_path / "whole")  # the same trajectory as an uninterrupted run
+
+
+def test_export_writes_the_best_trial_as_a_model(tmp_path, zoo):
+    from transformers import AutoModelForCausalLM
+
+    cfg = _run(tmp_path, zoo, budget={"trials": 3})
+    result = run_search(cfg, tmp_path / "run", log=lambda s: None)
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert f"trial {result.best_number}" in res.stdout
+    out = tmp_path / "m"
+    assert (out / "evomerge_recipe.yaml").is_file() and (out / "mergekit_config.yml").is_file()
+    card = (out / "README.md").read_text()
+    assert "addition/exact_match" in card and f"trial {result.best_number}" in card
+    AutoModelForCausalLM.from_pretrained(out)
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--trial", "99", "--out", str(tmp_path / "n")])
+    assert res.exit_code == 2 and "complete ones" in res.output
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(out)])
+    assert res.exit_code == 2  # an existing output is kept without --force
