@@ -409,6 +409,32 @@ def export(
     console.print(f"trial {number} -> {path}", highlight=False)
 
 
+@app.command()
+def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
+    """Print the Pareto front of a run's objectives (and its hypervolume)."""
+    from rich.table import Table
+
+    from evomerge.search.front import run_front
+
+    try:
+        objectives, trials, _, hv = run_front(run_dir)
+    except EvomergeError as err:
+        _fail(err)
+    table = Table(title=f"Pareto front of {run_dir}: {len(trials)} trial(s)")
+    table.add_column("trial", justify="right")
+    for o in objectives:
+        table.add_column(f"{o.key} ({'max' if o.sign > 0 else 'min'})", justify="right")
+    table.add_column("method")
+    import yaml
+
+    for t in trials:
+        method = yaml.safe_load(t.recipe).get("merge_method", "?")
+        table.add_row(str(t.number), *(f"{t.scores[o.key]:.4g}" for o in objectives), method)
+    console.print(table)
+    if hv is not None:
+        console.print(f"hypervolume (against the worst value seen per objective): {hv:.4g}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -161,3 +161,17 @@ def test_export_writes_the_best_trial_as_a_model(tmp_path, zoo):
     assert res.exit_code == 2 and "complete ones" in res.output
     res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(out)])
     assert res.exit_code == 2  # an existing output is kept without --force
+
+
+def test_front_cli_lists_non_dominated_trials(tmp_path, zoo):
+    from evomerge.search.front import run_front
+
+    cfg = _run(tmp_path, zoo, budget={"trials": 4})
+    run_search(cfg, tmp_path / "run", log=lambda s: None)
+    objectives, trials, front, hv = run_front(tmp_path / "run")
+    assert [o.key for o in objectives] == ["addition/exact_match", "cost/params"]
+    assert 1 <= len(trials) <= 4 and hv is not None and hv >= 0
+    res = CliRunner().invoke(app, ["front", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "Pareto front" in res.stdout and "cost/params (min)" in res.stdout
+    assert CliRunner().invoke(app, ["front", str(tmp_path)]).exit_code == 2
