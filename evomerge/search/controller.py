@@ -17,7 +17,7 @@ import yaml
 
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
-from evomerge.search.ledger import Ledger
+from evomerge.search.ledger import Ledger, TrialRecord
 from evomerge.search.run_config import RunConfig, RunConfigError
 
 
@@ -38,19 +38,17 @@ class SearchResult:
     best_fitness: float | None
 
 
-def prepare(config: RunConfig, config_path: Path):
-    """Everything a run needs, validated before any model is loaded."""
+def bind_objectives(config: RunConfig, config_path: Path):
+    """The run's tasks (each loaded once, however many of its metrics count) and objectives."""
     from evomerge.eval import load_task
-    from evomerge.search.optimizers import OPTIMIZERS
-    from evomerge.search.space import ParameterSpace
 
-    here = config_path.resolve().parent
-    space = ParameterSpace.load(here / config.space)
-    tasks, objectives = [], []
+    tasks: dict[str, object] = {}
+    objectives = []
     for spec in config.objectives:
-        task = load_task(
+        task = tasks.get(spec.task) or load_task(
             spec.task, split=config.split, fitness=True, allow_test_split=config.allow_test_split
         )
+        tasks[spec.task] = task
         names = {o.name: o for o in task.objectives()}
         metric = spec.metric or next(iter(names))
         if metric not in names:
@@ -58,9 +56,18 @@ def prepare(config: RunConfig, config_path: Path):
                 f"{config_path}: objectives: task {spec.task!r} has no objective {metric!r} "
                 f"(it has {', '.join(names)})."
             )
-        if task not in tasks:
-            tasks.append(task)
         objectives.append(BoundObjective(f"{task.name}/{metric}", names[metric].sign, spec.weight))
+    return list(tasks.values()), objectives
+
+
+def prepare(config: RunConfig, config_path: Path):
+    """Everything a run needs, validated before any model is loaded."""
+    from evomerge.search.optimizers import OPTIMIZERS
+    from evomerge.search.space import ParameterSpace
+
+    here = config_path.resolve().parent
+    space = ParameterSpace.load(here / config.space)
+    tasks, objectives = bind_objectives(config, config_path)
     cls = OPTIMIZERS.get(config.optimizer.name)
     try:
         optimizer = cls(space.dimension, 1, config.seed, **config.optimizer.options)
@@ -70,6 +77,28 @@ def prepare(config: RunConfig, config_path: Path):
             f"{config.optimizer.options} ({e})."
         ) from None
     return space, tasks, objectives, optimizer, here
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[TrialRecord]]:
+    """A finished or running search's config, objectives and complete trials (in order)."""
+    config_path = run_dir / "run.yaml"
+    if not (run_dir / "ledger.db").is_file() or not config_path.is_file():
+        raise EvomergeError(f"{run_dir} is not a search run (no ledger.db / run.yaml).")
+    config = RunConfig.load(config_path)
+    _, objectives = bind_objectives(config, config_path)
+    ledger = Ledger(run_dir / "ledger.db")
+    try:
+        complete = [t for t in ledger.trials("complete") if t.scores]
+    finally:
+        ledger.close()
+    if not complete:
+        raise EvomergeError(f"{run_dir} has no complete trial yet.")
+    return config, objectives, complete
+
+
+def best_trial(trials: list[TrialRecord], objectives: list[BoundObjective]) -> TrialRecord:
+    """The fittest trial; on ties, the earliest."""
+    return max(trials, key=lambda t: (fitness(t.scores, objectives), -t.number))
 
 
 def fitness(scores: dict[str, float], objectives: list[BoundObjective]) -> float:
@@ -152,19 +181,18 @@ def run_search(
             f = fitness(outcome.values, objectives)
             optimizer.tell(suggestion.id, (f,))
             log(f"trial {number}: fitness {f:.4f} ({recipe.merge_method}, {outcome.seconds:.1f}s)  [{finished}/{budget}]")
-        complete = ledger.trials("complete")
+        complete = [t for t in ledger.trials("complete") if t.scores]
         failed = len(ledger.trials("failed"))
     finally:
         ledger.close()
-    scored = [(fitness(t.scores, objectives), t.number) for t in complete if t.scores]
-    best = max(scored, key=lambda p: (p[0], -p[1])) if scored else None  # ties: the earliest
+    best = best_trial(complete, objectives) if complete else None
     return SearchResult(
         run_dir,
         evaluated=finished - start_finished,
         duplicates=hits,
         failed=failed,
-        best_number=best[1] if best else None,
-        best_fitness=best[0] if best else None,
+        best_number=best.number if best else None,
+        best_fitness=fitness(best.scores, objectives) if best else None,
     )
 
 

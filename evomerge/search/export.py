@@ -8,8 +8,7 @@ import yaml
 
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
-from evomerge.search.controller import fitness, prepare
-from evomerge.search.ledger import Ledger
+from evomerge.search.controller import best_trial, fitness, load_run
 from evomerge.search.run_config import RunConfig
 
 
@@ -20,20 +19,9 @@ def export_trial(
     from evomerge.merge.engine import merge_to_disk
     from evomerge.recipe import Recipe
 
-    config_path = run_dir / "run.yaml"
-    if not (run_dir / "ledger.db").is_file() or not config_path.is_file():
-        raise EvomergeError(f"{run_dir} is not a search run (no ledger.db / run.yaml).")
-    config = RunConfig.load(config_path)
-    _, _, objectives, _, _ = prepare(config, config_path)
-    ledger = Ledger(run_dir / "ledger.db")
-    try:
-        complete = [t for t in ledger.trials("complete") if t.scores]
-    finally:
-        ledger.close()
-    if not complete:
-        raise EvomergeError(f"{run_dir} has no complete trial to export yet.")
+    config, objectives, complete = load_run(run_dir)
     if trial is None:
-        chosen = max(complete, key=lambda t: fitness(t.scores, objectives))
+        chosen = best_trial(complete, objectives)
     else:
         chosen = next((t for t in complete if t.number == trial), None)
         if chosen is None:

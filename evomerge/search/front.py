@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evomerge.errors import EvomergeError
-from evomerge.search.controller import BoundObjective, fitness, prepare
-from evomerge.search.ledger import Ledger, TrialRecord
-from evomerge.search.run_config import RunConfig
+from evomerge.search.controller import BoundObjective, fitness, load_run
+from evomerge.search.ledger import TrialRecord
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -38,18 +36,7 @@ def hypervolume(front: np.ndarray, reference: np.ndarray) -> float:
 
 
 def run_front(run_dir: Path) -> tuple[list[BoundObjective], list[TrialRecord], np.ndarray, float | None]:
-    config_path = run_dir / "run.yaml"
-    if not (run_dir / "ledger.db").is_file() or not config_path.is_file():
-        raise EvomergeError(f"{run_dir} is not a search run (no ledger.db / run.yaml).")
-    config = RunConfig.load(config_path)
-    _, _, objectives, _, _ = prepare(config, config_path)
-    ledger = Ledger(run_dir / "ledger.db")
-    try:
-        trials = [t for t in ledger.trials("complete") if t.scores]
-    finally:
-        ledger.close()
-    if not trials:
-        raise EvomergeError(f"{run_dir} has no complete trial yet.")
+    _, objectives, trials = load_run(run_dir)
     # Objectives named twice (same task and metric) count once on the front.
     unique = list({o.key: o for o in objectives}.values())
     points = np.array([[o.sign * t.scores[o.key] for o in unique] for t in trials])

@@ -28,7 +28,11 @@ class Row:
 
     @property
     def mean(self) -> float:
-        return sum(self.scores.values()) / len(self.scores)
+        return _mean(self.scores)
+
+
+def _mean(scores: dict[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
 
 
 @dataclass
@@ -88,9 +92,9 @@ def zoo_report(
     tasks = {s: {sp: load_task(s, split=sp) for sp in ("search", "test")} for s in skills}
 
     def score(model, split: str = "test", fid: int | None = None) -> dict[str, float]:
+        cap = min((x for x in (fid, fidelity) if x is not None), default=None)
         out = {}
         for s in skills:
-            cap = min((x for x in (fid, fidelity) if x is not None), default=None)
             res = tasks[s][split].evaluate(model, tokenizer, cap)
             out[s] = res.values["exact_match"] if res.ok else float("nan")
         return out
@@ -126,16 +130,13 @@ def zoo_report(
         report.rows.append(Row(name, merged_scores(recipe), recipe, note))
         log(f"scored {name}")
 
-    def mean(s: dict[str, float]) -> float:
-        return sum(s.values()) / len(s)
-
     # Parameter space: a seeded random search over method, weights and density.
     # Screen every candidate on a subset, then re-score the best few on the whole split
     # (the fidelity ladder a real search climbs) so one lucky subset does not pick the winner.
     rng = random.Random(seed)
     candidates = [_random_recipe(rng, experts) for _ in range(trials)]
-    screened = sorted(candidates, key=lambda r: -mean(merged_scores(r, "search", screen)))
-    tuned = max(screened[:finalists], key=lambda r: mean(merged_scores(r, "search")))
+    screened = sorted(candidates, key=lambda r: -_mean(merged_scores(r, "search", screen)))
+    tuned = max(screened[:finalists], key=lambda r: _mean(merged_scores(r, "search")))
     report.rows.append(Row("merge_searched", merged_scores(tuned), tuned, _describe(tuned, trials)))
     log("scored merge_searched")
 
@@ -143,7 +144,7 @@ def zoo_report(
     # layer of any model can follow any other). Picked on search, reported on test.
     n_layers = resident.config.num_hidden_layers
     paths = [_layer_path(p) for p in itertools.product(["base", *experts], repeat=n_layers)]
-    best_path = max(paths, key=lambda r: mean(merged_scores(r, "search", screen)))
+    best_path = max(paths, key=lambda r: _mean(merged_scores(r, "search", screen)))
     names = " > ".join(s.sources[0].model for s in best_path.slices)
     note = f"layers from {names} (best of {len(paths)} paths on the search split)"
     report.rows.append(Row("layer_path_searched", merged_scores(best_path), best_path, note))

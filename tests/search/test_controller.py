@@ -175,3 +175,13 @@ def test_front_cli_lists_non_dominated_trials(tmp_path, zoo):
     assert res.exit_code == 0, res.output
     assert "Pareto front" in res.stdout and "cost/params (min)" in res.stdout
     assert CliRunner().invoke(app, ["front", str(tmp_path)]).exit_code == 2
+
+
+def test_a_task_with_two_objectives_is_scored_once(tmp_path, zoo):
+    from evomerge.search.controller import bind_objectives
+    from evomerge.search.run_config import RunConfig
+
+    cfg = _run(tmp_path, zoo, objectives=[{"task": "cost", "metric": "params"}, {"task": "cost", "metric": "layers"}])
+    tasks, objectives = bind_objectives(RunConfig.load(cfg), cfg)
+    assert len(tasks) == 1
+    assert [o.key for o in objectives] == ["cost/params", "cost/layers"]
