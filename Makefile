@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart test test-slow lint zoo bench clean
+.PHONY: setup quickstart demo test test-slow lint zoo bench bench-search clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,8 +14,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job on the embedded default (until the quickstart search lands: the merge demo).
+QS_OUT := runs/quickstart-output
+
+## The main job: build the toy zoo (cached), run the quickstart search (or finish an interrupted
+## one), print its Pareto front.
 quickstart: $(STAMP)
+	$(BIN)/evomerge zoo build
+	if [ -f $(QS_OUT)/ledger.db ]; then $(BIN)/evomerge resume $(QS_OUT); \
+	else $(BIN)/evomerge search runs/quickstart.yaml --out $(QS_OUT); fi
+	$(BIN)/evomerge front $(QS_OUT)
+
+## The merge engine alone, on tiny generated models.
+demo: $(STAMP)
 	$(BIN)/evomerge demo
 
 ## The default test suite (fast, CPU, offline) and the linter.
@@ -34,5 +44,10 @@ zoo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_throughput.py --methods ties,dare_ties,linear
 
+## Best fitness against evaluations per optimiser on the zoo (needs `make zoo`; ~10 min).
+bench-search: $(STAMP)
+	$(BIN)/evomerge zoo build --no-report
+	$(BIN)/python benchmarks/search_efficiency.py
+
 clean:
-	rm -rf $(VENV) runs/demo-output benchmarks/_work
+	rm -rf $(VENV) runs/demo-output $(QS_OUT) benchmarks/_work

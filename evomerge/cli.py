@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,8 +21,17 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Inspect and convert recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    # rich wraps at 80 columns when output is not a terminal (CI logs, pipes); tables need more.
+    c = Console(stderr=stderr)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c = Console(stderr=stderr, width=160)
+    return c
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def _fail(err: EvomergeError) -> None:
@@ -322,30 +332,35 @@ def space_show(
         Optional[int], typer.Option(help="Decode a random point (default: the cube's centre).")
     ] = None,
 ) -> None:
-    """Validate a search space, list its genes and print a decoded sample recipe."""
+    """Validate a search space (any kind), list its genes and print a decoded sample recipe."""
     import random
 
+    from rich.markup import escape
     from rich.table import Table
 
-    from evomerge.search.space import ParameterSpace
+    from evomerge.search.space import load_space
 
     try:
-        space = ParameterSpace.load(space_path)
+        space = load_space(space_path)
         genes = space.genes()
         rng = random.Random(seed)
         point = [0.5] * len(genes) if seed is None else [rng.random() for _ in genes]
         recipe = space.decode(point)
+        sources = space.source_models()
     except EvomergeError as err:
         _fail(err)
-    table = Table(title=f"{space_path}: {len(genes)} genes")
+    table = Table(title=f"{space_path} ({space.kind} space): {len(genes)} genes")
     table.add_column("#", justify="right")
     table.add_column("gene")
     table.add_column("range")
     for i, g in enumerate(genes):
-        table.add_row(str(i), g.name, g.describe())
+        table.add_row(str(i), escape(g.name), escape(g.describe()))
     console.print(table)
+    console.print(f"source models: {', '.join(sources)}", highlight=False, markup=False)
     where = "the centre of the cube" if seed is None else f"a random point (seed {seed})"
-    console.print(f"# recipe at {where}, hash {recipe.content_hash()[:12]}", highlight=False)
+    n = sum(s.num_layers for s in recipe.slices or [])
+    depth = f", {n} layer{'s' if n != 1 else ''}" if recipe.slices else ""
+    console.print(f"# recipe at {where}, hash {recipe.content_hash()[:12]}{depth}", highlight=False)
     sys.stdout.write(recipe.to_yaml())
 
 
@@ -355,12 +370,14 @@ def search(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (ledger, run.yaml).")],
     trials: Annotated[Optional[int], typer.Option(help="Override the trial budget.")] = None,
 ) -> None:
-    """Search a space for merge recipes (serial, in-process; resume and fronts come next)."""
+    """Search a space for merge recipes; progress on stderr, a summary on stdout."""
     from evomerge.search.controller import run_search
+    from evomerge.search.progress import ProgressPrinter
 
     try:
         result = run_search(
-            run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False)
+            run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False),
+            progress=ProgressPrinter(err_console),
         )
     except EvomergeError as err:
         _fail(err)
@@ -369,9 +386,16 @@ def search(
 
 def _print_search_result(result) -> None:
     best = "none" if result.best_fitness is None else f"trial {result.best_number}, fitness {result.best_fitness:.4f}"
+    saved = ""
+    if result.examples_at_top and result.examples_scored < result.examples_at_top:
+        saved = (
+            f"; multi-fidelity scored {result.examples_scored:.0f} examples instead of "
+            f"{result.examples_at_top:.0f} ({1 - result.examples_scored / result.examples_at_top:.0%} saved)"
+        )
     console.print(
-        f"{result.evaluated} trials evaluated ({result.failed} failed in the run, {result.duplicates} "
-        f"told from the ledger); best: {best}; ledger in {result.run_dir / 'ledger.db'}",
+        f"{result.evaluated} trials evaluated in this session ({result.candidates} candidates in the run, "
+        f"{result.failed} failed, {result.duplicates} duplicates told from earlier results); best: {best}{saved}; "
+        f"ledger in {result.run_dir / 'ledger.db'}",
         highlight=False,
     )
 
@@ -383,9 +407,13 @@ def resume(
 ) -> None:
     """Continue an interrupted search: finished trials are kept, never run again."""
     from evomerge.search.controller import resume_search
+    from evomerge.search.progress import ProgressPrinter
 
     try:
-        result = resume_search(run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False))
+        result = resume_search(
+            run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False),
+            progress=ProgressPrinter(err_console),
+        )
     except EvomergeError as err:
         _fail(err)
     _print_search_result(result)
@@ -424,12 +452,12 @@ def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     table.add_column("trial", justify="right")
     for o in objectives:
         table.add_column(f"{o.key} ({'max' if o.sign > 0 else 'min'})", justify="right")
-    table.add_column("method")
-    import yaml
+    table.add_column("recipe (method or layer path)")
+    from evomerge.recipe import Recipe
 
     for t in trials:
-        method = yaml.safe_load(t.recipe).get("merge_method", "?")
-        table.add_row(str(t.number), *(f"{t.scores[o.key]:.4g}" for o in objectives), method)
+        summary = Recipe.from_yaml(t.recipe, f"trial {t.number}").summary()
+        table.add_row(str(t.number), *(f"{t.scores[o.key]:.4g}" for o in objectives), summary)
     console.print(table)
     if hv is not None:
         console.print(f"hypervolume (against the worst value seen per objective): {hv:.4g}")

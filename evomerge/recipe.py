@@ -220,6 +220,22 @@ class Recipe(_Strict):
             refs.extend(src.model for src in s.sources)
         return list(dict.fromkeys(refs))
 
+    def summary(self) -> str:
+        """One line for tables: the method, or the layer path (``model[start:end]``, merged slices
+        by their method, ``x1.2`` for a scale)."""
+        if not self.slices:
+            return self.merge_method
+        steps = []
+        for s in self.slices:
+            src = s.sources[0]
+            start, end = src.layer_range
+            name = (s.merge_method or self.merge_method) if len(s.sources) > 1 else Path(src.model).name
+            step = f"{name}[{start}:{end}]" if end - start > 1 else f"{name}[{start}]"
+            if s.scale is not None and s.scale != 1.0:
+                step += f"x{s.scale:.2f}"
+            steps.append(step)
+        return " ".join(steps)
+
     @property
     def is_layer_space(self) -> bool:
         return self.slices is not None

@@ -1,22 +1,36 @@
 """The search controller: config -> space -> ask -> recipe -> evaluate -> tell -> ledger.
 
-This first version runs trials one at a time in this process. A recipe seen
-before (same content hash, same fidelity) is not evaluated again: its recorded
-scores are told to the optimiser. Asynchronous slots, multi-fidelity promotion
-and resume build on the same loop.
+The controller keeps every executor slot busy: it asks the optimiser for
+candidates, groups them into successive-halving brackets (a bracket of one at a
+single fidelity when multi-fidelity is off), submits each bracket's jobs as
+slots free up, and reacts to every completion as it arrives: record it in the
+ledger, promote the best of a finished rung, tell the optimiser when a
+candidate's bracket is done. A recipe already scored at a fidelity (same content
+hash) is not evaluated again.
+
+Everything the controller decides follows from the seed and the order in which
+jobs completed, and the ledger records that order. Resume therefore replays
+the recorded completions through the same loop (no evaluation) until the
+interrupted state is rebuilt, then continues live: finished work is never
+repeated, the optimiser continues its very trajectory, and only jobs that were
+in flight run again.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
+from evomerge.search.executor import Outcome, TaskSpec, WorkerSpec, make_executor
+from evomerge.search.fidelity import Bracket, Candidate, Rungs
 from evomerge.search.ledger import Ledger, TrialRecord
 from evomerge.search.run_config import RunConfig, RunConfigError
 
@@ -26,16 +40,36 @@ class BoundObjective:
     key: str  # "task/metric", the name in the ledger's scores
     sign: float  # +1 maximise, -1 minimise
     weight: float
+    scale: float = 1.0
 
 
 @dataclass
 class SearchResult:
     run_dir: Path
-    evaluated: int
+    evaluated: int  # evaluations run in this session (replayed ones not counted)
+    candidates: int  # candidate recipes of the whole run
     duplicates: int
     failed: int
     best_number: int | None
     best_fitness: float | None
+    examples_scored: float = 0.0  # evaluation cost of the whole run, in examples
+    examples_at_top: float = 0.0  # what scoring every candidate at the top level would cost
+
+
+@dataclass
+class Progress:
+    """What a live display shows after each completion."""
+
+    candidates: int
+    budget: int
+    evaluations: int
+    in_flight: int
+    best_fitness: float | None
+    best_number: int | None
+    front_size: int
+    elapsed: float
+    eta: float | None
+    message: str = ""
 
 
 def bind_objectives(config: RunConfig, config_path: Path):
@@ -56,31 +90,83 @@ def bind_objectives(config: RunConfig, config_path: Path):
                 f"{config_path}: objectives: task {spec.task!r} has no objective {metric!r} "
                 f"(it has {', '.join(names)})."
             )
-        objectives.append(BoundObjective(f"{task.name}/{metric}", names[metric].sign, spec.weight))
+        objectives.append(BoundObjective(f"{task.name}/{metric}", names[metric].sign, spec.weight, spec.scale))
     return list(tasks.values()), objectives
+
+
+def unique_objectives(objectives: list[BoundObjective]) -> list[BoundObjective]:
+    """Objectives named twice (same task and metric) count once on a front."""
+    return list({o.key: o for o in objectives}.values())
+
+
+def pareto_told(config: RunConfig, optimizer_cls, objectives: list[BoundObjective]) -> bool:
+    """Whether the optimiser is told every objective (else one weighted sum)."""
+    n = len(unique_objectives(objectives))
+    if config.scalarization == "weighted_sum" or n == 1:
+        return False
+    supports = optimizer_cls.max_objectives is None
+    if config.scalarization == "pareto" and not supports:
+        raise RunConfigError(
+            f"scalarization: pareto needs a multi-objective optimiser (nsga2, tpe, gp, random); "
+            f"{config.optimizer.name} optimises one value: use scalarization: weighted_sum."
+        )
+    return supports
 
 
 def prepare(config: RunConfig, config_path: Path):
     """Everything a run needs, validated before any model is loaded."""
     from evomerge.search.optimizers import OPTIMIZERS
-    from evomerge.search.space import ParameterSpace
+    from evomerge.search.space import load_space
 
     here = config_path.resolve().parent
-    space = ParameterSpace.load(here / config.space)
+    space = load_space(here / config.space)
     tasks, objectives = bind_objectives(config, config_path)
     cls = OPTIMIZERS.get(config.optimizer.name)
+    n_told = len(unique_objectives(objectives)) if pareto_told(config, cls, objectives) else 1
     try:
-        optimizer = cls(space.dimension, 1, config.seed, **config.optimizer.options)
+        optimizer = cls(space.dimension, n_told, config.seed, **config.optimizer.options)
     except (TypeError, ValueError) as e:
         raise RunConfigError(
             f"{config_path}: optimizer: {config.optimizer.name} cannot be built with options "
             f"{config.optimizer.options} ({e})."
         ) from None
+    if config.warm_start:
+        optimizer.warm_start([_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)])
+    for task in tasks:
+        levels = [lv for lv in config.levels() if lv is not None]
+        size = task.size()
+        if size is not None and levels and max(levels) > size:
+            raise RunConfigError(
+                f"{config_path}: fidelity {max(levels)} is more than the {size} examples of task "
+                f"{task.name!r}; use a smaller level or null (all examples)."
+            )
     return space, tasks, objectives, optimizer, here
 
 
+def _warm_point(space, point: dict, index: int, config_path: Path) -> np.ndarray:
+    genes = {g.name: g for g in space.genes()}
+    unknown = sorted(set(point) - set(genes))
+    if unknown:
+        raise RunConfigError(
+            f"{config_path}: warm_start[{index}]: unknown gene(s) {unknown}; "
+            f"`evomerge space show` lists this space's genes."
+        )
+    x = np.full(len(genes), 0.5)
+    for i, (name, g) in enumerate(genes.items()):
+        if name in point:
+            try:
+                x[i] = g.encode(point[name])
+            except ValueError as e:
+                raise RunConfigError(f"{config_path}: warm_start[{index}].{name}: {e}.") from None
+    return x
+
+
+def top_rung(config: RunConfig) -> int:
+    return len(config.levels()) - 1
+
+
 def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[TrialRecord]]:
-    """A finished or running search's config, objectives and complete trials (in order)."""
+    """A run's config, objectives and complete trials at its top fidelity (in order)."""
     config_path = run_dir / "run.yaml"
     if not (run_dir / "ledger.db").is_file() or not config_path.is_file():
         raise EvomergeError(f"{run_dir} is not a search run (no ledger.db / run.yaml).")
@@ -88,11 +174,12 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[Trial
     _, objectives = bind_objectives(config, config_path)
     ledger = Ledger(run_dir / "ledger.db")
     try:
-        complete = [t for t in ledger.trials("complete") if t.scores]
+        top = top_rung(config)
+        complete = [t for t in ledger.trials("complete") if t.scores and t.rung == top]
     finally:
         ledger.close()
     if not complete:
-        raise EvomergeError(f"{run_dir} has no complete trial yet.")
+        raise EvomergeError(f"{run_dir} has no trial complete at the top fidelity yet.")
     return config, objectives, complete
 
 
@@ -102,9 +189,253 @@ def best_trial(trials: list[TrialRecord], objectives: list[BoundObjective]) -> T
 
 
 def fitness(scores: dict[str, float], objectives: list[BoundObjective]) -> float:
-    """The declared scalarisation: a weighted sum of objectives turned to 'larger is better'."""
+    """The declared scalarisation: a weighted sum of scaled objectives, 'larger is better'."""
     total = sum(o.weight for o in objectives)
-    return sum(o.weight * o.sign * scores[o.key] for o in objectives) / total
+    return sum(o.weight * o.sign * scores[o.key] / o.scale for o in objectives) / total
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    id: int
+    candidate: Candidate
+    bracket: Bracket
+    rung: int
+    fidelity: int | None
+    number: int | None = None  # its ledger row
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return (self.candidate.digest, self.fidelity)
+
+
+@dataclass
+class _State:
+    brackets: list[Bracket] = field(default_factory=list)
+    queue: deque = field(default_factory=deque)  # jobs ready to submit
+    instant: deque = field(default_factory=deque)  # jobs whose result is already known
+    waiting: dict = field(default_factory=dict)  # key -> jobs sharing one evaluation in flight
+    in_flight: dict = field(default_factory=dict)  # job id -> job (submitted, live)
+    held: list = field(default_factory=list)  # replay: jobs submitted, waiting for their record
+    results: dict = field(default_factory=dict)  # key -> Outcome
+    candidates: int = 0
+    duplicates: int = 0
+    evaluated: int = 0
+    failed: int = 0
+    next_job: int = 0
+    best: tuple[float, int] | None = None  # (fitness, ledger number) at the top level
+    best_at: int = 0  # candidates done when the best last improved
+    done: int = 0  # candidates whose bracket finished
+    top_points: dict = field(default_factory=dict)  # digest -> objective vector at the top level
+    examples: float = 0.0
+
+
+class Controller:
+    def __init__(self, config, space, tasks, objectives, optimizer, executor, ledger, *,
+                 budget: int, log: Callable[[str], None], progress: Callable[[Progress], None] | None) -> None:
+        self.config, self.space, self.objectives = config, space, objectives
+        self.unique = unique_objectives(objectives)
+        self.optimizer, self.executor, self.ledger = optimizer, executor, ledger
+        self.tell_all = optimizer.n_objectives > 1
+        self.rungs = Rungs(config.levels(), config.multi_fidelity.eta if config.multi_fidelity else 3)
+        self.bracket_size = config.multi_fidelity.bracket if config.multi_fidelity else 1
+        self.sizes = [t.size() for t in tasks]
+        self.budget = budget
+        self.log = log
+        self.progress = progress
+        self.s = _State()
+        self.replay: deque[TrialRecord] = deque()
+        self.t0 = time.monotonic()
+        self.deadline = None
+
+    # -- asking ----------------------------------------------------------------------
+
+    def _may_ask(self) -> bool:  # noqa: C901
+        s, b = self.s, self.config.budget
+        if s.candidates >= self.budget or s.duplicates > 10 * self.budget:
+            return False
+        if b.patience and s.best is not None and s.done - s.best_at >= b.patience:
+            return False
+        # The wall-time budget applies to live work; a replay repeats the recorded decisions.
+        return self.replay or self.deadline is None or time.monotonic() < self.deadline
+
+    def _new_bracket(self) -> bool:
+        candidates: list[Candidate] = []
+        s = self.s
+        while len(candidates) < self.bracket_size and self._may_ask():
+            suggestion = self.optimizer.ask()
+            if suggestion is None:  # CMA-ES waits for the rest of its generation
+                break
+            recipe = self.space.decode(suggestion.x)
+            digest = recipe.content_hash()
+            c = Candidate(suggestion.id, s.candidates + s.duplicates, suggestion.x, recipe, digest)
+            if (digest, self.rungs.levels[0]) in s.results or any(
+                x.digest == digest for x in candidates
+            ):
+                s.duplicates += 1  # scored already: told its result, not counted against the budget
+            else:
+                s.candidates += 1
+            candidates.append(c)
+        if not candidates:
+            return False
+        bracket = Bracket(candidates, self.rungs)
+        s.brackets.append(bracket)
+        for c in candidates:
+            self._add_job(c, bracket, 0)
+        return True
+
+    def _add_job(self, c: Candidate, bracket: Bracket, rung: int) -> None:
+        s = self.s
+        job = _Job(s.next_job, c, bracket, rung, self.rungs.levels[rung])
+        s.next_job += 1
+        if job.key in s.results:
+            s.instant.append(job)
+        elif job.key in s.waiting:
+            s.waiting[job.key].append(job)
+        else:
+            s.waiting[job.key] = [job]
+            s.queue.append(job)
+
+    # -- submitting and collecting -----------------------------------------------------
+
+    def _busy(self) -> int:
+        return len(self.s.in_flight) + len(self.s.held)
+
+    def _submit(self, job: _Job) -> None:
+        if self.replay:
+            self.s.held.append(job)
+            return
+        c = job.candidate
+        job.number = self.ledger.start(
+            c.number, job.rung, c.digest, [float(v) for v in c.x], c.recipe.to_yaml(), job.fidelity
+        )
+        self.s.in_flight[job.id] = job
+        self.executor.submit(job.id, c.recipe, job.fidelity)
+
+    def _collect(self) -> tuple[_Job, Outcome]:
+        s = self.s
+        if self.replay:
+            rec = self.replay[0]
+            match = next((j for j in s.held if j.key == (rec.recipe_hash, rec.fidelity)), None)
+            if match is not None:
+                self.replay.popleft()
+                s.held.remove(match)
+                match.number = rec.number
+                return match, Outcome(rec.scores, rec.error, rec.seconds or 0.0)
+            self.log(
+                f"resume: the ledger's completion {rec.number} does not follow from the replay "
+                f"(was the run's config changed?); continuing live from here"
+            )
+            self.replay.clear()
+        if s.held:  # replay done: what was in flight when the run stopped runs again
+            held, s.held = s.held, []
+            for job in held:
+                self._submit(job)
+        job_id, outcome = self.executor.wait()
+        job = s.in_flight.pop(job_id)
+        self.ledger.finish(job.number, outcome.values, outcome.error, outcome.seconds)
+        s.evaluated += 1
+        return job, outcome
+
+    # -- reacting --------------------------------------------------------------------
+
+    def _scalar(self, scores: dict[str, float]) -> float:
+        return fitness(scores, self.objectives)
+
+    def _rank_key(self, scores: dict[str, float]) -> tuple[float, ...]:
+        return (self._scalar(scores), *(o.sign * scores[o.key] for o in self.unique))
+
+    def _on_result(self, job: _Job, outcome: Outcome, fresh: bool) -> None:
+        s = self.s
+        jobs = s.waiting.pop(job.key, [job]) if fresh else [job]
+        if fresh:
+            s.results[job.key] = outcome
+            s.examples += sum(self.rungs.cost(job.fidelity, n) for n in self.sizes if n is not None)
+            if outcome.values is None:
+                s.failed += 1
+                self.log(f"trial {job.number}: failed ({outcome.error})")
+        for j in jobs:
+            j.candidate.scores[j.rung] = outcome.values
+            if outcome.values is not None and j.rung == len(self.rungs.levels) - 1:
+                self._record_top(j, outcome.values)
+        for bracket in {id(j.bracket): j.bracket for j in jobs}.values():
+            self._advance(bracket)
+
+    def _record_top(self, job: _Job, values: dict[str, float]) -> None:
+        s = self.s
+        f = self._scalar(values)
+        if s.best is None or f > s.best[0]:
+            s.best = (f, job.number)
+            s.best_at = s.done + 1  # counting the candidate that improved
+        s.top_points[job.candidate.digest] = [o.sign * values[o.key] for o in self.unique]
+
+    def _advance(self, bracket: Bracket) -> None:
+        while not bracket.done and bracket.rung_complete():
+            for c in bracket.advance(self._rank_key):
+                self._add_job(c, bracket, bracket.rung)
+        if bracket.done and bracket in self.s.brackets:
+            self.s.brackets.remove(bracket)
+            for c in bracket.candidates:
+                _, scores = c.final()
+                if scores is None:
+                    told = None
+                elif self.tell_all:
+                    told = tuple(o.sign * scores[o.key] for o in self.unique)
+                else:
+                    told = (self._scalar(scores),)
+                self.optimizer.tell(c.id, told)
+            self.s.done += len(bracket.candidates)
+            self._report()
+
+    def _report(self) -> None:
+        if self.progress is None or self.replay:
+            return
+        from evomerge.search.front import pareto_mask
+
+        s = self.s
+        elapsed = time.monotonic() - self.t0
+        rate_done = max(s.done - self._done_at_start, 0)
+        eta = None
+        if rate_done:
+            eta = (self.budget - min(s.candidates, self.budget) + self._busy()) * elapsed / rate_done
+        front = 0
+        if s.top_points:
+            front = int(pareto_mask(np.array(list(s.top_points.values()))).sum())
+        self.progress(Progress(
+            candidates=s.candidates, budget=self.budget, evaluations=s.evaluated, in_flight=self._busy(),
+            best_fitness=s.best[0] if s.best else None, best_number=s.best[1] if s.best else None,
+            front_size=front, elapsed=elapsed, eta=eta,
+        ))
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self, replay: list[TrialRecord]) -> None:
+        s = self.s
+        self.replay = deque(replay)
+        self._done_at_start = 0
+        while True:
+            while s.instant:
+                job = s.instant.popleft()
+                self._on_result(job, s.results[job.key], fresh=False)
+            if not self.replay and self.deadline is None and self.config.budget.seconds:
+                self.deadline = time.monotonic() + self.config.budget.seconds
+            while self._busy() < self.executor.slots:
+                if s.queue:
+                    self._submit(s.queue.popleft())
+                elif not self._new_bracket():
+                    break
+            if s.instant:
+                continue
+            if not self._busy():
+                break
+            was_replaying = bool(self.replay)
+            job, outcome = self._collect()
+            if was_replaying and not self.replay:
+                self._done_at_start = s.done
+                self.t0 = time.monotonic()
+            self._on_result(job, outcome, fresh=True)
 
 
 def run_search(
@@ -114,15 +445,9 @@ def run_search(
     trials: int | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    progress: Callable[[Progress], None] | None = None,
 ) -> SearchResult:
-    """Start a run in ``run_dir``, or with ``resume`` continue the one there.
-
-    Resuming replays the run from its seed: the optimiser proposes the same
-    points again, and every recipe the ledger already finished is told its
-    recorded result instead of being evaluated. The optimiser thus continues
-    the very trajectory that was interrupted; only trials in flight at the
-    interruption are evaluated again.
-    """
+    """Start a run in ``run_dir``, or with ``resume`` continue the one there."""
     config = RunConfig.load(config_path)
     space, tasks, objectives, optimizer, here = prepare(config, config_path)
     has_run = (run_dir / "ledger.db").exists()
@@ -134,70 +459,60 @@ def run_search(
     if resume and not has_run:
         raise EvomergeError(f"{run_dir} holds no run to resume (no ledger.db).")
     from evomerge.merge.engine import resolve_model_path
-    from evomerge.search.executor import InProcessExecutor
 
     space_path = (here / config.space).resolve()
-    refs = [space.base_model, *space.models]
+    refs = space.source_models()
     sources = {r: resolve_model_path(r, [space_path.parent, here]) for r in refs}
-    executor = InProcessExecutor(sources, space.base_model, tasks, device=config.device)
+    spec = WorkerSpec(
+        sources=sources,
+        base=refs[0],
+        tasks=tuple(TaskSpec(t.name, config.split, config.allow_test_split) for t in tasks),
+        device=config.device,
+        torch_threads=config.executor.torch_threads,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # the run keeps its own config, with paths that work from anywhere
         frozen = config.model_copy(update={"space": str(space_path)})
         atomic_write_text(run_dir / "run.yaml", yaml.safe_dump(frozen.model_dump(), sort_keys=False))
     ledger = Ledger(run_dir / "ledger.db")
-    abandoned = ledger.abandon_running()
-    if abandoned:
-        log(f"{abandoned} trial(s) were in flight when the run stopped; they are proposed again")
-
-    budget = trials or config.budget.trials
-    deadline = time.monotonic() + config.budget.seconds if config.budget.seconds else None
-    finished = len(ledger.trials("complete")) + len(ledger.trials("failed"))
-    start_finished = finished
-    hits = 0
+    executor = None
     try:
-        while finished < budget and (deadline is None or time.monotonic() < deadline):
-            suggestion = optimizer.ask()
-            if suggestion is None:  # nothing in flight in a serial run, so this is a bug
-                raise RuntimeError("optimizer asked to wait with no trial in flight")
-            recipe = space.decode(suggestion.x)
-            digest = recipe.content_hash()
-            seen = ledger.find_finished(digest, config.fidelity)
-            if seen is not None:  # replayed after a resume, or the same recipe proposed again
-                hits += 1
-                told = None if seen.scores is None else (fitness(seen.scores, objectives),)
-                optimizer.tell(suggestion.id, told)
-                if hits > 10 * budget + start_finished:
-                    log("stopping: the optimiser keeps proposing recipes already evaluated")
-                    break
-                continue
-            number = ledger.start(digest, [float(v) for v in suggestion.x], recipe.to_yaml(), config.fidelity)
-            outcome = executor.evaluate(recipe, config.fidelity)
-            ledger.finish(number, outcome.values, outcome.error)
-            finished += 1
-            if outcome.values is None:
-                optimizer.tell(suggestion.id, None)
-                log(f"trial {number}: failed ({outcome.error})  [{finished}/{budget}]")
-                continue
-            f = fitness(outcome.values, objectives)
-            optimizer.tell(suggestion.id, (f,))
-            log(f"trial {number}: fitness {f:.4f} ({recipe.merge_method}, {outcome.seconds:.1f}s)  [{finished}/{budget}]")
-        complete = [t for t in ledger.trials("complete") if t.scores]
-        failed = len(ledger.trials("failed"))
+        abandoned = ledger.abandon_running()
+        if abandoned:
+            log(f"{abandoned} evaluation(s) were in flight when the run stopped; they run again")
+        executor = make_executor(spec, config.executor.workers, tasks=tasks)
+        controller = Controller(
+            config, space, tasks, objectives, optimizer, executor, ledger,
+            budget=trials or config.budget.trials, log=log, progress=progress,
+        )
+        controller.run(ledger.completions())
+        s = controller.s
+        complete = [t for t in ledger.trials("complete") if t.scores and t.rung == top_rung(config)]
     finally:
+        if executor is not None:
+            executor.close()
         ledger.close()
     best = best_trial(complete, objectives) if complete else None
+    sizes = [n for n in controller.sizes if n is not None]
+    top = controller.rungs.levels[-1]
     return SearchResult(
         run_dir,
-        evaluated=finished - start_finished,
-        duplicates=hits,
-        failed=failed,
+        evaluated=s.evaluated,
+        candidates=s.candidates,
+        duplicates=s.duplicates,
+        failed=s.failed,
         best_number=best.number if best else None,
         best_fitness=fitness(best.scores, objectives) if best else None,
+        examples_scored=s.examples,
+        examples_at_top=s.candidates * sum(controller.rungs.cost(top, n) for n in sizes),
     )
 
 
-def resume_search(run_dir: Path, *, trials: int | None = None, log: Callable[[str], None] = print) -> SearchResult:
+def resume_search(
+    run_dir: Path, *, trials: int | None = None, log: Callable[[str], None] = print,
+    progress: Callable[[Progress], None] | None = None,
+) -> SearchResult:
     config_path = run_dir / "run.yaml"
     if not config_path.is_file():
         raise EvomergeError(f"{run_dir} holds no run to resume (no run.yaml).")
-    return run_search(config_path, run_dir, trials=trials, resume=True, log=log)
+    return run_search(config_path, run_dir, trials=trials, resume=True, log=log, progress=progress)

@@ -1,8 +1,11 @@
-"""The run's ledger: every trial, durable, in one SQLite file.
+"""The run's ledger: every evaluation, durable, in one SQLite file.
 
-Only the controller writes it. A trial row is written when it is proposed
-(state ``running``) and completed in one transaction when its scores arrive,
-so a crash loses at most the trials in flight and never a finished one.
+Only the controller writes it. A row is one evaluation of one recipe at one
+fidelity (a candidate promoted by successive halving has a row per rung). It is
+written when the evaluation is submitted (state ``running``) and completed in
+one transaction when its scores arrive, so a crash loses at most what was in
+flight and never a finished evaluation. ``seq`` numbers completions in the order
+the controller saw them: resume replays them in that order.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from evomerge.errors import EvomergeError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     number INTEGER PRIMARY KEY,
+    candidate INTEGER NOT NULL,
+    rung INTEGER NOT NULL,
     recipe_hash TEXT NOT NULL,
     genome TEXT NOT NULL,
     recipe TEXT NOT NULL,
@@ -24,7 +31,9 @@ CREATE TABLE IF NOT EXISTS trials (
     scores TEXT,
     error TEXT,
     started REAL NOT NULL,
-    finished REAL
+    finished REAL,
+    seconds REAL,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS trials_by_hash ON trials (recipe_hash);
 """
@@ -33,6 +42,8 @@ CREATE INDEX IF NOT EXISTS trials_by_hash ON trials (recipe_hash);
 @dataclass(frozen=True)
 class TrialRecord:
     number: int
+    candidate: int
+    rung: int
     recipe_hash: str
     genome: list[float]
     recipe: str
@@ -42,6 +53,8 @@ class TrialRecord:
     error: str | None
     started: float
     finished: float | None
+    seconds: float | None
+    seq: int | None
 
 
 class Ledger:
@@ -52,36 +65,47 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(trials)")}
+        if "seq" not in columns:
+            self._db.close()
+            raise EvomergeError(
+                f"{self.path} was written by an older evomerge (no completion order); "
+                "start a new run with `evomerge search`."
+            )
 
     def close(self) -> None:
         self._db.close()
 
-    def start(self, recipe_hash: str, genome: list[float], recipe: str, fidelity: int | None) -> int:
+    def start(
+        self, candidate: int, rung: int, recipe_hash: str, genome: list[float], recipe: str, fidelity: int | None
+    ) -> int:
         cur = self._db.execute(
-            "INSERT INTO trials (recipe_hash, genome, recipe, state, fidelity, started) "
-            "VALUES (?, ?, ?, 'running', ?, ?)",
-            (recipe_hash, json.dumps(genome), recipe, fidelity, time.time()),
+            "INSERT INTO trials (candidate, rung, recipe_hash, genome, recipe, state, fidelity, started) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            (candidate, rung, recipe_hash, json.dumps(genome), recipe, fidelity, time.time()),
         )
         return int(cur.lastrowid)
 
-    def finish(self, number: int, scores: dict[str, float] | None, error: str | None = None) -> None:
+    def finish(
+        self, number: int, scores: dict[str, float] | None, error: str | None = None, seconds: float | None = None
+    ) -> None:
         state = "complete" if error is None else "failed"
-        self._db.execute(
-            "UPDATE trials SET state = ?, scores = ?, error = ?, finished = ? WHERE number = ?",
-            (state, json.dumps(scores) if scores is not None else None, error, time.time(), number),
-        )
+        with self._db:  # one transaction: the row and its place in the completion order
+            self._db.execute("BEGIN IMMEDIATE")
+            (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM trials").fetchone()
+            self._db.execute(
+                "UPDATE trials SET state = ?, scores = ?, error = ?, finished = ?, seconds = ?, seq = ? "
+                "WHERE number = ?",
+                (state, json.dumps(scores) if scores is not None else None, error, time.time(), seconds, seq, number),
+            )
 
-    def find_finished(self, recipe_hash: str, fidelity: int | None) -> TrialRecord | None:
-        """The first complete or failed trial of this recipe at this fidelity."""
-        row = self._db.execute(
-            "SELECT * FROM trials WHERE recipe_hash = ? AND state IN ('complete', 'failed') "
-            "AND fidelity IS ? ORDER BY number LIMIT 1",
-            (recipe_hash, fidelity),
-        ).fetchone()
-        return _record(row) if row else None
+    def completions(self) -> list[TrialRecord]:
+        """Finished evaluations (complete or failed) in the order they completed."""
+        rows = self._db.execute("SELECT * FROM trials WHERE seq IS NOT NULL ORDER BY seq").fetchall()
+        return [_record(r) for r in rows]
 
     def abandon_running(self) -> int:
-        """Mark trials left 'running' by an interrupted run; returns how many."""
+        """Mark evaluations left 'running' by an interrupted run; returns how many."""
         cur = self._db.execute("UPDATE trials SET state = 'abandoned' WHERE state = 'running'")
         return cur.rowcount
 
@@ -98,13 +122,17 @@ class Ledger:
 def _record(row) -> TrialRecord:
     return TrialRecord(
         number=row[0],
-        recipe_hash=row[1],
-        genome=json.loads(row[2]),
-        recipe=row[3],
-        state=row[4],
-        fidelity=row[5],
-        scores=json.loads(row[6]) if row[6] else None,
-        error=row[7],
-        started=row[8],
-        finished=row[9],
+        candidate=row[1],
+        rung=row[2],
+        recipe_hash=row[3],
+        genome=json.loads(row[4]),
+        recipe=row[5],
+        state=row[6],
+        fidelity=row[7],
+        scores=json.loads(row[8]) if row[8] else None,
+        error=row[9],
+        started=row[10],
+        finished=row[11],
+        seconds=row[12],
+        seq=row[13],
     )

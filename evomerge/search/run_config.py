@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import EvomergeError, field_problems
 
@@ -15,37 +15,89 @@ class RunConfigError(EvomergeError):
     pass
 
 
-class ObjectiveSpec(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ObjectiveSpec(_Strict):
     task: str
     metric: str | None = Field(default=None, description="Defaults to the task's first objective.")
     weight: float = Field(default=1.0, gt=0, description="Its share of the scalarised fitness.")
+    scale: float = Field(
+        default=1.0, gt=0,
+        description="The value is divided by this in the weighted sum, so objectives of different "
+        "units (accuracy, layers, parameters) are summed on comparable scales.",
+    )
 
 
-class OptimizerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OptimizerSpec(_Strict):
     name: str = "cmaes"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    trials: int = Field(default=50, ge=1)
-    seconds: float | None = Field(default=None, gt=0)
+class Budget(_Strict):
+    trials: int = Field(default=50, ge=1, description="Candidate recipes evaluated (duplicates do not count).")
+    seconds: float | None = Field(default=None, gt=0, description="No new candidates after this wall time.")
+    patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many candidates without a better best."
+    )
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MultiFidelity(_Strict):
+    """Successive halving: score a bracket of candidates cheaply, promote the best 1/eta."""
+
+    levels: list[int | None] = Field(min_length=2, description="Examples per task, increasing; null = all.")
+    eta: int = Field(default=3, ge=2)
+    bracket: int = Field(default=9, ge=2, description="Candidates per bracket (CMA-ES: at most its popsize).")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> MultiFidelity:
+        lv = self.levels
+        if None in lv[:-1]:
+            raise ValueError("only the last level may be null (all examples)")
+        ints = [v for v in lv if v is not None]
+        if any(v < 1 for v in ints) or ints != sorted(set(ints)):
+            raise ValueError(f"levels {lv} must be positive and strictly increasing")
+        return self
+
+
+class ExecutorSpec(_Strict):
+    workers: int = Field(default=1, ge=1, description="1: in this process; more: a pool of processes.")
+    torch_threads: int | None = Field(default=None, ge=1, description="Threads per worker (default: torch's).")
+
+
+class RunConfig(_Strict):
     space: str
     objectives: list[ObjectiveSpec] = Field(min_length=1)
-    scalarization: Literal["weighted_sum"] = "weighted_sum"
+    scalarization: Literal["auto", "weighted_sum", "pareto"] = Field(
+        default="auto",
+        description="What the optimiser is told: one weighted sum, or every objective (a true Pareto "
+        "search, for multi-objective optimisers). auto: pareto when the optimiser supports it.",
+    )
     optimizer: OptimizerSpec = OptimizerSpec()
     budget: Budget = Budget()
-    fidelity: int | None = Field(default=None, ge=1)
+    fidelity: int | None = Field(default=None, ge=1, description="Examples per task (null: all).")
+    multi_fidelity: MultiFidelity | None = None
+    warm_start: list[dict[str, float | str]] = Field(
+        default_factory=list,
+        description="Points evaluated first, by gene name (see `evomerge space show`); "
+        "genes left out take the middle of their range.",
+    )
     split: Literal["search", "test"] = "search"
     allow_test_split: bool = False
+    executor: ExecutorSpec = ExecutorSpec()
     device: str = "cpu"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_fidelity_setting(self) -> RunConfig:
+        if self.multi_fidelity is not None and self.fidelity is not None:
+            raise ValueError("set either fidelity (one level) or multi_fidelity (levels), not both")
+        return self
+
+    def levels(self) -> tuple[int | None, ...]:
+        """The fidelity levels trials are scored at, cheapest first; the last is the top."""
+        return tuple(self.multi_fidelity.levels) if self.multi_fidelity else (self.fidelity,)
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:

@@ -185,3 +185,110 @@ def test_a_task_with_two_objectives_is_scored_once(tmp_path, zoo):
     tasks, objectives = bind_objectives(RunConfig.load(cfg), cfg)
     assert len(tasks) == 1
     assert [o.key for o in objectives] == ["cost/params", "cost/layers"]
+
+
+# --- asynchronous slots, multi-fidelity, Pareto search, budgets -----------------------
+
+
+def _rows(run_dir, state="complete"):
+    return Ledger(run_dir / "ledger.db").trials(state)
+
+
+MF = {"levels": [2, 4, 8], "eta": 2, "bracket": 4}
+
+
+def test_successive_halving_promotes_the_best_and_saves_cost(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 8},
+               objectives=[{"task": "reversal"}])
+    result = run_search(cfg, tmp_path / "out", log=lambda s: None)
+    rows = _rows(tmp_path / "out")
+    by_rung = {r: [t for t in rows if t.rung == r] for r in range(3)}
+    assert [len(by_rung[r]) for r in range(3)] == [8, 4, 2]  # 2 brackets of 4: 4 -> 2 -> 1 each
+    assert {t.fidelity for t in by_rung[1]} == {4} and {t.fidelity for t in by_rung[2]} == {8}
+    for bracket in (range(0, 4), range(4, 8)):  # promoted = the best half at rung 0
+        scored = sorted((t for t in by_rung[0] if t.candidate in bracket),
+                        key=lambda t: (-t.scores["reversal/exact_match"], t.candidate))
+        promoted = {t.candidate for t in by_rung[1] if t.candidate in bracket}
+        assert promoted == {t.candidate for t in scored[:2]}
+    assert result.candidates == 8
+    # 8 x 2 + 4 x 4 + 2 x 8 examples instead of 8 x 8.
+    assert result.examples_scored == 48 and result.examples_at_top == 64
+    assert result.best_number in {t.number for t in by_rung[2]}
+
+
+def test_multi_fidelity_resume_replays_to_the_same_trajectory(tmp_path, zoo):
+    from evomerge.search.controller import resume_search
+
+    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 12},
+               optimizer={"name": "cmaes", "options": {"popsize": 4}})
+    run_search(cfg, tmp_path / "whole", log=lambda s: None)
+    run_search(cfg, tmp_path / "split", trials=4, log=lambda s: None)
+    first = _hashes(tmp_path / "split")
+    result = resume_search(tmp_path / "split", log=lambda s: None)
+    assert result.candidates == 12 and result.evaluated == len(_hashes(tmp_path / "whole")) - len(first)
+    whole = [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "whole")]
+    assert [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "split")] == whole
+
+
+def test_a_pool_of_worker_processes_runs_the_search(tmp_path, zoo):
+    from evomerge.search.controller import resume_search
+
+    cfg = _run(tmp_path, zoo, optimizer={"name": "cmaes", "options": {"popsize": 4}},
+               budget={"trials": 8}, executor={"workers": 2, "torch_threads": 1})
+    run_search(cfg, tmp_path / "serial", log=lambda s: None)
+    run_search(cfg, tmp_path / "pool", trials=4, log=lambda s: None)
+    result = resume_search(tmp_path / "pool", log=lambda s: None)
+    assert result.evaluated == 4 and result.failed == 0
+    # Completion order may differ between processes; CMA-ES's generations do not.
+    assert sorted(_hashes(tmp_path / "pool")) == sorted(_hashes(tmp_path / "serial"))
+    serial = {t.recipe_hash: t.scores for t in _rows(tmp_path / "serial")}
+    assert all(serial[t.recipe_hash] == t.scores for t in _rows(tmp_path / "pool"))
+
+
+def test_multi_objective_optimisers_are_told_every_objective(tmp_path, zoo):
+    from evomerge.search.controller import prepare
+    from evomerge.search.run_config import RunConfig
+
+    cfg = _run(tmp_path, zoo, optimizer={"name": "nsga2"})
+    *_, optimizer, _ = prepare(RunConfig.load(cfg), cfg)
+    assert optimizer.n_objectives == 2
+    cfg = _run(tmp_path, zoo, optimizer={"name": "nsga2"}, scalarization="weighted_sum")
+    assert prepare(RunConfig.load(cfg), cfg)[3].n_objectives == 1
+    cfg = _run(tmp_path, zoo, optimizer={"name": "cmaes"}, scalarization="pareto")
+    with pytest.raises(EvomergeError, match="multi-objective optimiser"):
+        prepare(RunConfig.load(cfg), cfg)
+    cfg = _run(tmp_path, zoo, optimizer={"name": "tpe"}, budget={"trials": 4})
+    result = run_search(cfg, tmp_path / "mo", log=lambda s: None)
+    assert result.candidates == 4 and len(_rows(tmp_path / "mo")) == 4
+
+
+def test_patience_stops_a_search_that_no_longer_improves(tmp_path, zoo):
+    # Every candidate has the same parameter count, so the best never improves after the first.
+    cfg = _run(tmp_path, zoo, objectives=[{"task": "cost", "metric": "params"}],
+               budget={"trials": 20, "patience": 3})
+    result = run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert result.candidates == 4
+
+
+def test_warm_start_points_are_evaluated_first(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, budget={"trials": 2},
+               warm_start=[{"method": "ties", "add.weight": 0.5, "rev.weight": 1.0}])
+    run_search(cfg, tmp_path / "out", log=lambda s: None)
+    first = yaml.safe_load(_rows(tmp_path / "out")[0].recipe)
+    assert first["merge_method"] == "ties"
+    weights = [m["parameters"]["weight"] for m in first["models"]]
+    assert weights == [0.5, 1.0]
+    bad = _run(tmp_path, zoo, warm_start=[{"nope.weight": 1.0}])
+    with pytest.raises(EvomergeError, match=r"warm_start\[0\].*nope.weight"):
+        run_search(bad, tmp_path / "bad", log=lambda s: None)
+
+
+def test_progress_reports_every_finished_candidate(tmp_path, zoo):
+    from evomerge.search.progress import format_progress
+
+    seen = []
+    cfg = _run(tmp_path, zoo, budget={"trials": 3})
+    run_search(cfg, tmp_path / "out", log=lambda s: None, progress=seen.append)
+    assert [p.candidates for p in seen] == [1, 2, 3] and seen[-1].front_size >= 1
+    assert seen[-1].best_fitness is not None and seen[-1].eta is not None
+    assert "[3/3]" in format_progress(seen[-1]) and "front" in format_progress(seen[-1])

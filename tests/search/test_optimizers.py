@@ -61,3 +61,35 @@ def test_cmaes_waits_for_its_generation():
     for s in reversed(first):  # any order
         opt.tell(s.id, (fitness(s.x),))
     assert opt.ask() is not None
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_warm_start_points_come_first(name):
+    opt = OPTIMIZERS.get(name)(4, 1, 0)
+    points = [np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.9, 0.8, 0.7, 0.6])]
+    opt.warm_start(points)
+    got = [opt.ask() for _ in range(2)]
+    assert all(np.allclose(s.x, p) for s, p in zip(got, points, strict=True))
+    for s in got:
+        opt.tell(s.id, (fitness(s.x),))
+    assert opt.ask() is not None
+
+
+@pytest.mark.parametrize("strategy", ["ipop", "bipop"])
+def test_cmaes_restarts_when_the_search_stalls(strategy):
+    # A flat fitness makes pycma's stopping criteria fire within a few generations.
+    opt = OPTIMIZERS.get("cmaes")(4, 1, 0, popsize=4, restarts=2, restart_strategy=strategy)
+    first_popsize = opt.es.popsize
+    for _ in range(60):
+        batch = []
+        while (s := opt.ask()) is not None:
+            batch.append(s)
+        for s in batch:
+            opt.tell(s.id, (0.0,))
+        if opt.restarts_left == 0:
+            break
+    assert opt.restarts_done == 2
+    if strategy == "ipop":
+        assert opt.es.popsize == 4 * first_popsize  # doubled at each restart
+    with pytest.raises(ValueError, match="restart_strategy"):
+        OPTIMIZERS.get("cmaes")(4, 1, 0, restart_strategy="nope")

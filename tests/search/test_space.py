@@ -120,9 +120,38 @@ def test_space_show_cli(untied_family, tmp_path):
 def test_shipped_spaces_load_and_decode():
     from pathlib import Path
 
-    spaces = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
-    assert spaces
-    for path in spaces:
-        space = ParameterSpace.load(path, resolve=False)
+    from evomerge.search.space import JointSpace, LayerSpace, RecipeSource, SlicesSpace, load_space
+
+    spaces = {p.name: p for p in (Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml")}
+    kinds = {"zoo_ps.yaml": ParameterSpace, "zoo_dfs.yaml": LayerSpace, "zoo_slices.yaml": SlicesSpace,
+             "zoo_joint.yaml": JointSpace, "zoo_seq.yaml": LayerSpace, "llama3_8b_ps.yaml": ParameterSpace,
+             "mistral_7b_dfs.yaml": LayerSpace, "qwen2_7b_joint.yaml": JointSpace}
+    assert kinds.keys() <= spaces.keys()
+    for name, path in sorted(spaces.items()):
+        space = load_space(path, resolve=False)  # validates without the models
+        assert isinstance(space, kinds.get(name, object)), name
+        names = [g.name for g in space.genes()]
+        assert len(set(names)) == len(names), name
+        if name.startswith("zoo_"):
+            assert space.dimension < 40, name
+        if any(isinstance(e, RecipeSource) for e in getattr(space, "models", [])):
+            continue  # the exported recipe it names is read when the space is loaded with resolve=True
+        refs = space.source_models()
         for u in (0.0, 0.5, 1.0):
-            assert space.decode([u] * space.dimension).merge_method in space.methods
+            recipe = space.decode([u] * space.dimension)
+            assert set(recipe.referenced_models()) <= set(refs), name
+
+
+def test_space_show_cli_for_a_layer_space(untied_family, tmp_path):
+    path = tmp_path / "l.yaml"
+    path.write_text(yaml.safe_dump({
+        "kind": "layer", "models": [str(untied_family["expert0"]), str(untied_family["expert1"])],
+        "repeats": 2, "scale": {"low": 0.5, "high": 1.5},
+    }))
+    res = CliRunner().invoke(app, ["space", "show", str(path), "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    assert "layer space" in res.output and "scale[r1.l2.expert1]" in res.output
+    assert "merge_method: passthrough" in res.output and "layer_range" in res.output
+    path.write_text(yaml.safe_dump({"kind": "layer", "models": ["merged"], "num_layers": 2}))
+    res = CliRunner().invoke(app, ["space", "show", str(path)])
+    assert res.exit_code == 2 and "kind: joint" in res.output

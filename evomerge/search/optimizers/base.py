@@ -42,6 +42,10 @@ class Optimizer(ABC):
         self.seed = seed
         self._next_id = 0
 
+    def warm_start(self, points: list[np.ndarray]) -> None:
+        """Propose these points first (for example the plain average and each expert)."""
+        raise NotImplementedError(f"{type(self).__name__} does not take warm starts")
+
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id - 1

@@ -1,8 +1,13 @@
-"""CMA-ES (pycma) in the unit cube, generation by generation.
+"""CMA-ES (pycma) in the unit cube, generation by generation, with restarts.
 
 Suggestions of one generation can be evaluated in any order and in parallel;
 the generation is passed to CMA-ES once all of it has been told. Failed trials
 get a fitness worse than any seen, so the search moves away from them.
+
+When pycma's stopping criteria fire (the distribution has collapsed or the
+fitness has stalled) and ``restarts`` remain, a new strategy starts from a
+random point: IPOP doubles the population each time; BIPOP alternates such
+large-population runs with small-population, small-step local runs.
 """
 
 from __future__ import annotations
@@ -25,19 +30,49 @@ class CMAES(Optimizer):
         sigma0: float = 0.25,
         popsize: int | None = None,
         x0: list[float] | None = None,
+        restarts: int = 0,
+        restart_strategy: str = "ipop",
     ) -> None:
         super().__init__(dimension, n_objectives, seed)
-        import cma
-
-        opts = {"bounds": [0.0, 1.0], "seed": seed + 1, "verbose": -9}  # pycma: seed 0 = clock
-        if popsize:
-            opts["popsize"] = popsize
-        start = x0 if x0 is not None else [0.5] * dimension
-        self.es = cma.CMAEvolutionStrategy(start, sigma0, opts)
+        if restart_strategy not in ("ipop", "bipop"):
+            raise ValueError(f"restart_strategy must be ipop or bipop, not {restart_strategy!r}")
+        if not 0 < sigma0 <= 1:
+            raise ValueError(f"sigma0 must be in (0, 1] (the cube's width is 1), not {sigma0}")
+        self.sigma0 = sigma0
+        self.restarts_left = restarts
+        self.restart_strategy = restart_strategy
+        self.restarts_done = 0
+        self._rng = np.random.default_rng(seed + 7919)
+        self._default_popsize = popsize or 4 + int(3 * math.log(dimension))
+        self._large_popsize = self._default_popsize
+        self.es = self._strategy(x0 if x0 is not None else [0.5] * dimension, sigma0, self._default_popsize)
         self._pending: list[np.ndarray] = []  # the generation being handed out
         self._ids: dict[int, int] = {}  # suggestion id -> index in the generation
         self._told: dict[int, float | None] = {}
         self._given = 0
+
+    def _strategy(self, x0, sigma0: float, popsize: int):
+        import cma
+
+        seed = self.seed + 1 + 1000 * self.restarts_done  # pycma: seed 0 = clock
+        opts = {"bounds": [0.0, 1.0], "seed": seed, "verbose": -9, "popsize": popsize}
+        return cma.CMAEvolutionStrategy(list(x0), sigma0, opts)
+
+    def _restart(self) -> None:
+        self.restarts_left -= 1
+        self.restarts_done += 1
+        x0 = self._rng.random(self.dimension)
+        if self.restart_strategy == "ipop" or self.restarts_done % 2 == 1:
+            self._large_popsize *= 2
+            self.es = self._strategy(x0, self.sigma0, self._large_popsize)
+        else:  # BIPOP's local regime: a smaller population and step, drawn at random
+            u = self._rng.random()
+            pop = int(self._default_popsize * (0.5 * self._large_popsize / self._default_popsize) ** (u * u))
+            self.es = self._strategy(x0, self.sigma0 * 10 ** (-2 * u), max(pop, self._default_popsize))
+
+    def warm_start(self, points: list[np.ndarray]) -> None:
+        # pycma puts injected solutions, unaltered, at the head of the next generations.
+        self.es.inject([np.clip(np.asarray(p, dtype=float), 0.0, 1.0) for p in points], force=True)
 
     def ask(self) -> Suggestion | None:
         if not self._pending:
@@ -65,3 +100,5 @@ class CMAES(Optimizer):
         ]
         self.es.tell(self._pending, fitness)
         self._pending = []
+        if self.restarts_left > 0 and self.es.stop():
+            self._restart()

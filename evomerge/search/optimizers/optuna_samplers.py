@@ -30,6 +30,10 @@ class OptunaOptimizer(Optimizer):
         )
         self._trials: dict[int, object] = {}
 
+    def warm_start(self, points: list[np.ndarray]) -> None:
+        for p in points:
+            self.study.enqueue_trial({k: float(v) for k, v in zip(self._dist, p, strict=True)})
+
     def ask(self) -> Suggestion:
         trial = self.study.ask(self._dist)
         sid = self._new_id()
@@ -48,6 +52,7 @@ class OptunaOptimizer(Optimizer):
 
 @register_optimizer("tpe")
 class TPE(OptunaOptimizer):
+    max_objectives = None  # multi-objective TPE (MOTPE) when told several values
     def _sampler(self, seed: int):
         import optuna
 
@@ -56,6 +61,7 @@ class TPE(OptunaOptimizer):
 
 @register_optimizer("gp")
 class GP(OptunaOptimizer):
+    max_objectives = None  # Optuna's GP sampler handles several objectives too
     def _sampler(self, seed: int):
         import optuna
 

@@ -14,9 +14,14 @@ class RandomSearch(Optimizer):
     def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0) -> None:
         super().__init__(dimension, n_objectives, seed)
         self._rng = np.random.default_rng(seed)
+        self._warm: list[np.ndarray] = []
+
+    def warm_start(self, points: list[np.ndarray]) -> None:
+        self._warm.extend(np.asarray(p, dtype=float) for p in points)
 
     def ask(self) -> Suggestion:
-        return Suggestion(self._new_id(), self._rng.random(self.dimension))
+        x = self._warm.pop(0) if self._warm else self._rng.random(self.dimension)
+        return Suggestion(self._new_id(), x)
 
     def tell(self, id: int, values: tuple[float, ...] | None) -> None:
         pass

@@ -1,4 +1,4 @@
-"""Declarative parameter-space search spaces and their genome codec.
+"""Parameter-space (PS) search spaces: which merge of whole models, with which values.
 
 A space says which models are merged onto which base, which methods may be
 chosen, which parameters are searched and in what ranges, and how finely: one
@@ -15,34 +15,22 @@ mergekit's interpolated gradients cannot express); filters become
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from evomerge.errors import EvomergeError, field_problems
 from evomerge.recipe import Recipe
+from evomerge.search.space.base import (
+    Gene,
+    Range,
+    Space,
+    load_context,
+    read_depth,
+    register_space,
+    short_name,
+)
 
 OTHER = "other"  # the filter slot for tensors no named filter matches
-
-
-class SearchSpaceError(EvomergeError):
-    pass
-
-
-class Range(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    low: float
-    high: float
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
 
 
 class Granularity(BaseModel):
@@ -65,10 +53,10 @@ METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ParameterSpace(BaseModel):
+@register_space
+class ParameterSpace(Space):
     """A parameter-space (PS) search space over merges of ``models`` onto ``base_model``."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: Literal["parameter"] = "parameter"
     base_model: str
     models: list[str] = Field(min_length=1)
@@ -78,6 +66,24 @@ class ParameterSpace(BaseModel):
     num_layers: int | None = Field(default=None, ge=1, description="Read from the base model if omitted.")
     dtype: str = "float32"
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_depth(cls, data: Any, info: ValidationInfo) -> Any:
+        ctx = load_context(info)
+        if (
+            ctx.resolve
+            and isinstance(data, dict)
+            and isinstance(data.get("granularity"), dict)
+            and data["granularity"].get("layers_per_group")
+            and data.get("num_layers") is None
+            and isinstance(data.get("base_model"), str)
+        ):
+            try:
+                data = {**data, "num_layers": read_depth(data["base_model"], ctx.dirs)}
+            except ValueError as e:
+                raise ValueError(f"num_layers: {e}") from None
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpace:
@@ -121,19 +127,16 @@ class ParameterSpace(BaseModel):
                 for param in sorted(self.parameters):
                     for slot in self.slots():
                         r = self.parameters[param]
-                        out.append(Gene(_gene_name(model, param, g, slot, self), r.low, r.high))
+                        out.append(Gene(self._gene_name(model, param, g, slot), r.low, r.high))
         return out
 
-    @property
-    def dimension(self) -> int:
-        return len(self.genes())
+    def source_models(self) -> list[str]:
+        return [self.base_model, *self.models]
 
     def decode(self, x) -> Recipe:
         """The recipe at point ``x`` of the unit cube (values outside [0, 1] are clipped)."""
         genes = self.genes()
-        x = [min(1.0, max(0.0, float(v))) for v in x]
-        if len(x) != len(genes):
-            raise SearchSpaceError(f"genome has {len(x)} values; this space has {len(genes)} genes")
+        x = self.unit(x, len(genes))
         values = {g.name: g.value(v) for g, v in zip(genes, x, strict=True)}
         method = values.pop("method", self.methods[0])
         wanted = METHOD_PARAMETERS[method]
@@ -141,7 +144,7 @@ class ParameterSpace(BaseModel):
         def params(model: str, g: int) -> dict:
             out = {}
             for param in sorted(p for p in self.parameters if p in wanted):
-                per_slot = [(s, values[_gene_name(model, param, g, s, self)]) for s in self.slots()]
+                per_slot = [(s, values[self._gene_name(model, param, g, s)]) for s in self.slots()]
                 if len(per_slot) == 1:
                     out[param] = round(per_slot[0][1], 6)
                 else:
@@ -177,62 +180,10 @@ class ParameterSpace(BaseModel):
             }
         return Recipe.from_dict(data, "search space")
 
-    # --- loading --------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path: str | Path, *, resolve: bool = True) -> ParameterSpace:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise SearchSpaceError(f"{path}: cannot read the search space ({e}).") from None
-        if not isinstance(raw, dict):
-            raise SearchSpaceError(f"{path}: a search space is a mapping.")
-        if resolve and raw.get("granularity", {}).get("layers_per_group") and "num_layers" not in raw:
-            raw["num_layers"] = _layers_of(raw.get("base_model"), path.parent)
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            problems = field_problems(e)
-            raise SearchSpaceError(f"{path}: invalid search space: {problems}.") from None
-
-
-@dataclass(frozen=True)
-class Gene:
-    """One coordinate of the unit cube: a range to scale to, or choices to pick from."""
-
-    name: str
-    low: float = 0.0
-    high: float = 1.0
-    choices: tuple[str, ...] = ()
-
-    def value(self, u: float):
-        if self.choices:
-            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
-        return self.low + u * (self.high - self.low)
-
-    def describe(self) -> str:
-        return f"one of {', '.join(self.choices)}" if self.choices else f"[{self.low:g}, {self.high:g}]"
-
-
-def _gene_name(model: str, param: str, group: int, slot: str, space: ParameterSpace) -> str:
-    name = f"{Path(model).name}.{param}"
-    if space.granularity.layers_per_group:
-        name += f"[g{group}]"
-    if space.granularity.filters:
-        name += f"[{slot}]"
-    return name
-
-
-def _layers_of(base: str | None, where: Path) -> int:
-    from evomerge.merge.engine import resolve_model_path
-
-    if not base:
-        raise SearchSpaceError("base_model is required.")
-    config = resolve_model_path(base, [where, Path.cwd()]) / "config.json"
-    try:
-        return int(json.loads(config.read_text())["num_hidden_layers"])
-    except (OSError, KeyError, ValueError) as e:
-        raise SearchSpaceError(
-            f"num_layers: could not read num_hidden_layers from {config} ({e}); set num_layers in the space."
-        ) from None
+    def _gene_name(self, model: str, param: str, group: int, slot: str) -> str:
+        name = f"{short_name(model)}.{param}"
+        if self.granularity.layers_per_group:
+            name += f"[g{group}]"
+        if self.granularity.filters:
+            name += f"[{slot}]"
+        return name

@@ -1,0 +1,180 @@
+"""Search efficiency on the toy zoo: best fitness against evaluation cost, per optimiser.
+
+Every optimiser searches the same space (search_spaces/zoo_ps.yaml: per-expert
+weight and density per layer and module, method chosen) with the same fitness
+(mean exact match of addition, reversal and sorting on the search split, at
+``--top`` examples per task), with multi-fidelity off and on (successive halving
+over ``--levels``). A mergekit-evolve-style baseline runs pycma's ``fmin2``
+directly over one global weight and density per expert (TIES), as that tool did.
+
+Printed per run: best fitness, evaluations and examples scored until the best
+so far reaches 95% of the best recipe any run found, and the examples scored
+relative to random search without multi-fidelity (measured in the same run).
+
+    python benchmarks/search_efficiency.py [--budget 60] [--seeds 0] [--top 256]
+
+Needs the zoo (`evomerge zoo build`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(__file__).parent / "_work" / "search_efficiency"
+TASKS = ("addition", "reversal", "sorting")
+
+
+@dataclass
+class Trace:
+    name: str
+    seed: int
+    points: list[tuple[int, float, float]]  # (evaluations, examples scored, best so far), per top-level result
+    seconds: float
+
+    @property
+    def best(self) -> float:
+        return self.points[-1][2] if self.points else float("-inf")
+
+    def reach(self, target: float) -> tuple[int, float] | None:
+        return next(((n, ex) for n, ex, b in self.points if b >= target), None)
+
+
+def _trace_from_ledger(name: str, seed: int, run_dir: Path, levels: list, sizes: dict, seconds: float) -> Trace:
+    from evomerge.search.ledger import Ledger
+
+    ledger = Ledger(run_dir / "ledger.db")
+    rows = ledger.completions()
+    ledger.close()
+    top = len(levels) - 1
+    points, examples, best = [], 0.0, float("-inf")
+    for n, r in enumerate(rows, 1):
+        lv = r.fidelity
+        examples += sum(n_ if lv is None else min(lv, n_) for n_ in sizes.values())
+        if r.rung == top and r.scores:
+            best = max(best, sum(r.scores[f"{t}/exact_match"] for t in TASKS) / len(TASKS))
+            points.append((n, examples, best))
+    return Trace(name, seed, points, seconds)
+
+
+def run_controller(optimizer: str, seed: int, budget: int, top: int, levels: list | None, zoo: Path) -> Trace:
+    from evomerge.search.controller import run_search
+
+    space = yaml.safe_load((ROOT / "search_spaces" / "zoo_ps.yaml").read_text())
+    for key in ("base_model",):
+        space[key] = str(zoo / Path(space[key]).name)
+    space["models"] = [str(zoo / Path(m).name) for m in space["models"]]
+    name = f"{optimizer}{'+MF' if levels else ''}"
+    work = WORK / f"{name}-s{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "space.yaml").write_text(yaml.safe_dump(space))
+    run = {
+        "space": "space.yaml",
+        "objectives": [{"task": t} for t in TASKS],
+        "scalarization": "weighted_sum",
+        "optimizer": {"name": optimizer, "options": {"popsize": 9} if optimizer == "cmaes" else {}},
+        "budget": {"trials": budget},
+        "seed": seed,
+    }
+    if levels:
+        run["multi_fidelity"] = {"levels": levels, "eta": 3, "bracket": 9}
+    else:
+        run["fidelity"] = top
+    (work / "run.yaml").write_text(yaml.safe_dump(run))
+    t0 = time.perf_counter()
+    run_search(work / "run.yaml", work / "run", log=lambda s: None)
+    seconds = time.perf_counter() - t0
+    sizes = {t: 1024 for t in TASKS}
+    return _trace_from_ledger(name, seed, work / "run", levels or [top], sizes, seconds)
+
+
+def run_mergekit_evolve_style(seed: int, budget: int, top: int, zoo: Path) -> Trace:
+    """pycma fmin2 over one weight and one density per expert, TIES, as mergekit-evolve searched."""
+    import cma
+
+    from evomerge.recipe import Recipe
+    from evomerge.search.executor import TaskSpec, Worker, WorkerSpec
+
+    names = ["addition", "reversal", "sorting"]
+    refs = {str(zoo / n): zoo / n for n in ["base", *names]}
+    worker = Worker(WorkerSpec(refs, str(zoo / "base"), tuple(TaskSpec(t, "search", False) for t in TASKS)))
+    points: list[tuple[int, float, float]] = []
+    best = float("-inf")
+
+    def objective(x) -> float:
+        nonlocal best
+        x = [min(1.0, max(0.0, float(v))) for v in x]
+        models = [
+            {"model": str(zoo / n), "parameters": {"weight": round(1.2 * x[2 * i], 6),
+                                                   "density": round(0.2 + 0.8 * x[2 * i + 1], 6)}}
+            for i, n in enumerate(names)
+        ]
+        recipe = Recipe.from_dict({"merge_method": "ties", "base_model": str(zoo / "base"), "models": models,
+                                   "dtype": "float32"})
+        out = worker.evaluate(recipe, top)
+        f = 0.0 if out.values is None else sum(out.values[f"{t}/exact_match"] for t in TASKS) / len(TASKS)
+        best = max(best, f)
+        points.append((len(points) + 1, (len(points) + 1) * top * len(TASKS), best))
+        return -f
+
+    t0 = time.perf_counter()
+    cma.fmin2(objective, [0.5] * 6, 0.25,
+              {"bounds": [0, 1], "maxfevals": budget, "seed": seed + 1, "verbose": -9, "popsize": 9})
+    return Trace("mergekit-evolve-style", seed, points[:budget], time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget", type=int, default=60, help="candidate recipes per run")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--top", type=int, default=256, help="examples per task at the top fidelity")
+    p.add_argument("--levels", default="32,96", help="lower successive-halving levels (the top is --top)")
+    p.add_argument("--optimizers", default="random,cmaes,tpe,gp")
+    p.add_argument("--zoo", type=Path, default=None)
+    args = p.parse_args()
+
+    from evomerge.zoo.build import default_zoo_dir
+
+    zoo = (args.zoo or default_zoo_dir()).resolve()
+    if not (zoo / "zoo.json").is_file():
+        print(f"no zoo at {zoo}; build it with `evomerge zoo build`", file=sys.stderr)
+        return 2
+    levels = [int(v) for v in args.levels.split(",")] + [args.top]
+    traces: list[Trace] = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for opt in args.optimizers.split(","):
+            for mf in (None, levels):
+                traces.append(run_controller(opt, seed, args.budget, args.top, mf, zoo))
+                t = traces[-1]
+                print(f"  ran {t.name} seed {seed}: best {t.best:.4f} in {t.seconds:.0f}s", file=sys.stderr)
+        traces.append(run_mergekit_evolve_style(seed, args.budget, args.top, zoo))
+        print(f"  ran mergekit-evolve-style seed {seed}: best {traces[-1].best:.4f}", file=sys.stderr)
+
+    overall = max(t.best for t in traces)
+    target = 0.95 * overall
+    reference = [t for t in traces if t.name == "random"]
+    ref_examples = {t.seed: t.points[-1][1] for t in reference}
+    print(f"\nzoo_ps space, {args.budget} candidates per run, fitness = mean exact match at {args.top} examples/task")
+    print(f"best recipe found by any run: {overall:.4f}; target (95%): {target:.4f}\n")
+    print(f"{'run':<24}{'seed':>5}{'best':>8}{'evals to 95%':>14}{'examples to 95%':>17}"
+          f"{'examples total':>16}{'cost vs random':>16}{'wall s':>8}")
+    for t in traces:
+        hit = t.reach(target)
+        evals = "-" if hit is None else str(hit[0])
+        ex = "-" if hit is None else f"{hit[1]:.0f}"
+        total = t.points[-1][1] if t.points else float("nan")
+        ratio = total / ref_examples[t.seed] if t.seed in ref_examples else float("nan")
+        print(f"{t.name:<24}{t.seed:>5}{t.best:>8.4f}{evals:>14}{ex:>17}{total:>16.0f}{ratio:>16.2f}{t.seconds:>8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

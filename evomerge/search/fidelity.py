@@ -1,0 +1,110 @@
+"""Successive halving over the evaluators' fidelity levels.
+
+A bracket takes a batch of candidates (for CMA-ES, its generation), scores all
+of them at the lowest level (e.g. 32 examples per task), keeps the best
+``1/eta`` of them for the next level, and so on up to the top level (all
+examples). The optimiser is then told each candidate's score at the highest
+level it reached: every level scores a nested subset of the same examples, so a
+low-level score estimates the same quantity, only more noisily. Ranking for
+promotion is by Pareto rank first (so multi-objective searches promote their
+front), then by the scalarised fitness.
+
+With one level and brackets of one candidate this is plain evaluation, so the
+controller has a single code path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Rungs:
+    levels: tuple[int | None, ...]  # increasing; None means every example
+    eta: int = 3
+
+    def cost(self, level: int | None, full: int) -> int:
+        """Examples per task scored at ``level`` (``full`` = the task's size)."""
+        return full if level is None else min(level, full)
+
+    def promoted(self, n: int) -> int:
+        """How many of ``n`` scored candidates go up one level."""
+        return max(1, math.floor(n / self.eta)) if n else 0
+
+
+@dataclass
+class Candidate:
+    id: int  # the optimiser's suggestion id
+    number: int  # order of proposal in this run
+    x: np.ndarray
+    recipe: object
+    digest: str
+    scores: dict[int, dict[str, float] | None] = field(default_factory=dict)  # rung -> scores (None: failed)
+
+    def final(self) -> tuple[int, dict[str, float] | None]:
+        """The highest rung reached and its scores."""
+        rung = max(self.scores)
+        return rung, self.scores[rung]
+
+
+class Bracket:
+    """One round of successive halving over ``candidates``."""
+
+    def __init__(self, candidates: list[Candidate], rungs: Rungs) -> None:
+        self.candidates = candidates
+        self.rungs = rungs
+        self.rung = 0
+        self.active = list(candidates)  # those scored at the current rung
+        self.done = False
+
+    @property
+    def level(self) -> int | None:
+        return self.rungs.levels[self.rung]
+
+    def rung_complete(self) -> bool:
+        return all(self.rung in c.scores for c in self.active)
+
+    def advance(self, rank_key: Callable[[dict[str, float]], Sequence[float]]) -> list[Candidate]:
+        """Close the current rung; returns the candidates promoted (empty: the bracket is done)."""
+        alive = [c for c in self.active if c.scores[self.rung] is not None]
+        if self.rung + 1 >= len(self.rungs.levels) or not alive:
+            self.done = True
+            return []
+        keep = self.rungs.promoted(len(self.active))
+        order = rank(alive, [rank_key(c.scores[self.rung]) for c in alive])
+        self.active = [alive[i] for i in order[:keep]]
+        self.rung += 1
+        return list(self.active)
+
+
+def rank(items: list, points: list[Sequence[float]]) -> list[int]:
+    """Indices best first: by Pareto rank (all values maximised), then by the first value.
+
+    The first value is the scalarised fitness; the rest are the objectives.
+    """
+    pts = np.array([p[1:] if len(p) > 1 else p for p in points], dtype=float)
+    order_key = [(-_pareto_rank(pts)[i], points[i][0], -i) for i in range(len(items))]
+    return sorted(range(len(items)), key=lambda i: order_key[i], reverse=True)
+
+
+def _pareto_rank(points: np.ndarray) -> list[int]:
+    """0 for the non-dominated, 1 for those only they dominate, and so on."""
+    remaining = list(range(len(points)))
+    ranks = [0] * len(points)
+    level = 0
+    while remaining:
+        sub = points[remaining]
+        front = []
+        for j, i in enumerate(remaining):
+            dominated = np.any(np.all(sub >= sub[j], axis=1) & np.any(sub > sub[j], axis=1))
+            if not dominated:
+                front.append(i)
+        for i in front:
+            ranks[i] = level
+        remaining = [i for i in remaining if i not in front]
+        level += 1
+    return ranks

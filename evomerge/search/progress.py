@@ -1,0 +1,29 @@
+"""A live one-line report per finished candidate: done, in flight, best, front, ETA."""
+
+from __future__ import annotations
+
+from evomerge.search.controller import Progress
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def format_progress(p: Progress) -> str:
+    best = "-" if p.best_fitness is None else f"{p.best_fitness:.4f} (trial {p.best_number})"
+    width = len(str(p.budget))
+    return (
+        f"[{p.candidates:>{width}}/{p.budget}] {p.evaluations} evaluations, {p.in_flight} in flight | "
+        f"best {best} | front {p.front_size} | {_clock(p.elapsed)} elapsed, ETA {_clock(p.eta)}"
+    )
+
+
+class ProgressPrinter:
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def __call__(self, p: Progress) -> None:
+        self.console.print(format_progress(p), highlight=False)

@@ -1,0 +1,248 @@
+"""What every search space shares: genes, ranges, errors, loading and the registry of kinds.
+
+A space is a pydantic model registered under its ``kind``; ``load_space`` reads a
+YAML file and validates it with the class of its ``kind``. Validation gets a
+``LoadContext`` (the file's folder and whether model directories may be read)
+through pydantic's validation context, so a space can fill in what the models
+say (``num_layers``) and read the recipes it references while it validates, and
+every problem comes back as one sentence naming the file and the field.
+
+A new kind is one ``Space`` subclass with ``kind: Literal["name"]``, decorated
+with ``@register_space``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
+
+from evomerge.errors import EvomergeError
+from evomerge.recipe import Recipe
+
+
+class SearchSpaceError(EvomergeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One coordinate of the unit cube: a range to scale to, integers to pick from, or choices."""
+
+    name: str
+    low: float = 0.0
+    high: float = 1.0
+    choices: tuple[str, ...] = ()
+    integer: bool = False
+
+    def value(self, u: float):
+        if self.choices:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        if self.integer:  # equal shares of the cube for low, low + 1, ..., high
+            span = int(self.high) - int(self.low)
+            return int(self.low) + min(int(u * (span + 1)), span)
+        return self.low + u * (self.high - self.low)
+
+    def encode(self, value) -> float:
+        """The unit-cube coordinate that decodes to ``value`` (a choice: the middle of its share)."""
+        if self.choices:
+            if value not in self.choices:
+                raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}")
+            return (self.choices.index(value) + 0.5) / len(self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{value!r} is not a number")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{value} is outside {self.describe()}")
+        if self.integer:
+            if int(value) != value:
+                raise ValueError(f"{value} is not an integer")
+            span = int(self.high) - int(self.low)
+            return (int(value) - int(self.low) + 0.5) / (span + 1)
+        return (value - self.low) / (self.high - self.low)
+
+    def describe(self) -> str:
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        if self.integer:
+            return f"integer {int(self.low)}..{int(self.high)}"
+        return f"[{self.low:g}, {self.high:g}]"
+
+
+class Range(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """How a space is being loaded: relative paths resolve against ``where``;
+    ``resolve`` allows reading model directories (their config.json) and the
+    recipes a space references."""
+
+    where: Path | None = None
+    resolve: bool = False
+    read_recipes: bool = True  # without any context (model_validate in code): read them
+
+    @property
+    def dirs(self) -> list[Path]:
+        return [d for d in (self.where, Path.cwd()) if d is not None]
+
+
+def load_context(info: ValidationInfo | None) -> LoadContext:
+    ctx = info.context if info is not None else None
+    if isinstance(ctx, dict) and isinstance(ctx.get("load"), LoadContext):
+        return ctx["load"]
+    return LoadContext()
+
+
+class Space(BaseModel):
+    """Base of every kind: the unit-cube genome and its decoding into a ``Recipe``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+
+    def genes(self) -> list[Gene]:
+        raise NotImplementedError
+
+    @property
+    def dimension(self) -> int:
+        return len(self.genes())
+
+    def decode(self, x: Sequence[float]) -> Recipe:
+        raise NotImplementedError
+
+    def source_models(self) -> list[str]:
+        """Every model reference a decoded recipe can read, the one to build a resident model from first."""
+        raise NotImplementedError
+
+    def unit(self, x: Sequence[float], n: int | None = None) -> list[float]:
+        """``x`` as floats clipped to [0, 1], checked against the gene count."""
+        n = self.dimension if n is None else n
+        values = [min(1.0, max(0.0, float(v))) for v in x]
+        if len(values) != n:
+            raise SearchSpaceError(f"genome has {len(values)} values; this space has {n} genes")
+        return values
+
+    def check_standalone(self) -> str | None:
+        """A problem that only matters when this space is the whole file (not part of a joint one)."""
+        return None
+
+    @classmethod
+    def load(cls: type[S], path: str | Path, *, resolve: bool = True) -> S:
+        path = Path(path)
+        return cls.from_raw(read_space_file(path), path, resolve=resolve)
+
+    @classmethod
+    def from_raw(cls: type[S], raw: dict, path: Path, *, resolve: bool = True) -> S:
+        ctx = LoadContext(where=path.parent, resolve=resolve, read_recipes=resolve)
+        try:
+            space = cls.model_validate(raw, context={"load": ctx})
+        except ValidationError as e:
+            raise SearchSpaceError(f"{path}: invalid search space: {explain(e)}.") from None
+        problem = space.check_standalone()
+        if problem:
+            raise SearchSpaceError(f"{path}: invalid search space: {problem}.")
+        return space
+
+
+S = TypeVar("S", bound=Space)
+
+SPACE_KINDS: dict[str, type[Space]] = {}
+
+
+def register_space(cls: type[S]) -> type[S]:
+    """Class decorator: make ``cls`` loadable as ``kind: <its kind>``."""
+    kind = cls.model_fields["kind"].default
+    if not isinstance(kind, str) or kind in SPACE_KINDS:
+        raise ValueError(f"{cls.__name__}: kind {kind!r} is missing or taken")
+    SPACE_KINDS[kind] = cls
+    return cls
+
+
+def read_space_file(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise SearchSpaceError(f"{path}: cannot read the search space ({e}).") from None
+    if not isinstance(raw, dict):
+        raise SearchSpaceError(f"{path}: a search space is a mapping of fields.")
+    return raw
+
+
+def load_space(path: str | Path, *, resolve: bool = True) -> Space:
+    """Read and validate the space in ``path``, of the class its ``kind`` names (default: parameter).
+
+    ``resolve``: read what the file leaves to the models (``num_layers`` from
+    their config.json) and the recipes it references; ``False`` validates the
+    file alone (no model needs to exist).
+    """
+    path = Path(path)
+    raw = read_space_file(path)
+    kind = raw.get("kind", "parameter")
+    cls = SPACE_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise SearchSpaceError(
+            f"{path}: kind: {kind!r} is not a kind of search space; use one of {', '.join(sorted(SPACE_KINDS))}."
+        )
+    return cls.from_raw(raw, path, resolve=resolve)
+
+
+# Tags that pydantic puts in an error's location for union members (not fields).
+UNION_TAGS: set[str] = set()
+
+
+def explain(err: ValidationError) -> str:
+    """A pydantic error as ``field.path: message; ...`` (first message per field)."""
+    seen: dict[str, str] = {}
+    for e in err.errors():
+        loc = ".".join(
+            str(p) for p in e["loc"] if not (isinstance(p, str) and (p in UNION_TAGS or "[" in p))
+        )
+        msg = e["msg"].removeprefix("Value error, ").rstrip(".")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        seen.setdefault(loc, f"{loc}: {msg}" if loc else msg)
+    return "; ".join(seen.values())
+
+
+def read_depth(ref: str, dirs: Sequence[Path]) -> int:
+    """The number of layers of the model directory ``ref`` (ValueError naming the fix otherwise)."""
+    from evomerge.merge.engine import resolve_model_path
+    from evomerge.merge.plan import LAYER_COUNT_KEYS
+
+    try:
+        config_path = resolve_model_path(ref, list(dirs)) / "config.json"
+        config = json.loads(config_path.read_text())
+    except (EvomergeError, OSError, ValueError) as e:
+        raise ValueError(f"could not read the depth of {ref!r} ({e}); set num_layers in the space") from None
+    config = config.get("text_config", config) if "num_hidden_layers" not in config else config
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise ValueError(f"{config_path} gives no layer count; set num_layers in the space")
+
+
+def short_name(ref: str) -> str:
+    """The last part of a model reference, for gene names."""
+    return Path(ref.rstrip("/")).name or ref
+
+
+def unique_labels(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats told apart by a ``#i`` suffix."""
+    out = []
+    for i, n in enumerate(names):
+        out.append(n if names.count(n) == 1 else f"{n}#{i}")
+    return out
+
