@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart demo test test-slow lint zoo bench bench-search clean
+.PHONY: setup quickstart demo test test-browser test-slow lint zoo bench bench-search clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check evomerge tests benchmarks
 	$(BIN)/python -m pytest -q
+
+## The real-browser test of the MLflow UI: Debian's Chromium driven by Playwright (installs both
+## on first use; apt needs root, as on CI).
+test-browser: $(STAMP)
+	[ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install --quiet -e '.[browser]'
+	$(BIN)/python -m pytest -q -m browser
 
 ## Slower tests, kept out of the default suite.
 test-slow: $(STAMP)

@@ -395,7 +395,7 @@ def _print_search_result(result) -> None:
     console.print(
         f"{result.evaluated} trials evaluated in this session ({result.candidates} candidates in the run, "
         f"{result.failed} failed, {result.duplicates} duplicates told from earlier results); best: {best}{saved}; "
-        f"ledger in {result.run_dir / 'ledger.db'}",
+        f"ledger in {result.ledger}",
         highlight=False,
     )
 
@@ -461,6 +461,64 @@ def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     console.print(table)
     if hv is not None:
         console.print(f"hypervolume (against the worst value seen per objective): {hv:.4g}")
+
+
+@app.command()
+def ui(
+    run_dir: Annotated[Optional[Path], typer.Argument(metavar="[RUN_DIR]", help="A search run (default: the newest under runs/).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="Port (default: a free one).")] = None,
+) -> None:
+    """Start the MLflow UI on a search run's tracking store and print its URL."""
+    from evomerge.tracking.ui import start_ui, store_of
+
+    try:
+        if run_dir is None:
+            runs = sorted((p.parent for p in Path("runs").glob("*/run.yaml")), key=lambda p: p.stat().st_mtime)
+            if not runs:
+                raise EvomergeError("No search run under runs/; give RUN_DIR.")
+            run_dir = runs[-1]
+        uri = store_of(run_dir)
+    except EvomergeError as err:
+        _fail(err)
+    if host != "127.0.0.1":
+        err_console.print(f"warning: the UI is reachable by anyone who can reach {host}", highlight=False)
+    proc, url = start_ui(uri, host, port)
+    console.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", highlight=False)
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+
+
+@app.command()
+def track(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
+    """Log to MLflow whatever of a run's ledger is not there yet (after tracking failures)."""
+    from evomerge.search.controller import bind_objectives
+    from evomerge.search.ledger import find_ledger, open_ledger
+    from evomerge.search.run_config import RunConfig
+    from evomerge.search.space import load_space
+    from evomerge.tracking.mlflow_tracker import MLflowTracker
+
+    try:
+        if find_ledger(run_dir) is None:
+            raise EvomergeError(f"{run_dir} is not a search run (no ledger).")
+        config = RunConfig.load(run_dir / "run.yaml")
+        _, objectives = bind_objectives(config, run_dir / "run.yaml")
+        space = load_space(config.space)
+    except EvomergeError as err:
+        _fail(err)
+    ledger = open_ledger(run_dir)
+    try:
+        records = ledger.completions()
+    finally:
+        ledger.close()
+    tracker = MLflowTracker(run_dir, config, objectives, [g.name for g in space.genes()],
+                            settings=config.tracking, log=lambda s: err_console.print(s, highlight=False))
+    if not tracker.finish(records):
+        raise typer.Exit(1)
+    console.print(f"{len(records)} evaluations in MLflow at {tracker.uri}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

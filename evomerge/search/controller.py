@@ -31,7 +31,7 @@ from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
 from evomerge.search.executor import Outcome, TaskSpec, WorkerSpec, make_executor
 from evomerge.search.fidelity import Bracket, Candidate, Rungs
-from evomerge.search.ledger import Ledger, TrialRecord
+from evomerge.search.ledger import TrialRecord, find_ledger, open_ledger
 from evomerge.search.run_config import RunConfig, RunConfigError
 
 
@@ -54,6 +54,7 @@ class SearchResult:
     best_fitness: float | None
     examples_scored: float = 0.0  # evaluation cost of the whole run, in examples
     examples_at_top: float = 0.0  # what scoring every candidate at the top level would cost
+    ledger: Path | None = None
 
 
 @dataclass
@@ -168,11 +169,11 @@ def top_rung(config: RunConfig) -> int:
 def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[TrialRecord]]:
     """A run's config, objectives and complete trials at its top fidelity (in order)."""
     config_path = run_dir / "run.yaml"
-    if not (run_dir / "ledger.db").is_file() or not config_path.is_file():
-        raise EvomergeError(f"{run_dir} is not a search run (no ledger.db / run.yaml).")
+    if find_ledger(run_dir) is None or not config_path.is_file():
+        raise EvomergeError(f"{run_dir} is not a search run (no ledger.db or ledger.jsonl, or no run.yaml).")
     config = RunConfig.load(config_path)
     _, objectives = bind_objectives(config, config_path)
-    ledger = Ledger(run_dir / "ledger.db")
+    ledger = open_ledger(run_dir)
     try:
         top = top_rung(config)
         complete = [t for t in ledger.trials("complete") if t.scores and t.rung == top]
@@ -234,7 +235,8 @@ class _State:
 
 class Controller:
     def __init__(self, config, space, tasks, objectives, optimizer, executor, ledger, *,
-                 budget: int, log: Callable[[str], None], progress: Callable[[Progress], None] | None) -> None:
+                 budget: int, log: Callable[[str], None], progress: Callable[[Progress], None] | None,
+                 tracker=None) -> None:
         self.config, self.space, self.objectives = config, space, objectives
         self.unique = unique_objectives(objectives)
         self.optimizer, self.executor, self.ledger = optimizer, executor, ledger
@@ -245,6 +247,7 @@ class Controller:
         self.budget = budget
         self.log = log
         self.progress = progress
+        self.tracker = tracker
         self.s = _State()
         self.replay: deque[TrialRecord] = deque()
         self.t0 = time.monotonic()
@@ -336,6 +339,8 @@ class Controller:
         job_id, outcome = self.executor.wait()
         job = s.in_flight.pop(job_id)
         self.ledger.finish(job.number, outcome.values, outcome.error, outcome.seconds)
+        if self.tracker is not None:
+            self.tracker.add(self.ledger.get(job.number))
         s.evaluated += 1
         return job, outcome
 
@@ -450,14 +455,14 @@ def run_search(
     """Start a run in ``run_dir``, or with ``resume`` continue the one there."""
     config = RunConfig.load(config_path)
     space, tasks, objectives, optimizer, here = prepare(config, config_path)
-    has_run = (run_dir / "ledger.db").exists()
+    has_run = find_ledger(run_dir) is not None
     if has_run and not resume:
         raise EvomergeError(
             f"{run_dir} already holds a run; continue it with `evomerge resume {run_dir}` "
             f"or choose another --out."
         )
     if resume and not has_run:
-        raise EvomergeError(f"{run_dir} holds no run to resume (no ledger.db).")
+        raise EvomergeError(f"{run_dir} holds no run to resume (no ledger.db or ledger.jsonl).")
     from evomerge.merge.engine import resolve_model_path
 
     space_path = (here / config.space).resolve()
@@ -474,16 +479,17 @@ def run_search(
     if not resume:  # the run keeps its own config, with paths that work from anywhere
         frozen = config.model_copy(update={"space": str(space_path)})
         atomic_write_text(run_dir / "run.yaml", yaml.safe_dump(frozen.model_dump(), sort_keys=False))
-    ledger = Ledger(run_dir / "ledger.db")
-    executor = None
+    ledger = open_ledger(run_dir, config.ledger)
+    executor = tracker = None
     try:
         abandoned = ledger.abandon_running()
         if abandoned:
             log(f"{abandoned} evaluation(s) were in flight when the run stopped; they run again")
+        tracker = start_tracking(run_dir, space, objectives, ledger, log)
         executor = make_executor(spec, config.executor.workers, tasks=tasks)
         controller = Controller(
             config, space, tasks, objectives, optimizer, executor, ledger,
-            budget=trials or config.budget.trials, log=log, progress=progress,
+            budget=trials or config.budget.trials, log=log, progress=progress, tracker=tracker,
         )
         controller.run(ledger.completions())
         s = controller.s
@@ -491,6 +497,8 @@ def run_search(
     finally:
         if executor is not None:
             executor.close()
+        if tracker is not None and tracker.close():
+            log(f"tracked in MLflow ({tracker.tracker.uri}); `evomerge ui {run_dir}` shows it")
         ledger.close()
     best = best_trial(complete, objectives) if complete else None
     sizes = [n for n in controller.sizes if n is not None]
@@ -505,7 +513,20 @@ def run_search(
         best_fitness=fitness(best.scores, objectives) if best else None,
         examples_scored=s.examples,
         examples_at_top=s.candidates * sum(controller.rungs.cost(top, n) for n in sizes),
+        ledger=find_ledger(run_dir),
     )
+
+
+def start_tracking(run_dir: Path, space, objectives, ledger, log):
+    """The run's MLflow tracker on a background thread, or None when tracking is off."""
+    config = RunConfig.load(run_dir / "run.yaml")  # the frozen config: what gets logged
+    if not config.tracking.enabled:
+        return None
+    from evomerge.tracking.mlflow_tracker import BackgroundTracker, MLflowTracker
+
+    tracker = MLflowTracker(run_dir, config, objectives, [g.name for g in space.genes()],
+                            settings=config.tracking, log=log)
+    return BackgroundTracker(tracker, ledger.completions())
 
 
 def resume_search(

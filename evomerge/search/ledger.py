@@ -99,6 +99,9 @@ class Ledger:
                 (state, json.dumps(scores) if scores is not None else None, error, time.time(), seconds, seq, number),
             )
 
+    def get(self, number: int) -> TrialRecord:
+        return _record(self._db.execute("SELECT * FROM trials WHERE number = ?", (number,)).fetchone())
+
     def completions(self) -> list[TrialRecord]:
         """Finished evaluations (complete or failed) in the order they completed."""
         rows = self._db.execute("SELECT * FROM trials WHERE seq IS NOT NULL ORDER BY seq").fetchall()
@@ -117,6 +120,27 @@ class Ledger:
                 "SELECT * FROM trials WHERE state = ? ORDER BY number", (state,)
             ).fetchall()
         return [_record(r) for r in rows]
+
+
+LEDGER_FILES = {"sqlite": "ledger.db", "journal": "ledger.jsonl"}
+
+
+def find_ledger(run_dir: Path) -> Path | None:
+    """The ledger file of a run directory, whichever kind it is."""
+    for name in LEDGER_FILES.values():
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
+def open_ledger(run_dir: Path, kind: str | None = None):
+    """The run's ledger: the one that exists, or a new one of ``kind`` (sqlite by default)."""
+    path = find_ledger(run_dir) or Path(run_dir) / LEDGER_FILES[kind or "sqlite"]
+    if path.suffix == ".jsonl":
+        from evomerge.search.journal import JournalLedger
+
+        return JournalLedger(path)
+    return Ledger(path)
 
 
 def _record(row) -> TrialRecord:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import EvomergeError, field_problems
+from evomerge.tracking.config import TrackingConfig
 
 
 class RunConfigError(EvomergeError):
@@ -86,6 +87,12 @@ class RunConfig(_Strict):
     split: Literal["search", "test"] = "search"
     allow_test_split: bool = False
     executor: ExecutorSpec = ExecutorSpec()
+    ledger: Literal["sqlite", "journal"] = Field(
+        default="sqlite",
+        description="sqlite: RUN_DIR/ledger.db; journal: RUN_DIR/ledger.jsonl, an fsynced append-only "
+        "file, safer for run directories on network file systems (cluster storage).",
+    )
+    tracking: TrackingConfig = TrackingConfig()
     device: str = "cpu"
     seed: int = 0
 

@@ -42,6 +42,7 @@ def _run(tmp_path, zoo, weight=(0.0, 1.0), density=(0.3, 1.0), **over):
         "optimizer": {"name": "random"},
         "budget": {"trials": 5},
         "fidelity": 4,
+        "tracking": {"enabled": False},  # tests/tracking/ cover MLflow
         **over,
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
@@ -292,3 +293,17 @@ def test_progress_reports_every_finished_candidate(tmp_path, zoo):
     assert [p.candidates for p in seen] == [1, 2, 3] and seen[-1].front_size >= 1
     assert seen[-1].best_fitness is not None and seen[-1].eta is not None
     assert "[3/3]" in format_progress(seen[-1]) and "front" in format_progress(seen[-1])
+
+
+def test_a_journal_ledger_resumes_like_sqlite(tmp_path, zoo):
+    from evomerge.search.controller import resume_search
+    from evomerge.search.ledger import open_ledger
+
+    cfg = _run(tmp_path, zoo, ledger="journal", budget={"trials": 6},
+               optimizer={"name": "cmaes", "options": {"popsize": 3}})
+    run_search(cfg, tmp_path / "whole", log=lambda s: None)
+    run_search(cfg, tmp_path / "split", trials=3, log=lambda s: None)
+    assert (tmp_path / "split" / "ledger.jsonl").is_file() and not (tmp_path / "split" / "ledger.db").exists()
+    resume_search(tmp_path / "split", log=lambda s: None)
+    hashes = [[t.recipe_hash for t in open_ledger(tmp_path / d).trials("complete")] for d in ("whole", "split")]
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 6

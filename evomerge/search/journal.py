@@ -1,0 +1,101 @@
+"""The ledger as an append-only journal file, for run directories on shared storage.
+
+SQLite's write-ahead log needs shared memory on one host, so a run directory on
+a network file system (a cluster's home or scratch) is safer with a plain
+journal: one JSON line per event (an evaluation started, finished, or was
+abandoned), flushed and fsynced before the controller goes on. Opening replays
+the lines; a line torn by a crash mid-write is dropped. Same interface and
+guarantees as the SQLite ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from evomerge.search.ledger import TrialRecord
+
+
+class JournalLedger:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rows: dict[int, TrialRecord] = {}
+        self._seq = 0
+        good = 0
+        if self.path.exists():
+            data = self.path.read_bytes()
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break  # torn by a crash mid-write
+                try:
+                    self._apply(json.loads(line))
+                except (ValueError, KeyError):
+                    break
+                good += len(line)
+            if good < len(data):
+                with open(self.path, "r+b") as f:
+                    f.truncate(good)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+
+    def _apply(self, ev: dict) -> None:
+        op = ev["op"]
+        if op == "start":
+            self._rows[ev["number"]] = TrialRecord(
+                number=ev["number"], candidate=ev["candidate"], rung=ev["rung"], recipe_hash=ev["recipe_hash"],
+                genome=ev["genome"], recipe=ev["recipe"], state="running", fidelity=ev["fidelity"], scores=None,
+                error=None, started=ev["started"], finished=None, seconds=None, seq=None,
+            )
+        elif op == "finish":
+            self._rows[ev["number"]] = replace(
+                self._rows[ev["number"]], state="complete" if ev["error"] is None else "failed",
+                scores=ev["scores"], error=ev["error"], finished=ev["finished"], seconds=ev["seconds"], seq=ev["seq"],
+            )
+            self._seq = max(self._seq, ev["seq"] + 1)
+        elif op == "abandon":
+            for n in ev["numbers"]:
+                self._rows[n] = replace(self._rows[n], state="abandoned")
+        else:
+            raise KeyError(op)
+
+    def _write(self, ev: dict) -> None:
+        self._file.write(json.dumps(ev, separators=(",", ":")) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._apply(ev)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def start(
+        self, candidate: int, rung: int, recipe_hash: str, genome: list[float], recipe: str, fidelity: int | None
+    ) -> int:
+        number = max(self._rows, default=0) + 1
+        self._write({"op": "start", "number": number, "candidate": candidate, "rung": rung,
+                     "recipe_hash": recipe_hash, "genome": genome, "recipe": recipe, "fidelity": fidelity,
+                     "started": time.time()})
+        return number
+
+    def finish(
+        self, number: int, scores: dict[str, float] | None, error: str | None = None, seconds: float | None = None
+    ) -> None:
+        self._write({"op": "finish", "number": number, "scores": scores, "error": error,
+                     "finished": time.time(), "seconds": seconds, "seq": self._seq})
+
+    def get(self, number: int) -> TrialRecord:
+        return self._rows[number]
+
+    def completions(self) -> list[TrialRecord]:
+        return sorted((r for r in self._rows.values() if r.seq is not None), key=lambda r: r.seq)
+
+    def abandon_running(self) -> int:
+        running = [n for n, r in self._rows.items() if r.state == "running"]
+        if running:
+            self._write({"op": "abandon", "numbers": running})
+        return len(running)
+
+    def trials(self, state: str | None = None) -> list[TrialRecord]:
+        return [r for _, r in sorted(self._rows.items()) if state is None or r.state == state]

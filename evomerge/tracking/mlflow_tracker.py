@@ -1,0 +1,367 @@
+"""Mirror a search's ledger into MLflow, idempotently.
+
+The ledger is the record of truth; the tracker copies what it has not copied
+yet. After each completion the controller calls ``sync``: every finished
+evaluation not yet in MLflow is logged (a child run per candidate, created at
+its first evaluation; one metric per objective with the fidelity as the step;
+recipe and mergekit YAML as artifacts), Pareto tags are updated for trials
+whose membership changed, and the parent gets best-so-far and hypervolume
+points. What MLflow already holds is read back at start (from run tags), so a
+resumed search continues the same parent run and never duplicates a child.
+
+A failing call (server down, database locked) never stops the search: it is
+reported once, the rest waits in the ledger, and the next ``sync`` (at most
+every ``retry_seconds``) tries again. ``evomerge track RUN_DIR`` runs the same
+sync after the fact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from evomerge.io.atomic import atomic_write_text
+from evomerge.search.ledger import TrialRecord
+from evomerge.tracking.config import TrackingConfig, tracking_uri
+
+STATE_FILE = "tracking.json"  # the parent run's id, next to the ledger
+_TAG = "evomerge."
+
+
+def _param_key(name: str) -> str:
+    # MLflow keys allow letters, digits and _-. /; gene names use brackets.
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
+def _chunks(items: list, n: int = 100):
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+class MLflowTracker:
+    def __init__(
+        self, run_dir: Path, config, objectives, gene_names: list[str], *,
+        settings: TrackingConfig | None = None, log: Callable[[str], None] = print,
+        retry_seconds: float = 30.0,
+    ) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.config = config
+        self.objectives = objectives
+        from evomerge.search.controller import top_rung, unique_objectives
+
+        self.unique = unique_objectives(objectives)
+        self.top = top_rung(config)
+        self.gene_names = gene_names
+        self.settings = settings or TrackingConfig()
+        self.uri = tracking_uri(self.settings, self.run_dir)
+        self.log = log
+        self.retry_seconds = retry_seconds
+        self.client = None
+        # MLflow's HTTP client retries for minutes by default; a search should hear sooner.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.parent_id: str | None = None
+        self.children: dict[int, str] = {}  # candidate -> child run id
+        self.logged: set[int] = set()  # ledger numbers already in MLflow
+        self.pareto: dict[int, bool] = {}  # candidate -> its pareto tag in MLflow
+        self.series_done = 0  # top-level results already in the parent's series
+        self.child_evals: dict[int, list[int]] = {}  # candidate -> ledger numbers logged on it
+        self.failures = 0
+        self._next_try = 0.0
+        self._warned = False
+
+    # -- connection and state ----------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self.parent_id is not None:
+            return
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        name = self.settings.experiment or self.run_dir.name
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            artifacts = None
+            if self.uri.startswith("sqlite:///") and self.settings.uri is None:
+                artifacts = (self.run_dir / "mlartifacts").as_uri()  # beside the store, not in the cwd
+            # A model-training experiment: the UI opens on the runs table, not the GenAI views.
+            exp_id = self.client.create_experiment(
+                name, artifact_location=artifacts, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
+        else:
+            exp_id = exp.experiment_id
+        self.experiment_id = exp_id
+        state = self.run_dir / STATE_FILE
+        saved = json.loads(state.read_text()) if state.is_file() else {}
+        if saved.get("parent_run_id") and saved.get("tracking_uri") == self.uri:
+            self.parent_id = saved["parent_run_id"]
+            self._read_back()
+            self.client.update_run(self.parent_id, status="RUNNING")
+            return
+        run = self.client.create_run(exp_id, run_name=self.run_dir.name, tags={
+            f"{_TAG}run_dir": str(self.run_dir),
+            f"{_TAG}optimizer": self.config.optimizer.name,
+            f"{_TAG}seed": str(self.config.seed),
+            f"{_TAG}objectives": ", ".join(f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique),
+            f"{_TAG}fidelity_levels": json.dumps(list(self.config.levels())),
+            "mlflow.note.content": f"evomerge search in {self.run_dir}",
+        })
+        self.parent_id = run.info.run_id
+        atomic_write_text(state, json.dumps({"parent_run_id": self.parent_id, "tracking_uri": self.uri}))
+        flat = _flatten(self.config.model_dump(mode="json"))
+        from mlflow.entities import Param
+
+        for chunk in _chunks([Param(_param_key(k), str(v)[:6000]) for k, v in flat.items()]):
+            self.client.log_batch(self.parent_id, params=chunk)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "run.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+            space = Path(self.config.space)
+            if space.is_file():
+                (Path(tmp) / "space.yaml").write_text(space.read_text())
+            self.client.log_artifacts(self.parent_id, tmp, "config")
+
+    def _read_back(self) -> None:
+        """What MLflow already holds for this parent: children, logged evaluations, tags."""
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                max_results=1000, page_token=token,
+            )
+            for run in page:
+                tags = run.data.tags
+                cand = int(tags[f"{_TAG}candidate"])
+                self.children[cand] = run.info.run_id
+                numbers = [int(n) for n in tags.get(f"{_TAG}evaluations", "").split(",") if n]
+                self.child_evals[cand] = numbers
+                self.logged |= set(numbers)
+                self.pareto[cand] = tags.get("pareto") == "true"
+            token = page.token
+            if not token:
+                break
+        parent = self.client.get_run(self.parent_id)
+        self.series_done = int(parent.data.tags.get(f"{_TAG}series_done", "0"))
+
+    # -- syncing -----------------------------------------------------------------------
+
+    def sync(self, completions: list[TrialRecord], *, force: bool = False) -> bool:
+        """Copy what is missing; returns whether MLflow is now up to date."""
+        if not force and time.monotonic() < self._next_try:
+            return False
+        try:
+            self._connect()
+            for rec in completions:
+                if rec.number not in self.logged:
+                    self._log_evaluation(rec)
+            self._update_front(completions)
+            self._warned = False
+            return True
+        except Exception as e:  # noqa: BLE001 - tracking must never stop a search
+            self.failures += 1
+            self._next_try = time.monotonic() + self.retry_seconds
+            if not self._warned:
+                self.log(
+                    f"tracking: MLflow at {self.uri} failed ({type(e).__name__}: {e}); the search goes on, "
+                    f"results wait in the ledger and are logged when it answers (or run `evomerge track "
+                    f"{self.run_dir}`)"
+                )
+                self._warned = True
+            return False
+
+    def _log_evaluation(self, rec: TrialRecord) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        from evomerge.recipe import Recipe
+
+        now = int(time.time() * 1000)
+        child = self.children.get(rec.candidate)
+        recipe = Recipe.from_yaml(rec.recipe, f"trial {rec.candidate}")
+        if child is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{rec.candidate:04d}",
+                tags={"mlflow.parentRunId": self.parent_id, f"{_TAG}candidate": str(rec.candidate),
+                      "recipe_hash": rec.recipe_hash[:16]},
+            )
+            child = run.info.run_id
+            params = [Param("recipe", recipe.summary()[:6000]), Param("merge_method", recipe.merge_method)]
+            params += [Param(_param_key(f"gene.{n}"), f"{v:.6g}")
+                       for n, v in zip(self.gene_names, rec.genome, strict=False)]
+            for chunk in _chunks(params):
+                self.client.log_batch(child, params=chunk)
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "recipe.yaml").write_text(recipe.to_yaml())
+                try:
+                    from evomerge.mergekit_compat import to_mergekit
+
+                    (Path(tmp) / "mergekit_config.yml").write_text(
+                        yaml.safe_dump(to_mergekit(recipe), sort_keys=False))
+                except Exception as e:  # noqa: BLE001 - a recipe mergekit cannot express
+                    (Path(tmp) / "mergekit_config.txt").write_text(f"not expressible in mergekit: {e}\n")
+                self.client.log_artifacts(child, tmp, "recipe")
+            self.children[rec.candidate] = child
+        step = rec.fidelity or 0  # examples per task; 0 = all
+        metrics = []
+        if rec.scores:
+            from evomerge.search.controller import fitness
+
+            metrics = [Metric(k, float(v), now, step) for k, v in rec.scores.items()]
+            metrics.append(Metric("fitness", fitness(rec.scores, self.objectives), now, step))
+        done = [*self.child_evals.get(rec.candidate, []), rec.number]
+        tags = [
+            RunTag("state", rec.state),
+            RunTag("fidelity_reached", "all" if rec.fidelity is None else str(rec.fidelity)),
+            RunTag("rung", str(rec.rung)),
+            RunTag(f"{_TAG}evaluations", ",".join(map(str, done))),
+        ]
+        if rec.error:
+            tags.append(RunTag("error", rec.error[:5000]))
+        self.client.log_batch(child, metrics=metrics, tags=tags)
+        self.client.set_terminated(child, "FINISHED" if rec.state == "complete" else "FAILED")
+        self.logged.add(rec.number)
+        self.child_evals[rec.candidate] = done
+
+    def _top_records(self, completions: list[TrialRecord]) -> list[TrialRecord]:
+        return [r for r in completions if r.rung == self.top and r.scores]
+
+    def _update_front(self, completions: list[TrialRecord]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        from evomerge.search.controller import fitness
+        from evomerge.search.front import hypervolume, pareto_mask
+
+        top = self._top_records(completions)
+        if not top:
+            return
+        points = np.array([[o.sign * r.scores[o.key] for o in self.unique] for r in top])
+        mask = pareto_mask(points)
+        for r, on in zip(top, mask, strict=True):
+            if self.pareto.get(r.candidate) != bool(on) and r.candidate in self.children:
+                self.client.set_tag(self.children[r.candidate], "pareto", "true" if on else "false")
+                self.pareto[r.candidate] = bool(on)
+        if self.series_done < len(top):
+            now = int(time.time() * 1000)
+            metrics = []
+            ref = points[0] - 1e-9  # relative to the first recipe scored at the top level
+            for i in range(self.series_done, len(top)):
+                best = max(fitness(r.scores, self.objectives) for r in top[: i + 1])
+                metrics.append(Metric("best_fitness", best, now, i + 1))
+                if len(self.unique) > 1:
+                    pts = points[: i + 1]
+                    pts = pts[np.all(pts >= ref, axis=1)]  # only what improves on the reference counts
+                    hv = hypervolume(pts[pareto_mask(pts)], ref) if len(pts) else 0.0
+                    metrics.append(Metric("hypervolume", hv, now, i + 1))
+            for chunk in _chunks(metrics, 500):
+                self.client.log_batch(self.parent_id, metrics=chunk)
+            self.series_done = len(top)
+            self.client.log_batch(self.parent_id, tags=[
+                RunTag(f"{_TAG}series_done", str(self.series_done)),
+                RunTag("front_size", str(int(mask.sum()))),
+            ])
+
+    # -- the end of a search -----------------------------------------------------------
+
+    def finish(self, completions: list[TrialRecord]) -> bool:
+        """Final sync, then the front table and plots on the parent run."""
+        if not self.sync(completions, force=True):
+            return False
+        try:
+            self._log_front(completions)
+            return True
+        except Exception as e:  # noqa: BLE001
+            self.failures += 1
+            self.log(f"tracking: could not log the front to MLflow ({type(e).__name__}: {e}); "
+                     f"`evomerge track {self.run_dir}` tries again")
+            return False
+
+    def _log_front(self, completions: list[TrialRecord]) -> None:
+        from evomerge.recipe import Recipe
+        from evomerge.search.controller import fitness
+        from evomerge.search.front import pareto_mask
+        from evomerge.tracking.plots import front_html, front_png
+
+        top = self._top_records(completions)
+        if not top:
+            return
+        values = np.array([[r.scores[o.key] for o in self.unique] for r in top])
+        mask = pareto_mask(values * np.array([o.sign for o in self.unique]))
+        labels = [f"t{r.candidate}" for r in top]
+        names = [f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique]
+        summaries = [Recipe.from_yaml(r.recipe).summary() for r in top]
+        table = {
+            "trial": [r.candidate for r in top],
+            **{o.key: [float(r.scores[o.key]) for r in top] for o in self.unique},
+            "fitness": [fitness(r.scores, self.objectives) for r in top],
+            "pareto": [bool(m) for m in mask],
+            "recipe": summaries,
+        }
+        front_only = {k: [v for v, m in zip(col, mask, strict=True) if m] for k, col in table.items()}
+        self.client.log_table(self.parent_id, front_only, "front/front.json")
+        self.client.log_table(self.parent_id, table, "front/all_trials.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            front_png(values, mask, labels, names, Path(tmp) / "front.png")
+            front_html(values, mask, labels, names, summaries, Path(tmp) / "front.html")
+            self.client.log_artifacts(self.parent_id, tmp, "front")
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+class BackgroundTracker:
+    """Runs a tracker's syncs on a thread, so MLflow's latency never slows the search.
+
+    The controller hands over each finished record (``add``); the thread logs
+    them in order. ``close`` waits for it, then logs the front.
+    """
+
+    def __init__(self, tracker: MLflowTracker, records: list[TrialRecord]) -> None:
+        import threading
+
+        self.tracker = tracker
+        self._records = list(records)  # completions so far, in order (a resume's replay included)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="evomerge-tracker", daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def add(self, record: TrialRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+        self._wake.set()
+
+    def _snapshot(self) -> list[TrialRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._wake.wait(timeout=5.0)
+            self._wake.clear()
+            if not self._stop:
+                self.tracker.sync(self._snapshot())
+
+    def close(self) -> bool:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        return self.tracker.finish(self._snapshot())

@@ -1,0 +1,133 @@
+"""The MLflow UI in a real headless browser (marker ``browser``; `make test-browser`).
+
+After a tiny search, ``evomerge ui``'s server is opened in Debian's Chromium driven by
+Playwright: the runs table lists every trial under the search's parent run with its
+objectives, and the parent run holds the front plot. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    from tracking_helpers import MINI
+
+    from evomerge.search.controller import run_search
+    from evomerge.zoo.build import build_zoo
+
+    tmp = tmp_path_factory.mktemp("ui")
+    zoo = build_zoo(tmp / "zoo", MINI, log=lambda s: None)
+    space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
+             "methods": ["task_arithmetic", "ties"],
+             "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
+    (tmp / "space.yaml").write_text(yaml.safe_dump(space))
+    (tmp / "run.yaml").write_text(yaml.safe_dump({
+        "space": "space.yaml", "objectives": [{"task": "addition"}, {"task": "reversal"}],
+        "optimizer": {"name": "random"}, "budget": {"trials": 5}, "fidelity": 4,
+    }))
+    run_dir = tmp / "tiny-search"
+    run_search(tmp / "run.yaml", run_dir, log=lambda s: None)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def ui(tracked_run):
+    from evomerge.tracking.ui import start_ui, store_of
+
+    proc, url = start_ui(store_of(tracked_run))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.terminate()
+                raise RuntimeError("the MLflow UI did not start") from None
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.fail(f"{CHROMIUM} is missing: `make test-browser` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        ])
+        yield b
+        b.close()
+
+
+def test_runs_table_lists_every_trial_with_objectives_and_the_parent_holds_the_front(tracked_run, ui, browser):
+    from mlflow import MlflowClient
+
+    from evomerge.tracking.ui import store_of
+
+    client = MlflowClient(store_of(tracked_run))
+    exp = client.get_experiment_by_name(tracked_run.name)
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == [f"trial-{i:04d}" for i in range(5)]
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    page = browser.new_page(viewport={"width": 1800, "height": 1000})
+    page.goto(f"{ui}/#/experiments/{exp.experiment_id}/runs")
+    link = page.locator(f"a[href*='{parent.info.run_id}']").first
+    link.wait_for(timeout=60_000)
+    # Trials are nested under the search's parent run: expand it.
+    page.locator("div[role='row']", has=link).locator("button[data-component-id*='runnamecellrenderer']").click()
+    for name in children:
+        page.locator("a", has_text=name).first.wait_for(timeout=30_000)
+    # Show the objectives as columns.
+    page.get_by_role("button", name="Columns").click()
+    for column in ("addition/exact_match", "reversal/exact_match", "Dataset", "Source", "Models"):
+        page.get_by_text(column, exact=True).last.click()  # objectives on, empty attributes off
+    page.keyboard.press("Escape")
+    close_assistant(page)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "mlflow_runs_table.png"))
+    header = page.inner_text("div.ag-header")
+    assert "addition/exact_match" in header and "reversal/exact_match" in header
+    for name, child in children.items():
+        # ag-grid renders pinned and scrolling columns as separate rows with one row-id.
+        row_id = page.locator("div[role='row']", has=page.locator("a", has_text=name)).first.get_attribute("row-id")
+        for metric in ("addition/exact_match", "reversal/exact_match"):
+            cell = page.locator(f"div[role='row'][row-id='{row_id}'] div[role='gridcell'][col-id*='{metric}']").first
+            shown = cell.inner_text().strip()
+            assert shown not in ("", "-"), f"{name}: no {metric} in the table"
+            assert abs(float(shown) - child.data.metrics[metric]) < 1e-3
+
+    page.goto(f"{ui}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/front/front.png")
+    img = page.locator("img[src^='blob:']").first  # the artifact preview
+    img.wait_for(timeout=60_000)
+    assert img.evaluate("i => i.naturalWidth") > 300  # the rendered plot, not an icon
+    close_assistant(page)
+    page.screenshot(path=str(ARTIFACTS / "mlflow_parent_front_plot.png"))
+    page.close()
+
+
+def close_assistant(page) -> None:
+    """MLflow 3 opens an assistant side panel; close it so screenshots show the table."""
+    close = page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
+    if close.count():
+        close.first.click()
