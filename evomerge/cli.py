@@ -456,8 +456,8 @@ def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     from evomerge.recipe import Recipe
 
     for t in trials:
-        summary = Recipe.from_yaml(t.recipe, f"trial {t.number}").summary()
-        table.add_row(str(t.number), *(f"{t.scores[o.key]:.4g}" for o in objectives), summary)
+        summary = Recipe.from_yaml(t.recipe, f"trial {t.candidate}").summary()
+        table.add_row(str(t.candidate), *(f"{t.scores[o.key]:.4g}" for o in objectives), summary)
     console.print(table)
     if hv is not None:
         console.print(f"hypervolume (against the worst value seen per objective): {hv:.4g}")
@@ -470,7 +470,7 @@ def ui(
     port: Annotated[Optional[int], typer.Option(help="Port (default: a free one).")] = None,
 ) -> None:
     """Start the MLflow UI on a search run's tracking store and print its URL."""
-    from evomerge.tracking.ui import start_ui, store_of
+    from evomerge.tracking.ui import start_ui, store_of, wait_until_up
 
     try:
         if run_dir is None:
@@ -484,6 +484,11 @@ def ui(
     if host != "127.0.0.1":
         err_console.print(f"warning: the UI is reachable by anyone who can reach {host}", highlight=False)
     proc, url = start_ui(uri, host, port)
+    try:
+        wait_until_up(url, proc)
+    except EvomergeError as err:
+        proc.terminate()
+        _fail(err)
     console.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", highlight=False)
     try:
         raise typer.Exit(proc.wait())

@@ -141,3 +141,18 @@ def run_mergekit(config: dict, out: Path) -> dict[str, torch.Tensor]:
     for f in sorted(Path(out).glob("*.safetensors")):
         state.update(load_file(str(f)))
     return state
+
+
+def mini_zoo_config():
+    """A zoo that trains in about a second (2 layers, hidden 32, a few steps): for search tests."""
+    from evomerge.zoo.build import Architecture, ExpertSpec, Stage, ZooConfig
+
+    return ZooConfig(
+        architecture=Architecture(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
+        base=Stage(steps=3, lr=1e-3, batch_size=8),
+        experts=(
+            ExpertSpec(name="add", skill="addition", steps=2, lr=1e-3, batch_size=8, seed=1),
+            ExpertSpec(name="rev", skill="reversal", steps=2, lr=1e-3, batch_size=8, seed=2),
+        ),
+        workers=1,
+    )

@@ -226,7 +226,7 @@ class _State:
     evaluated: int = 0
     failed: int = 0
     next_job: int = 0
-    best: tuple[float, int] | None = None  # (fitness, ledger number) at the top level
+    best: tuple[float, int] | None = None  # (fitness, trial = candidate number) at the top level
     best_at: int = 0  # candidates done when the best last improved
     done: int = 0  # candidates whose bracket finished
     top_points: dict = field(default_factory=dict)  # digest -> objective vector at the top level
@@ -360,7 +360,7 @@ class Controller:
             s.examples += sum(self.rungs.cost(job.fidelity, n) for n in self.sizes if n is not None)
             if outcome.values is None:
                 s.failed += 1
-                self.log(f"trial {job.number}: failed ({outcome.error})")
+                self.log(f"trial {job.candidate.number}: failed at fidelity {job.fidelity} ({outcome.error})")
         for j in jobs:
             j.candidate.scores[j.rung] = outcome.values
             if outcome.values is not None and j.rung == len(self.rungs.levels) - 1:
@@ -372,7 +372,7 @@ class Controller:
         s = self.s
         f = self._scalar(values)
         if s.best is None or f > s.best[0]:
-            s.best = (f, job.number)
+            s.best = (f, job.candidate.number)
             s.best_at = s.done + 1  # counting the candidate that improved
         s.top_points[job.candidate.digest] = [o.sign * values[o.key] for o in self.unique]
 
@@ -509,7 +509,7 @@ def run_search(
         candidates=s.candidates,
         duplicates=s.duplicates,
         failed=s.failed,
-        best_number=best.number if best else None,
+        best_number=best.candidate if best else None,  # trials are numbered by candidate
         best_fitness=fitness(best.scores, objectives) if best else None,
         examples_scored=s.examples,
         examples_at_top=s.candidates * sum(controller.rungs.cost(top, n) for n in sizes),

@@ -23,26 +23,26 @@ def export_trial(
     if trial is None:
         chosen = best_trial(complete, objectives)
     else:
-        chosen = next((t for t in complete if t.number == trial), None)
+        chosen = next((t for t in complete if t.candidate == trial), None)
         if chosen is None:
-            numbers = ", ".join(str(t.number) for t in complete[:20])
+            numbers = ", ".join(str(t.candidate) for t in complete[:20])
             raise EvomergeError(
                 f"Trial {trial} is not a complete trial of {run_dir}; complete ones: {numbers}"
                 f"{' ...' if len(complete) > 20 else ''}."
             )
-    recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.number}")
+    recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.candidate}")
     space_dir = Path(config.space).parent
     merge_to_disk(recipe, out, device=device, force=force, search_dirs=[space_dir, run_dir])
     card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives))
     atomic_write_text(Path(out) / "README.md", card)
-    return chosen.number, Path(out)
+    return chosen.candidate, Path(out)
 
 
 def _card(run_dir: Path, t, config: RunConfig, fit: float) -> str:
     fid = "all examples" if t.fidelity is None else f"{t.fidelity} examples per task"
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(t.scores.items()))
     return (
-        f"# Merged model: trial {t.number} of an evomerge search\n\n"
+        f"# Merged model: trial {t.candidate} of an evomerge search\n\n"
         f"Found by `evomerge search` ({config.optimizer.name}, seed {config.seed}) in `{run_dir}`. "
         f"Scores on the `{config.split}` split ({fid}); scalarised fitness {fit:.4f}.\n\n"
         f"| objective | value |\n| --- | ---: |\n{rows}\n\n"

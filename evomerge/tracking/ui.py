@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from evomerge.errors import EvomergeError
@@ -39,3 +41,18 @@ def start_ui(uri: str, host: str = "127.0.0.1", port: int | None = None) -> tupl
     port = port or free_port(host)
     proc = subprocess.Popen(ui_command(uri, host, port))
     return proc, f"http://{host}:{port}"
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Return once ``url``/health answers; raise if the server exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise EvomergeError(f"the MLflow server for {url} exited with code {proc.returncode}.") from None
+            if time.monotonic() > deadline:
+                raise EvomergeError(f"the MLflow server for {url} did not answer within {timeout:.0f} s.") from None
+            time.sleep(0.5)

@@ -10,22 +10,13 @@ from evomerge.cli import app
 from evomerge.errors import EvomergeError
 from evomerge.search.controller import run_search
 from evomerge.search.ledger import Ledger
-from evomerge.zoo.build import Architecture, ExpertSpec, Stage, ZooConfig, build_zoo
-
-MINI = ZooConfig(
-    architecture=Architecture(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
-    base=Stage(steps=3, lr=1e-3, batch_size=8),
-    experts=(
-        ExpertSpec(name="add", skill="addition", steps=2, lr=1e-3, batch_size=8, seed=1),
-        ExpertSpec(name="rev", skill="reversal", steps=2, lr=1e-3, batch_size=8, seed=2),
-    ),
-    workers=1,
-)
+from evomerge.testing import mini_zoo_config
+from evomerge.zoo.build import build_zoo
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    return build_zoo(tmp_path_factory.mktemp("zoo"), MINI, log=lambda s: None)
+    return build_zoo(tmp_path_factory.mktemp("zoo"), mini_zoo_config(), log=lambda s: None)
 
 
 def _run(tmp_path, zoo, weight=(0.0, 1.0), density=(0.3, 1.0), **over):
@@ -57,7 +48,7 @@ def test_search_records_every_trial(tmp_path, zoo):
     rows = ledger.trials("complete")
     assert len(rows) == 5 and len({r.recipe_hash for r in rows}) == 5
     assert set(rows[0].scores) == {"addition/exact_match", "cost/params", "cost/layers", "cost/bytes"}
-    assert result.best_number in {r.number for r in rows}
+    assert result.best_number in {r.candidate for r in rows}
     with pytest.raises(EvomergeError, match="already holds a run"):
         run_search(cfg, tmp_path / "out", log=lambda s: None)
 
@@ -214,7 +205,7 @@ def test_successive_halving_promotes_the_best_and_saves_cost(tmp_path, zoo):
     assert result.candidates == 8
     # 8 x 2 + 4 x 4 + 2 x 8 examples instead of 8 x 8.
     assert result.examples_scored == 48 and result.examples_at_top == 64
-    assert result.best_number in {t.number for t in by_rung[2]}
+    assert result.best_number in {t.candidate for t in by_rung[2]}
 
 
 def test_multi_fidelity_resume_replays_to_the_same_trajectory(tmp_path, zoo):

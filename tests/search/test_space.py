@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 import yaml
+from space_helpers import ps_data
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -13,14 +14,7 @@ from evomerge.search.space import ParameterSpace, SearchSpaceError
 
 
 def _space(family, **over) -> ParameterSpace:
-    data = {
-        "base_model": str(family["base"]),
-        "models": [str(family["expert0"]), str(family["expert1"])],
-        "methods": ["task_arithmetic", "ties"],
-        "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.2, "high": 1.0}},
-        "num_layers": 3,
-    }
-    data.update(over)
+    data = ps_data(family, **over)
     return ParameterSpace.model_validate(data)
 
 

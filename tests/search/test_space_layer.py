@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from space_helpers import ps_data
 
 from evomerge.merge.engine import InMemoryMerger
 from evomerge.merge.resident import fit_layers
@@ -187,15 +188,7 @@ def test_optional_slices_and_max_layers(untied_family):
 
 
 def _ps(family, **over) -> dict:
-    data = {
-        "base_model": str(family["base"]),
-        "models": [str(family["expert0"]), str(family["expert1"])],
-        "methods": ["task_arithmetic", "ties"],
-        "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.2, "high": 1.0}},
-        "num_layers": 3,
-    }
-    data.update(over)
-    return data
+    return ps_data(family, **over)
 
 
 @pytest.mark.parametrize("granularity", [{}, {"layers_per_group": 2, "filters": ["mlp"]}])

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import yaml
-from tracking_helpers import MINI
 
 from evomerge.search.controller import resume_search, run_search
 from evomerge.search.ledger import TrialRecord
+from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    return build_zoo(tmp_path_factory.mktemp("zoo"), MINI, log=lambda s: None)
+    return build_zoo(tmp_path_factory.mktemp("zoo"), mini_zoo_config(), log=lambda s: None)
 
 
 def _config(tmp_path, zoo, **over):
@@ -126,9 +124,8 @@ def test_a_dead_tracking_server_does_not_stop_the_search(tmp_path, zoo, monkeypa
 def test_a_tracking_server_uri(tmp_path, zoo):
     import subprocess
     import sys
-    import urllib.request
 
-    from evomerge.tracking.ui import free_port
+    from evomerge.tracking.ui import free_port, wait_until_up
 
     port = free_port()
     server = subprocess.Popen(
@@ -139,15 +136,7 @@ def test_a_tracking_server_uri(tmp_path, zoo):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow server did not start") from None
-                time.sleep(0.5)
+        wait_until_up(url, server, timeout=90)
         cfg = _config(tmp_path, zoo, tracking={"uri": url, "experiment": "team"}, budget={"trials": 2})
         run_search(cfg, tmp_path / "run", log=lambda s: None)
         _, parents, children = _runs(url, "team")

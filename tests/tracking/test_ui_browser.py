@@ -7,9 +7,8 @@ objectives, and the parent run holds the front plot. Screenshots go to test-arti
 
 from __future__ import annotations
 
+import os
 import shutil
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,15 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
-    from tracking_helpers import MINI
-
+    existing = os.environ.get("EVOMERGE_UI_RUN_DIR")  # check a real run instead, e.g. the quickstart's
+    if existing:
+        return Path(existing).resolve()
     from evomerge.search.controller import run_search
+    from evomerge.testing import mini_zoo_config
     from evomerge.zoo.build import build_zoo
 
     tmp = tmp_path_factory.mktemp("ui")
-    zoo = build_zoo(tmp / "zoo", MINI, log=lambda s: None)
+    zoo = build_zoo(tmp / "zoo", mini_zoo_config(), log=lambda s: None)
     space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
              "methods": ["task_arithmetic", "ties"],
              "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
@@ -44,19 +45,14 @@ def tracked_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ui(tracked_run):
-    from evomerge.tracking.ui import start_ui, store_of
+    from evomerge.tracking.ui import start_ui, store_of, wait_until_up
 
     proc, url = start_ui(store_of(tracked_run))
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.terminate()
-                raise RuntimeError("the MLflow UI did not start") from None
-            time.sleep(0.5)
+    try:
+        wait_until_up(url, proc)
+    except Exception:
+        proc.terminate()
+        raise
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -87,7 +83,8 @@ def test_runs_table_lists_every_trial_with_objectives_and_the_parent_holds_the_f
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert sorted(children) == [f"trial-{i:04d}" for i in range(5)]
+    assert len(children) >= 5 and all(name.startswith("trial-") for name in children)
+    shown = dict(sorted(children.items())[-8:])  # the newest trials: on the table's first page
     ARTIFACTS.mkdir(exist_ok=True)
 
     page = browser.new_page(viewport={"width": 1800, "height": 1000})
@@ -96,7 +93,7 @@ def test_runs_table_lists_every_trial_with_objectives_and_the_parent_holds_the_f
     link.wait_for(timeout=60_000)
     # Trials are nested under the search's parent run: expand it.
     page.locator("div[role='row']", has=link).locator("button[data-component-id*='runnamecellrenderer']").click()
-    for name in children:
+    for name in shown:
         page.locator("a", has_text=name).first.wait_for(timeout=30_000)
     # Show the objectives as columns.
     page.get_by_role("button", name="Columns").click()
@@ -108,7 +105,10 @@ def test_runs_table_lists_every_trial_with_objectives_and_the_parent_holds_the_f
     page.screenshot(path=str(ARTIFACTS / "mlflow_runs_table.png"))
     header = page.inner_text("div.ag-header")
     assert "addition/exact_match" in header and "reversal/exact_match" in header
-    for name, child in children.items():
+    body = page.inner_text("body")
+    total = len(children) + 1  # every trial and the parent; the UI loads 100 at a time
+    assert f"{total} matching runs" in body or (total > 100 and "Load more" in body)
+    for name, child in shown.items():
         # ag-grid renders pinned and scrolling columns as separate rows with one row-id.
         row_id = page.locator("div[role='row']", has=page.locator("a", has_text=name)).first.get_attribute("row-id")
         for metric in ("addition/exact_match", "reversal/exact_match"):
