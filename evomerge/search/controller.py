@@ -30,7 +30,7 @@ import yaml
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
 from evomerge.search.executor import Outcome, TaskSpec, WorkerSpec, make_executor
-from evomerge.search.fidelity import Bracket, Candidate, Rungs
+from evomerge.search.fidelity import Bracket, Candidate, Rungs, hyperband_schedule
 from evomerge.search.ledger import TrialRecord, find_ledger, open_ledger
 from evomerge.search.run_config import RunConfig, RunConfigError
 
@@ -242,7 +242,14 @@ class Controller:
         self.optimizer, self.executor, self.ledger = optimizer, executor, ledger
         self.tell_all = optimizer.n_objectives > 1
         self.rungs = Rungs(config.levels(), config.multi_fidelity.eta if config.multi_fidelity else 3)
-        self.bracket_size = config.multi_fidelity.bracket if config.multi_fidelity else 1
+        mf = config.multi_fidelity
+        if mf is None:
+            self.schedule = [(1, 0)]  # plain evaluation: brackets of one, at the one level
+        elif mf.schedule == "hyperband":
+            self.schedule = hyperband_schedule(len(mf.levels), mf.eta)
+        else:
+            self.schedule = [(mf.bracket, 0)]
+        self.brackets_started = 0
         self.sizes = [t.size() for t in tasks]
         self.budget = budget
         self.log = log
@@ -267,14 +274,15 @@ class Controller:
     def _new_bracket(self) -> bool:
         candidates: list[Candidate] = []
         s = self.s
-        while len(candidates) < self.bracket_size and self._may_ask():
+        size, start = self.schedule[self.brackets_started % len(self.schedule)]
+        while len(candidates) < size and self._may_ask():
             suggestion = self.optimizer.ask()
             if suggestion is None:  # CMA-ES waits for the rest of its generation
                 break
             recipe = self.space.decode(suggestion.x)
             digest = recipe.content_hash()
             c = Candidate(suggestion.id, s.candidates + s.duplicates, suggestion.x, recipe, digest)
-            if (digest, self.rungs.levels[0]) in s.results or any(
+            if (digest, self.rungs.levels[start]) in s.results or any(
                 x.digest == digest for x in candidates
             ):
                 s.duplicates += 1  # scored already: told its result, not counted against the budget
@@ -283,10 +291,11 @@ class Controller:
             candidates.append(c)
         if not candidates:
             return False
-        bracket = Bracket(candidates, self.rungs)
+        bracket = Bracket(candidates, self.rungs, start)
+        self.brackets_started += 1
         s.brackets.append(bracket)
         for c in candidates:
-            self._add_job(c, bracket, 0)
+            self._add_job(c, bracket, start)
         return True
 
     def _add_job(self, c: Candidate, bracket: Bracket, rung: int) -> None:

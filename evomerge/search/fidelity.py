@@ -54,10 +54,10 @@ class Candidate:
 class Bracket:
     """One round of successive halving over ``candidates``."""
 
-    def __init__(self, candidates: list[Candidate], rungs: Rungs) -> None:
+    def __init__(self, candidates: list[Candidate], rungs: Rungs, start: int = 0) -> None:
         self.candidates = candidates
         self.rungs = rungs
-        self.rung = 0
+        self.rung = start
         self.active = list(candidates)  # those scored at the current rung
         self.done = False
 
@@ -79,6 +79,17 @@ class Bracket:
         self.active = [alive[i] for i in order[:keep]]
         self.rung += 1
         return list(self.active)
+
+
+def hyperband_schedule(levels: int, eta: int) -> list[tuple[int, int]]:
+    """Hyperband's brackets as (candidates, starting rung), most aggressive first.
+
+    Bracket ``s`` (``s_max`` down to 0) starts ``ceil((s_max + 1) / (s + 1) * eta**s)``
+    candidates at rung ``s_max - s``: from many cheap screens to a few full evaluations, which
+    hedges against low fidelities that rank candidates badly.
+    """
+    s_max = levels - 1
+    return [(math.ceil((s_max + 1) / (s + 1) * eta**s), s_max - s) for s in range(s_max, -1, -1)]
 
 
 def rank(items: list, points: list[Sequence[float]]) -> list[int]:

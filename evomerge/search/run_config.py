@@ -50,6 +50,11 @@ class MultiFidelity(_Strict):
     levels: list[int | None] = Field(min_length=2, description="Examples per task, increasing; null = all.")
     eta: int = Field(default=3, ge=2)
     bracket: int = Field(default=9, ge=2, description="Candidates per bracket (CMA-ES: at most its popsize).")
+    schedule: Literal["successive_halving", "hyperband"] = Field(
+        default="successive_halving",
+        description="hyperband: cycle through brackets that start at every level (sizes from eta; "
+        "`bracket` is then unused), hedging against cheap levels that rank badly.",
+    )
 
     @model_validator(mode="after")
     def _increasing(self) -> MultiFidelity:

@@ -298,3 +298,17 @@ def test_a_journal_ledger_resumes_like_sqlite(tmp_path, zoo):
     resume_search(tmp_path / "split", log=lambda s: None)
     hashes = [[t.recipe_hash for t in open_ledger(tmp_path / d).trials("complete")] for d in ("whole", "split")]
     assert hashes[0] == hashes[1] and len(hashes[0]) == 6
+
+
+def test_hyperband_cycles_brackets_that_start_at_each_level(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, fidelity=None, budget={"trials": 10}, objectives=[{"task": "reversal"}],
+               multi_fidelity={**MF, "schedule": "hyperband"})
+    result = run_search(cfg, tmp_path / "out", log=lambda s: None)
+    rows = _rows(tmp_path / "out")
+    # Brackets (4 at rung 0), (3 at rung 1), (3 at rung 2), promoting the best half.
+    assert [sum(t.rung == r for t in rows) for r in range(3)] == [4, 2 + 3, 1 + 1 + 3]
+    starts = {}
+    for t in rows:
+        starts.setdefault(t.candidate, t.rung)
+    assert [starts[c] for c in sorted(starts)] == [0] * 4 + [1] * 3 + [2] * 3
+    assert result.candidates == 10

@@ -50,3 +50,11 @@ def test_rank_puts_the_pareto_front_first_then_fitness():
     assert set(order[:3]) == {0, 1, 3} and order[3] == 2
     assert order[:3] == [0, 1, 3]  # within the front, by fitness
     assert rank([0, 1], [(0.2,), (0.7,)]) == [1, 0]  # one objective: by value
+
+
+def test_hyperband_brackets_start_at_every_level():
+    from evomerge.search.fidelity import hyperband_schedule
+
+    assert hyperband_schedule(3, 3) == [(9, 0), (5, 1), (3, 2)]
+    assert hyperband_schedule(3, 2) == [(4, 0), (3, 1), (3, 2)]
+    assert hyperband_schedule(1, 3) == [(1, 0)]
