@@ -514,7 +514,7 @@ def track(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
         space = load_space(config.space)
     except EvomergeError as err:
         _fail(err)
-    ledger = open_ledger(run_dir)
+    ledger = open_ledger(run_dir, readonly=True)
     try:
         records = ledger.completions()
     finally:

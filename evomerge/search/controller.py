@@ -173,7 +173,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[Trial
         raise EvomergeError(f"{run_dir} is not a search run (no ledger.db or ledger.jsonl, or no run.yaml).")
     config = RunConfig.load(config_path)
     _, objectives = bind_objectives(config, config_path)
-    ledger = open_ledger(run_dir)
+    ledger = open_ledger(run_dir, readonly=True)
     try:
         top = top_rung(config)
         complete = [t for t in ledger.trials("complete") if t.scores and t.rung == top]
@@ -259,17 +259,38 @@ class Controller:
         self.replay: deque[TrialRecord] = deque()
         self.t0 = time.monotonic()
         self.deadline = None
+        self.sessions = ledger.sessions()  # the earlier sessions of this run, for the replay
+        self.consumed = 0  # completions replayed so far
+        self.asks_closed = False
+        ledger.begin_session(budget)
 
     # -- asking ----------------------------------------------------------------------
 
-    def _may_ask(self) -> bool:  # noqa: C901
+    def _may_ask(self) -> bool:
+        """Whether to ask for another suggestion now.
+
+        While replaying, the rules are those of the session that made the completions being
+        replayed (its budget, and where its wall-time budget stopped it asking); live, this
+        session's. Patience follows from the completions themselves, so it needs no record.
+        """
         s, b = self.s, self.config.budget
-        if s.candidates >= self.budget or s.duplicates > 10 * self.budget:
+        asks = s.candidates + s.duplicates
+        budget = self.budget
+        if self.replay and self.sessions:
+            session = next(x for x in reversed(self.sessions) if x.start <= self.consumed)
+            budget = session.budget
+            if session.closed_asks is not None and asks >= session.closed_asks:
+                return False
+        if s.candidates >= budget or s.duplicates > 10 * budget:
             return False
         if b.patience and s.best is not None and s.done - s.best_at >= b.patience:
             return False
-        # The wall-time budget applies to live work; a replay repeats the recorded decisions.
-        return self.replay or self.deadline is None or time.monotonic() < self.deadline
+        if self.replay or self.deadline is None or time.monotonic() < self.deadline:
+            return True
+        if not self.asks_closed:  # a resume must stop asking at the same point
+            self.ledger.close_asks(asks)
+            self.asks_closed = True
+        return False
 
     def _new_bracket(self) -> bool:
         candidates: list[Candidate] = []
@@ -282,9 +303,8 @@ class Controller:
             recipe = self.space.decode(suggestion.x)
             digest = recipe.content_hash()
             c = Candidate(suggestion.id, s.candidates + s.duplicates, suggestion.x, recipe, digest)
-            if (digest, self.rungs.levels[start]) in s.results or any(
-                x.digest == digest for x in candidates
-            ):
+            key = (digest, self.rungs.levels[start])
+            if key in s.results or key in s.waiting or any(x.digest == digest for x in candidates):
                 s.duplicates += 1  # scored already: told its result, not counted against the budget
             else:
                 s.candidates += 1
@@ -333,13 +353,17 @@ class Controller:
             match = next((j for j in s.held if j.key == (rec.recipe_hash, rec.fidelity)), None)
             if match is not None:
                 self.replay.popleft()
+                self.consumed += 1
                 s.held.remove(match)
                 match.number = rec.number
                 return match, Outcome(rec.scores, rec.error, rec.seconds or 0.0)
             self.log(
                 f"resume: the ledger's completion {rec.number} does not follow from the replay "
-                f"(was the run's config changed?); continuing live from here"
+                f"(was the run's config changed?); continuing live from here, reusing every "
+                f"recorded result instead of evaluating it again"
             )
+            for r in self.replay:
+                s.results.setdefault((r.recipe_hash, r.fidelity), Outcome(r.scores, r.error, r.seconds or 0.0))
             self.replay.clear()
         if s.held:  # replay done: what was in flight when the run stopped runs again
             held, s.held = s.held, []
@@ -369,7 +393,8 @@ class Controller:
             s.examples += sum(self.rungs.cost(job.fidelity, n) for n in self.sizes if n is not None)
             if outcome.values is None:
                 s.failed += 1
-                self.log(f"trial {job.candidate.number}: failed at fidelity {job.fidelity} ({outcome.error})")
+                if not self.replay:
+                    self.log(f"trial {job.candidate.number}: failed at fidelity {job.fidelity} ({outcome.error})")
         for j in jobs:
             j.candidate.scores[j.rung] = outcome.values
             if outcome.values is not None and j.rung == len(self.rungs.levels) - 1:
@@ -382,7 +407,7 @@ class Controller:
         f = self._scalar(values)
         if s.best is None or f > s.best[0]:
             s.best = (f, job.candidate.number)
-            s.best_at = s.done + 1  # counting the candidate that improved
+            job.bracket.improved = True  # patience counts from the end of this bracket
         s.top_points[job.candidate.digest] = [o.sign * values[o.key] for o in self.unique]
 
     def _advance(self, bracket: Bracket) -> None:
@@ -401,6 +426,8 @@ class Controller:
                     told = (self._scalar(scores),)
                 self.optimizer.tell(c.id, told)
             self.s.done += len(bracket.candidates)
+            if bracket.improved:
+                self.s.best_at = self.s.done
             self._report()
 
     def _report(self) -> None:
@@ -490,6 +517,7 @@ def run_search(
         atomic_write_text(run_dir / "run.yaml", yaml.safe_dump(frozen.model_dump(), sort_keys=False))
     ledger = open_ledger(run_dir, config.ledger)
     executor = tracker = None
+    finished = False
     try:
         abandoned = ledger.abandon_running()
         if abandoned:
@@ -500,13 +528,15 @@ def run_search(
             config, space, tasks, objectives, optimizer, executor, ledger,
             budget=trials or config.budget.trials, log=log, progress=progress, tracker=tracker,
         )
+        finished = False
         controller.run(ledger.completions())
+        finished = True
         s = controller.s
         complete = [t for t in ledger.trials("complete") if t.scores and t.rung == top_rung(config)]
     finally:
         if executor is not None:
             executor.close()
-        if tracker is not None and tracker.close():
+        if tracker is not None and tracker.close("FINISHED" if finished else "KILLED") and finished:
             log(f"tracked in MLflow ({tracker.tracker.uri}); `evomerge ui {run_dir}` shows it")
         ledger.close()
     best = best_trial(complete, objectives) if complete else None

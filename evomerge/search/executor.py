@@ -76,6 +76,12 @@ class Worker:
             .eval()
         )
 
+    def _release_memory(self) -> None:
+        import torch
+
+        if str(self.device).startswith("cuda"):
+            torch.cuda.empty_cache()
+
     def evaluate(self, recipe, fidelity: int | None) -> Outcome:
         t0 = time.perf_counter()
         try:
@@ -87,6 +93,9 @@ class Worker:
             self.merger.merge(recipe, into=self.model)
         except EvomergeError as e:
             return Outcome(None, f"merge failed: {e}", time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - out of memory, a torch error: this trial fails, not the search
+            self._release_memory()
+            return Outcome(None, f"merge failed: {type(e).__name__}: {e}", time.perf_counter() - t0)
         values: dict[str, float] = {}
         for task in self.tasks:
             res = task.evaluate(self.model, self.tokenizer, fidelity)
@@ -150,11 +159,20 @@ class PoolExecutor:
         self._done: deque = deque()
 
     def submit(self, job: int, recipe, fidelity: int | None) -> None:
-        self._futures[self._pool.submit(_run_job, recipe.to_yaml(), fidelity)] = job
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            self._futures[self._pool.submit(_run_job, recipe.to_yaml(), fidelity)] = job
+        except BrokenProcessPool as e:
+            self.close()
+            raise EvomergeError(
+                f"a search worker process died ({e}); continue with `evomerge resume RUN_DIR`."
+            ) from None
 
     def wait(self) -> tuple[int, Outcome]:
         from concurrent.futures import FIRST_COMPLETED
         from concurrent.futures import wait as wait_futures
+        from concurrent.futures.process import BrokenProcessPool
 
         while not self._done:
             done, _ = wait_futures(list(self._futures), return_when=FIRST_COMPLETED)
@@ -162,7 +180,17 @@ class PoolExecutor:
                 job = self._futures.pop(fut)
                 try:
                     outcome = fut.result()
-                except Exception as e:  # a worker died (out of memory, killed): the job failed
+                except BrokenProcessPool as e:
+                    # A worker process died (killed, out of host memory, a failed start). The jobs
+                    # in flight are not the recipes' fault: leave them unfinished in the ledger so
+                    # a resume runs them again, instead of recording them as failed.
+                    self.close()
+                    raise EvomergeError(
+                        f"a search worker process died ({e}); the evaluations in flight were not "
+                        f"recorded. Check memory and the worker's device, then continue with "
+                        f"`evomerge resume RUN_DIR` (finished trials are kept)."
+                    ) from None
+                except Exception as e:  # noqa: BLE001 - the job raised in the worker: it failed
                     outcome = Outcome(None, f"worker failed: {type(e).__name__}: {e}", 0.0)
                 self._done.append((job, outcome))
         return self._done.popleft()

@@ -58,6 +58,7 @@ class Bracket:
         self.candidates = candidates
         self.rungs = rungs
         self.rung = start
+        self.improved = False  # whether it raised the search's best (for patience)
         self.active = list(candidates)  # those scored at the current rung
         self.done = False
 
@@ -76,7 +77,12 @@ class Bracket:
             return []
         keep = self.rungs.promoted(len(self.active))
         order = rank(alive, [rank_key(c.scores[self.rung]) for c in alive])
-        self.active = [alive[i] for i in order[:keep]]
+        promoted, seen = [], set()
+        for i in order:  # distinct recipes: a duplicate would only take a slot from another
+            if alive[i].digest not in seen and len(promoted) < keep:
+                promoted.append(alive[i])
+                seen.add(alive[i].digest)
+        self.active = promoted
         self.rung += 1
         return list(self.active)
 
@@ -98,7 +104,8 @@ def rank(items: list, points: list[Sequence[float]]) -> list[int]:
     The first value is the scalarised fitness; the rest are the objectives.
     """
     pts = np.array([p[1:] if len(p) > 1 else p for p in points], dtype=float)
-    order_key = [(-_pareto_rank(pts)[i], points[i][0], -i) for i in range(len(items))]
+    ranks = _pareto_rank(pts)
+    order_key = [(-ranks[i], points[i][0], -i) for i in range(len(items))]
     return sorted(range(len(items)), key=lambda i: order_key[i], reverse=True)
 
 

@@ -16,30 +16,40 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from evomerge.search.ledger import TrialRecord
+from evomerge.errors import EvomergeError
+from evomerge.search.ledger import Session, TrialRecord
 
 
 class JournalLedger:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         self._rows: dict[int, TrialRecord] = {}
+        self._sessions: list[Session] = []
         self._seq = 0
         good = 0
         if self.path.exists():
             data = self.path.read_bytes()
-            for line in data.splitlines(keepends=True):
+            lines = data.splitlines(keepends=True)
+            for i, line in enumerate(lines):
                 if not line.endswith(b"\n"):
-                    break  # torn by a crash mid-write
+                    break  # the last line, torn by a crash mid-write (or being written now)
                 try:
                     self._apply(json.loads(line))
-                except (ValueError, KeyError):
-                    break
+                except (ValueError, KeyError) as e:
+                    raise EvomergeError(
+                        f"{self.path}: line {i + 1} of the journal is damaged ({e}); the lines before it "
+                        f"are intact: keep a copy and cut the file there to continue."
+                    ) from None
                 good += len(line)
-            if good < len(data):
+            # Only the search's own writer repairs a torn tail; a reader never changes the file.
+            if good < len(data) and not readonly:
                 with open(self.path, "r+b") as f:
                     f.truncate(good)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+        self._file = None
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
 
     def _apply(self, ev: dict) -> None:
         op = ev["op"]
@@ -55,6 +65,11 @@ class JournalLedger:
                 scores=ev["scores"], error=ev["error"], finished=ev["finished"], seconds=ev["seconds"], seq=ev["seq"],
             )
             self._seq = max(self._seq, ev["seq"] + 1)
+        elif op == "session":
+            self._sessions.append(Session(ev["start"], ev["budget"], None))
+        elif op == "close_asks":
+            last = self._sessions[-1]
+            self._sessions[-1] = Session(last.start, last.budget, ev["asks"])
         elif op == "abandon":
             for n in ev["numbers"]:
                 self._rows[n] = replace(self._rows[n], state="abandoned")
@@ -62,13 +77,26 @@ class JournalLedger:
             raise KeyError(op)
 
     def _write(self, ev: dict) -> None:
+        if self._file is None:
+            raise EvomergeError(f"{self.path} was opened read-only.")
         self._file.write(json.dumps(ev, separators=(",", ":")) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self._apply(ev)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+    def begin_session(self, budget: int) -> None:
+        start = sum(1 for r in self._rows.values() if r.seq is not None)
+        self._write({"op": "session", "start": start, "budget": budget})
+
+    def close_asks(self, asks: int) -> None:
+        self._write({"op": "close_asks", "asks": asks})
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions)
 
     def start(
         self, candidate: int, rung: int, recipe_hash: str, genome: list[float], recipe: str, fidelity: int | None

@@ -36,7 +36,24 @@ CREATE TABLE IF NOT EXISTS trials (
     seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS trials_by_hash ON trials (recipe_hash);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    start INTEGER NOT NULL,
+    budget INTEGER NOT NULL,
+    closed_asks INTEGER
+);
 """
+
+
+@dataclass(frozen=True)
+class Session:
+    """One run of the controller: where in the completion order it began, its budget, and how
+    many suggestions had been asked when it stopped asking (budget, wall time or patience), if it
+    did. A resume replays each stretch of completions under the rules of the session that made it."""
+
+    start: int
+    budget: int
+    closed_asks: int | None
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,20 @@ class Ledger:
                 (state, json.dumps(scores) if scores is not None else None, error, time.time(), seconds, seq, number),
             )
 
+    def begin_session(self, budget: int) -> None:
+        (start,) = self._db.execute("SELECT COUNT(*) FROM trials WHERE seq IS NOT NULL").fetchone()
+        self._db.execute("INSERT INTO sessions (start, budget) VALUES (?, ?)", (start, budget))
+
+    def close_asks(self, asks: int) -> None:
+        """The current session asks no more suggestions after ``asks`` in all."""
+        self._db.execute(
+            "UPDATE sessions SET closed_asks = ? WHERE id = (SELECT MAX(id) FROM sessions)", (asks,)
+        )
+
+    def sessions(self) -> list[Session]:
+        rows = self._db.execute("SELECT start, budget, closed_asks FROM sessions ORDER BY id").fetchall()
+        return [Session(*r) for r in rows]
+
     def get(self, number: int) -> TrialRecord:
         return _record(self._db.execute("SELECT * FROM trials WHERE number = ?", (number,)).fetchone())
 
@@ -133,13 +164,16 @@ def find_ledger(run_dir: Path) -> Path | None:
     return None
 
 
-def open_ledger(run_dir: Path, kind: str | None = None):
-    """The run's ledger: the one that exists, or a new one of ``kind`` (sqlite by default)."""
+def open_ledger(run_dir: Path, kind: str | None = None, *, readonly: bool = False):
+    """The run's ledger: the one that exists, or a new one of ``kind`` (sqlite by default).
+
+    ``readonly``: for readers (front, export, track) while a search may be writing.
+    """
     path = find_ledger(run_dir) or Path(run_dir) / LEDGER_FILES[kind or "sqlite"]
     if path.suffix == ".jsonl":
         from evomerge.search.journal import JournalLedger
 
-        return JournalLedger(path)
+        return JournalLedger(path, readonly=readonly)
     return Ledger(path)
 
 

@@ -74,7 +74,9 @@ class MLflowTracker:
         self.pareto: dict[int, bool] = {}  # candidate -> its pareto tag in MLflow
         self.series_done = 0  # top-level results already in the parent's series
         self.child_evals: dict[int, list[int]] = {}  # candidate -> ledger numbers logged on it
+        self.ready: set[int] = set()  # candidates whose child has its params and artifacts
         self.failures = 0
+        self.parent_ready = False
         self._next_try = 0.0
         self._warned = False
 
@@ -105,20 +107,25 @@ class MLflowTracker:
             self.parent_id = saved["parent_run_id"]
             self._read_back()
             self.client.update_run(self.parent_id, status="RUNNING")
-            return
-        run = self.client.create_run(exp_id, run_name=self.run_dir.name, tags={
-            f"{_TAG}run_dir": str(self.run_dir),
-            f"{_TAG}optimizer": self.config.optimizer.name,
-            f"{_TAG}seed": str(self.config.seed),
-            f"{_TAG}objectives": ", ".join(f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique),
-            f"{_TAG}fidelity_levels": json.dumps(list(self.config.levels())),
-            "mlflow.note.content": f"evomerge search in {self.run_dir}",
-        })
-        self.parent_id = run.info.run_id
-        atomic_write_text(state, json.dumps({"parent_run_id": self.parent_id, "tracking_uri": self.uri}))
-        flat = _flatten(self.config.model_dump(mode="json"))
+        else:
+            run = self.client.create_run(exp_id, run_name=self.run_dir.name, tags={
+                f"{_TAG}run_dir": str(self.run_dir),
+                f"{_TAG}optimizer": self.config.optimizer.name,
+                f"{_TAG}seed": str(self.config.seed),
+                f"{_TAG}objectives": ", ".join(
+                    f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique),
+                f"{_TAG}fidelity_levels": json.dumps(list(self.config.levels())),
+                "mlflow.note.content": f"evomerge search in {self.run_dir}",
+            })
+            self.parent_id = run.info.run_id
+            atomic_write_text(state, json.dumps({"parent_run_id": self.parent_id, "tracking_uri": self.uri}))
+        if not self.parent_ready:
+            self._log_parent_config()
+
+    def _log_parent_config(self) -> None:
         from mlflow.entities import Param
 
+        flat = _flatten(self.config.model_dump(mode="json"))
         for chunk in _chunks([Param(_param_key(k), str(v)[:6000]) for k, v in flat.items()]):
             self.client.log_batch(self.parent_id, params=chunk)
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +134,8 @@ class MLflowTracker:
             if space.is_file():
                 (Path(tmp) / "space.yaml").write_text(space.read_text())
             self.client.log_artifacts(self.parent_id, tmp, "config")
+        self.client.set_tag(self.parent_id, f"{_TAG}ready", "1")
+        self.parent_ready = True
 
     def _read_back(self) -> None:
         """What MLflow already holds for this parent: children, logged evaluations, tags."""
@@ -143,12 +152,16 @@ class MLflowTracker:
                 numbers = [int(n) for n in tags.get(f"{_TAG}evaluations", "").split(",") if n]
                 self.child_evals[cand] = numbers
                 self.logged |= set(numbers)
-                self.pareto[cand] = tags.get("pareto") == "true"
+                if "pareto" in tags:
+                    self.pareto[cand] = tags["pareto"] == "true"
+                if tags.get(f"{_TAG}ready") == "1":
+                    self.ready.add(cand)
             token = page.token
             if not token:
                 break
         parent = self.client.get_run(self.parent_id)
         self.series_done = int(parent.data.tags.get(f"{_TAG}series_done", "0"))
+        self.parent_ready = parent.data.tags.get(f"{_TAG}ready") == "1"
 
     # -- syncing -----------------------------------------------------------------------
 
@@ -190,7 +203,8 @@ class MLflowTracker:
                 tags={"mlflow.parentRunId": self.parent_id, f"{_TAG}candidate": str(rec.candidate),
                       "recipe_hash": rec.recipe_hash[:16]},
             )
-            child = run.info.run_id
+            child = self.children[rec.candidate] = run.info.run_id  # known at once: never a second child
+        if rec.candidate not in self.ready:
             params = [Param("recipe", recipe.summary()[:6000]), Param("merge_method", recipe.merge_method)]
             params += [Param(_param_key(f"gene.{n}"), f"{v:.6g}")
                        for n, v in zip(self.gene_names, rec.genome, strict=False)]
@@ -206,7 +220,8 @@ class MLflowTracker:
                 except Exception as e:  # noqa: BLE001 - a recipe mergekit cannot express
                     (Path(tmp) / "mergekit_config.txt").write_text(f"not expressible in mergekit: {e}\n")
                 self.client.log_artifacts(child, tmp, "recipe")
-            self.children[rec.candidate] = child
+            self.client.set_tag(child, f"{_TAG}ready", "1")
+            self.ready.add(rec.candidate)
         step = rec.fidelity or 0  # examples per task; 0 = all
         metrics = []
         if rec.scores:
@@ -268,12 +283,14 @@ class MLflowTracker:
 
     # -- the end of a search -----------------------------------------------------------
 
-    def finish(self, completions: list[TrialRecord]) -> bool:
-        """Final sync, then the front table and plots on the parent run."""
+    def finish(self, completions: list[TrialRecord], status: str = "FINISHED") -> bool:
+        """Final sync, then the front table and plots on the parent run (``status``: KILLED when
+        the search was interrupted)."""
         if not self.sync(completions, force=True):
             return False
         try:
             self._log_front(completions)
+            self.client.set_terminated(self.parent_id, status)
             return True
         except Exception as e:  # noqa: BLE001
             self.failures += 1
@@ -309,7 +326,6 @@ class MLflowTracker:
             front_png(values, mask, labels, names, Path(tmp) / "front.png")
             front_html(values, mask, labels, names, summaries, Path(tmp) / "front.html")
             self.client.log_artifacts(self.parent_id, tmp, "front")
-        self.client.set_terminated(self.parent_id, "FINISHED")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -360,8 +376,8 @@ class BackgroundTracker:
             if not self._stop:
                 self.tracker.sync(self._snapshot())
 
-    def close(self) -> bool:
+    def close(self, status: str = "FINISHED") -> bool:
         self._stop = True
         self._wake.set()
         self._thread.join()
-        return self.tracker.finish(self._snapshot())
+        return self.tracker.finish(self._snapshot(), status)

@@ -48,8 +48,8 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> N
     deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
         except OSError:
             if proc.poll() is not None:
                 raise EvomergeError(f"the MLflow server for {url} exited with code {proc.returncode}.") from None

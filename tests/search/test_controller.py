@@ -312,3 +312,77 @@ def test_hyperband_cycles_brackets_that_start_at_each_level(tmp_path, zoo):
         starts.setdefault(t.candidate, t.rung)
     assert [starts[c] for c in sorted(starts)] == [0] * 4 + [1] * 3 + [2] * 3
     assert result.candidates == 10
+
+
+def test_resume_with_a_larger_budget_replays_without_divergence(tmp_path, zoo):
+    from evomerge.search.controller import resume_search
+
+    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 12})
+    run_search(cfg, tmp_path / "run", trials=5, log=lambda s: None)  # stops asking after 5
+    logs = []
+    first = resume_search(tmp_path / "run", log=logs.append)
+    assert first.candidates == 12 and first.evaluated > 0
+    again = resume_search(tmp_path / "run", log=logs.append)  # replays both sessions
+    assert again.evaluated == 0 and again.candidates == 12
+    assert not any("does not follow" in line for line in logs)
+    keys = [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "run")]
+    assert len(keys) == len(set(keys))  # nothing evaluated twice
+
+
+def test_a_wall_time_stop_is_replayed_where_it_happened(tmp_path, zoo):
+    from evomerge.search.controller import resume_search
+
+    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 40, "seconds": 0.5})
+    run_search(cfg, tmp_path / "run", log=lambda s: None)
+    done = len(_rows(tmp_path / "run"))
+    assert 0 < done < 40 + 20 + 10  # stopped by the clock, not the budget
+    logs = []
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"].pop("seconds")
+    (tmp_path / "run" / "run.yaml").write_text(yaml.safe_dump({**yaml.safe_load((tmp_path / "run" / "run.yaml").read_text()), "budget": data["budget"]}))
+    resume_search(tmp_path / "run", log=logs.append)
+    assert not any("does not follow" in line for line in logs)
+    keys = [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "run")]
+    assert len(keys) == len(set(keys))
+
+
+def test_patience_counts_whole_brackets(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, objectives=[{"task": "cost", "metric": "params"}],
+               budget={"trials": 40, "patience": 5})
+    # The first bracket sets the best; the next two (8 candidates) do not beat it.
+    assert run_search(cfg, tmp_path / "out", log=lambda s: None).candidates == 12
+
+
+def test_a_dead_worker_process_stops_the_search_without_failing_its_trials(tmp_path, zoo):
+    import multiprocessing
+    import os
+    import signal
+
+    from evomerge.recipe import Recipe
+    from evomerge.search.executor import PoolExecutor, TaskSpec, WorkerSpec
+
+    refs = {str(zoo / m): zoo / m for m in ("base", "add", "rev")}
+    spec = WorkerSpec(refs, str(zoo / "base"), (TaskSpec("addition", "search", False),), torch_threads=1)
+    pool = PoolExecutor(spec, workers=1)
+    recipe = Recipe.from_dict({"merge_method": "linear", "models": [
+        {"model": str(zoo / "add"), "parameters": {"weight": 1.0}},
+        {"model": str(zoo / "rev"), "parameters": {"weight": 1.0}}]})
+    pool.submit(0, recipe, 4)
+    assert pool.wait()[1].values is not None  # the worker is up
+    pool.submit(1, recipe, 4)
+    for child in multiprocessing.active_children():
+        os.kill(child.pid, signal.SIGKILL)
+    with pytest.raises(EvomergeError, match="worker process died.*evomerge resume"):
+        pool.wait()
+
+
+def test_an_unexpected_merge_error_fails_the_trial_not_the_search(tmp_path, zoo, monkeypatch):
+    from evomerge.merge.engine import InMemoryMerger
+
+    def boom(self, recipe, into=None, *, seed=None):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(InMemoryMerger, "merge", boom)
+    result = run_search(_run(tmp_path, zoo, budget={"trials": 2}), tmp_path / "out", log=lambda s: None)
+    failed = _rows(tmp_path / "out", "failed")
+    assert result.failed == 2 and len(failed) == 2 and "CUDA out of memory" in failed[0].error

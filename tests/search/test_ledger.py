@@ -51,3 +51,31 @@ def test_an_old_sqlite_ledger_is_refused_with_a_reason(tmp_path):
     db.close()
     with pytest.raises(EvomergeError, match="older evomerge"):
         Ledger(tmp_path / "ledger.db")
+
+
+def test_a_journal_reader_never_changes_the_file_and_damage_inside_is_reported(tmp_path):
+    led = open_ledger(tmp_path, "journal")
+    led.finish(led.start(0, 0, "ha", [0.1], "r", 4), {"x": 1.0})
+    led.close()
+    path = tmp_path / "ledger.jsonl"
+    partial = path.read_bytes() + b'{"op":"start","num'  # a line the search is writing right now
+    path.write_bytes(partial)
+    reader = open_ledger(tmp_path, readonly=True)
+    assert [r.recipe_hash for r in reader.completions()] == ["ha"]
+    reader.close()
+    assert path.read_bytes() == partial
+    path.write_bytes(b'{"op":"nonsense"}\n' + partial)
+    with pytest.raises(EvomergeError, match="line 1 of the journal is damaged"):
+        open_ledger(tmp_path, readonly=True)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_sessions_record_budgets_and_where_asking_stopped(tmp_path, kind):
+    led = open_ledger(tmp_path, kind)
+    led.begin_session(5)
+    led.finish(led.start(0, 0, "ha", [0.1], "r", 4), {"x": 1.0})
+    led.close_asks(7)
+    led.begin_session(12)
+    led.close()
+    sessions = open_ledger(tmp_path).sessions()
+    assert [(s.start, s.budget, s.closed_asks) for s in sessions] == [(0, 5, 7), (1, 12, None)]

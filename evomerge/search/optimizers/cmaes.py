@@ -99,6 +99,6 @@ class CMAES(Optimizer):
             for v in (self._told[i] for i in range(len(self._pending)))
         ]
         self.es.tell(self._pending, fitness)
-        self._pending = []
+        self._pending, self._ids, self._told = [], {}, {}
         if self.restarts_left > 0 and self.es.stop():
             self._restart()
