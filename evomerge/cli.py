@@ -519,7 +519,7 @@ def track(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
         records = ledger.completions()
     finally:
         ledger.close()
-    tracker = MLflowTracker(run_dir, config, objectives, [g.name for g in space.genes()],
+    tracker = MLflowTracker(run_dir, config, objectives, space.genes(),
                             settings=config.tracking, log=lambda s: err_console.print(s, highlight=False))
     if not tracker.finish(records):
         raise typer.Exit(1)

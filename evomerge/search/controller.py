@@ -563,7 +563,7 @@ def start_tracking(run_dir: Path, space, objectives, ledger, log):
         return None
     from evomerge.tracking.mlflow_tracker import BackgroundTracker, MLflowTracker
 
-    tracker = MLflowTracker(run_dir, config, objectives, [g.name for g in space.genes()],
+    tracker = MLflowTracker(run_dir, config, objectives, space.genes(),
                             settings=config.tracking, log=log)
     return BackgroundTracker(tracker, ledger.completions())
 

@@ -48,7 +48,7 @@ def _chunks(items: list, n: int = 100):
 
 class MLflowTracker:
     def __init__(
-        self, run_dir: Path, config, objectives, gene_names: list[str], *,
+        self, run_dir: Path, config, objectives, genes: list, *,
         settings: TrackingConfig | None = None, log: Callable[[str], None] = print,
         retry_seconds: float = 30.0,
     ) -> None:
@@ -59,7 +59,7 @@ class MLflowTracker:
 
         self.unique = unique_objectives(objectives)
         self.top = top_rung(config)
-        self.gene_names = gene_names
+        self.genes = genes  # the space's genes: params show decoded values, not cube coordinates
         self.settings = settings or TrackingConfig()
         self.uri = tracking_uri(self.settings, self.run_dir)
         self.log = log
@@ -206,8 +206,8 @@ class MLflowTracker:
             child = self.children[rec.candidate] = run.info.run_id  # known at once: never a second child
         if rec.candidate not in self.ready:
             params = [Param("recipe", recipe.summary()[:6000]), Param("merge_method", recipe.merge_method)]
-            params += [Param(_param_key(f"gene.{n}"), f"{v:.6g}")
-                       for n, v in zip(self.gene_names, rec.genome, strict=False)]
+            params += [Param(_param_key(f"gene.{g.name}"), _gene_value(g, u))
+                       for g, u in zip(self.genes, rec.genome, strict=False)]
             for chunk in _chunks(params):
                 self.client.log_batch(child, params=chunk)
             with tempfile.TemporaryDirectory() as tmp:
@@ -326,6 +326,11 @@ class MLflowTracker:
             front_png(values, mask, labels, names, Path(tmp) / "front.png")
             front_html(values, mask, labels, names, summaries, Path(tmp) / "front.html")
             self.client.log_artifacts(self.parent_id, tmp, "front")
+
+
+def _gene_value(gene, u: float) -> str:
+    value = gene.value(min(1.0, max(0.0, float(u))))
+    return value if isinstance(value, str) else f"{value:.6g}"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:

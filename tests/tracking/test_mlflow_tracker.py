@@ -61,7 +61,9 @@ def test_a_search_logs_a_parent_and_a_child_per_trial(tmp_path, zoo):
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     c = children[0]
     assert {"addition/exact_match", "reversal/exact_match", "fitness"} <= set(c.data.metrics)
-    assert c.data.params["merge_method"] in {"task_arithmetic", "ties"} and "gene.add.weight" in c.data.params
+    assert c.data.params["merge_method"] in {"task_arithmetic", "ties"}
+    assert c.data.params["gene.method"] == c.data.params["merge_method"]  # decoded, not a cube coordinate
+    assert 0.0 <= float(c.data.params["gene.add.weight"]) <= 1.0
     assert c.data.tags["state"] == "complete" and c.data.tags["fidelity_reached"] == "4"
     history = client.get_metric_history(c.info.run_id, "reversal/exact_match")
     assert [m.step for m in history] == [4]
@@ -95,12 +97,13 @@ def _rec(number, cand, a, b):
 def test_pareto_tags_follow_the_front(tmp_path):
     from evomerge.search.controller import BoundObjective
     from evomerge.search.run_config import RunConfig
+    from evomerge.search.space import Gene
     from evomerge.tracking.mlflow_tracker import MLflowTracker
 
     (tmp_path / "space.yaml").write_text("{}")
     config = RunConfig(space=str(tmp_path / "space.yaml"), objectives=[{"task": "o", "metric": "a"}])
     objectives = [BoundObjective("o/a", 1.0, 1.0), BoundObjective("o/b", 1.0, 1.0)]
-    tracker = MLflowTracker(tmp_path, config, objectives, ["g"], log=print)
+    tracker = MLflowTracker(tmp_path, config, objectives, [Gene("g", 0.0, 2.0)], log=print)
     recs = [_rec(1, 0, 0.5, 0.5), _rec(2, 1, 0.9, 0.1)]
     assert tracker.sync(recs)
     tags = lambda: {c: tracker.client.get_run(r).data.tags["pareto"] for c, r in tracker.children.items()}  # noqa: E731

@@ -117,6 +117,15 @@ def test_runs_table_lists_every_trial_with_objectives_and_the_parent_holds_the_f
             assert shown not in ("", "-"), f"{name}: no {metric} in the table"
             assert abs(float(shown) - child.data.metrics[metric]) < 1e-3
 
+    # A front member's run page shows its pareto tag.
+    member = next(c for c in children.values() if c.data.tags.get("pareto") == "true")
+    page.goto(f"{ui}/#/experiments/{exp.experiment_id}/runs/{member.info.run_id}")
+    page.get_by_text("pareto", exact=True).first.wait_for(timeout=60_000)
+    close_assistant(page)
+    page.screenshot(path=str(ARTIFACTS / "mlflow_front_member.png"))
+    tags = page.locator("div", has=page.get_by_text("pareto", exact=True)).last.inner_text()
+    assert "true" in tags
+
     page.goto(f"{ui}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/front/front.png")
     img = page.locator("img[src^='blob:']").first  # the artifact preview
     img.wait_for(timeout=60_000)
