@@ -503,7 +503,17 @@ def run_search(
 
     space_path = (here / config.space).resolve()
     refs = space.source_models()
-    sources = {r: resolve_model_path(r, [space_path.parent, here]) for r in refs}
+    try:
+        sources = {r: resolve_model_path(r, [space_path.parent, here]) for r in refs}
+        missing = [str(p) for p in sources.values() if not Path(p).is_dir()]
+        if missing:
+            raise EvomergeError(f"Model {missing[0]} is not a directory.")
+    except EvomergeError as e:
+        hint = " (the toy zoo: run `evomerge zoo build` first)" if "zoo" in str(e) else ""
+        raise EvomergeError(
+            f"{space_path}: a source model of the space cannot be found: {e} Paths are relative to "
+            f"the space file's folder; fix base_model / models there{hint}."
+        ) from None
     spec = WorkerSpec(
         sources=sources,
         base=refs[0],

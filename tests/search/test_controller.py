@@ -386,3 +386,13 @@ def test_an_unexpected_merge_error_fails_the_trial_not_the_search(tmp_path, zoo,
     result = run_search(_run(tmp_path, zoo, budget={"trials": 2}), tmp_path / "out", log=lambda s: None)
     failed = _rows(tmp_path / "out", "failed")
     assert result.failed == 2 and len(failed) == 2 and "CUDA out of memory" in failed[0].error
+
+
+def test_a_missing_source_model_names_the_space_file_before_any_output(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo)
+    space = yaml.safe_load((tmp_path / "space.yaml").read_text())
+    space["models"][0] = str(tmp_path / "no-such-expert")
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    with pytest.raises(EvomergeError, match=r"space.yaml: a source model of the space cannot be found.*no-such-expert"):
+        run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out").exists()
