@@ -225,8 +225,10 @@ class InMemoryMerger:
         into: MutableMapping[str, torch.Tensor] | torch.nn.Module | None = None,
         *,
         seed: int | None = None,
+        plan: MergePlan | None = None,
     ) -> MutableMapping[str, torch.Tensor]:
-        plan = self.plan(recipe, seed)
+        """``plan``: this recipe's plan if the caller already built it (``self.plan(recipe, seed)``)."""
+        plan = plan or self.plan(recipe, seed)
         target: MutableMapping[str, torch.Tensor]
         if isinstance(into, torch.nn.Module):
             target = into.state_dict(keep_vars=False)

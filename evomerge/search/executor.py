@@ -85,12 +85,12 @@ class Worker:
     def evaluate(self, recipe, fidelity: int | None) -> Outcome:
         t0 = time.perf_counter()
         try:
-            layers = self.merger.output_config(recipe).get("num_hidden_layers")
-            if layers and layers != self.model.config.num_hidden_layers:
+            plan = self.merger.plan(recipe)  # built once: it gives the depth and drives the merge
+            if plan.num_layers != self.model.config.num_hidden_layers:
                 from evomerge.merge.resident import fit_layers
 
-                fit_layers(self.model, int(layers))
-            self.merger.merge(recipe, into=self.model)
+                fit_layers(self.model, plan.num_layers)
+            self.merger.merge(recipe, into=self.model, plan=plan)
         except EvomergeError as e:
             return Outcome(None, f"merge failed: {e}", time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - out of memory, a torch error: this trial fails, not the search

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evomerge.search.controller import BoundObjective, fitness, load_run
+from evomerge.search.controller import BoundObjective, fitness, load_run, unique_objectives
 from evomerge.search.ledger import TrialRecord
 
 
@@ -35,11 +35,15 @@ def hypervolume(front: np.ndarray, reference: np.ndarray) -> float:
     return float(compute_hypervolume(-front, -reference))
 
 
+def objective_points(scores: list[dict[str, float]], objectives: list[BoundObjective]) -> np.ndarray:
+    """One row per trial, one column per objective, each turned to 'larger is better'."""
+    return np.array([[o.sign * sc[o.key] for o in objectives] for sc in scores], dtype=float)
+
+
 def run_front(run_dir: Path) -> tuple[list[BoundObjective], list[TrialRecord], np.ndarray, float | None]:
     _, objectives, trials = load_run(run_dir)
-    # Objectives named twice (same task and metric) count once on the front.
-    unique = list({o.key: o for o in objectives}.values())
-    points = np.array([[o.sign * t.scores[o.key] for o in unique] for t in trials])
+    unique = unique_objectives(objectives)
+    points = objective_points([t.scores for t in trials], unique)
     mask = pareto_mask(points)
     front_trials = [t for t, m in zip(trials, mask, strict=True) if m]
     front = points[mask]

@@ -250,12 +250,12 @@ class MLflowTracker:
         from mlflow.entities import Metric, RunTag
 
         from evomerge.search.controller import fitness
-        from evomerge.search.front import hypervolume, pareto_mask
+        from evomerge.search.front import hypervolume, objective_points, pareto_mask
 
         top = self._top_records(completions)
         if not top:
             return
-        points = np.array([[o.sign * r.scores[o.key] for o in self.unique] for r in top])
+        points = objective_points([r.scores for r in top], self.unique)
         mask = pareto_mask(points)
         for r, on in zip(top, mask, strict=True):
             if self.pareto.get(r.candidate) != bool(on) and r.candidate in self.children:
@@ -301,14 +301,14 @@ class MLflowTracker:
     def _log_front(self, completions: list[TrialRecord]) -> None:
         from evomerge.recipe import Recipe
         from evomerge.search.controller import fitness
-        from evomerge.search.front import pareto_mask
+        from evomerge.search.front import objective_points, pareto_mask
         from evomerge.tracking.plots import front_html, front_png
 
         top = self._top_records(completions)
         if not top:
             return
-        values = np.array([[r.scores[o.key] for o in self.unique] for r in top])
-        mask = pareto_mask(values * np.array([o.sign for o in self.unique]))
+        values = np.array([[r.scores[o.key] for o in self.unique] for r in top])  # own units, for the plots
+        mask = pareto_mask(objective_points([r.scores for r in top], self.unique))
         labels = [f"t{r.candidate}" for r in top]
         names = [f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique]
         summaries = [Recipe.from_yaml(r.recipe).summary() for r in top]

@@ -379,7 +379,7 @@ def test_a_dead_worker_process_stops_the_search_without_failing_its_trials(tmp_p
 def test_an_unexpected_merge_error_fails_the_trial_not_the_search(tmp_path, zoo, monkeypatch):
     from evomerge.merge.engine import InMemoryMerger
 
-    def boom(self, recipe, into=None, *, seed=None):
+    def boom(self, recipe, into=None, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(InMemoryMerger, "merge", boom)
