@@ -460,7 +460,8 @@ def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
         table.add_row(str(t.candidate), *(f"{t.scores[o.key]:.4g}" for o in objectives), summary)
     console.print(table)
     if hv is not None:
-        console.print(f"hypervolume (against the worst value seen per objective): {hv:.4g}")
+        console.print(f"hypervolume (reference: each objective's `reference:`, else its worst value "
+                      f"over the run; the same number as MLflow's): {hv:.4g}")
 
 
 @app.command()

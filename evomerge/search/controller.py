@@ -41,6 +41,7 @@ class BoundObjective:
     sign: float  # +1 maximise, -1 minimise
     weight: float
     scale: float = 1.0
+    reference: float | None = None  # hypervolume reference, in the objective's own units
 
 
 @dataclass
@@ -91,13 +92,22 @@ def bind_objectives(config: RunConfig, config_path: Path):
                 f"{config_path}: objectives: task {spec.task!r} has no objective {metric!r} "
                 f"(it has {', '.join(names)})."
             )
-        objectives.append(BoundObjective(f"{task.name}/{metric}", names[metric].sign, spec.weight, spec.scale))
+        objectives.append(BoundObjective(f"{task.name}/{metric}", names[metric].sign, spec.weight, spec.scale,
+                                         spec.reference))
     return list(tasks.values()), objectives
 
 
 def unique_objectives(objectives: list[BoundObjective]) -> list[BoundObjective]:
-    """Objectives named twice (same task and metric) count once on a front."""
-    return list({o.key: o for o in objectives}.values())
+    """Objectives named twice (same task and metric) count once on a front; a reference
+    declared on any of them counts."""
+    from dataclasses import replace
+
+    out: dict[str, BoundObjective] = {}
+    for o in objectives:
+        first = out.setdefault(o.key, o)
+        if first.reference is None and o.reference is not None:
+            out[o.key] = replace(first, reference=o.reference)
+    return list(out.values())
 
 
 def pareto_told(config: RunConfig, optimizer_cls, objectives: list[BoundObjective]) -> bool:

@@ -2,8 +2,10 @@
 
 Every objective of the run counts, whatever the optimiser scalarised: a recipe
 is on the front if no other trial is at least as good on all objectives and
-better on one. Hypervolume is measured against the worst value seen per
-objective (so it compares fronts of the same run over time, not across runs).
+better on one. Hypervolume is measured from one reference point, the same for
+``evomerge front`` and MLflow: per objective, the value declared in the run
+config (``reference:``), else the worst value over the run's finished trials
+(which compares fronts of one run, not fronts of different runs).
 """
 
 from __future__ import annotations
@@ -28,11 +30,23 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
 
 
 def hypervolume(front: np.ndarray, reference: np.ndarray) -> float:
-    """Volume dominated by ``front`` (maximised) above ``reference``."""
+    """Volume dominated by ``front`` (maximised) above ``reference``; points not strictly better
+    than the reference on every objective add nothing."""
     from optuna._hypervolume import compute_hypervolume
 
+    pts = front[np.all(front > reference, axis=1)] if len(front) else front
+    if not len(pts):
+        return 0.0
     # Optuna's routine minimises: flip signs so both conventions agree.
-    return float(compute_hypervolume(-front, -reference))
+    return float(compute_hypervolume(-pts, -reference))
+
+
+def reference_point(points: np.ndarray, objectives: list[BoundObjective]) -> np.ndarray:
+    """The hypervolume reference in 'larger is better' form: each objective's declared
+    ``reference``, else the worst of ``points`` in that column."""
+    worst = points.min(axis=0)
+    return np.array([o.sign * o.reference if o.reference is not None else worst[i]
+                     for i, o in enumerate(objectives)], dtype=float)
 
 
 def objective_points(scores: list[dict[str, float]], objectives: list[BoundObjective]) -> np.ndarray:
@@ -49,6 +63,6 @@ def run_front(run_dir: Path) -> tuple[list[BoundObjective], list[TrialRecord], n
     front = points[mask]
     hv = None
     if len(unique) > 1:
-        hv = hypervolume(front, points.min(axis=0) - 1e-12)
+        hv = hypervolume(front, reference_point(points, unique))
     front_trials.sort(key=lambda t: -fitness(t.scores, objectives))
     return unique, front_trials, front, hv

@@ -29,6 +29,12 @@ class ObjectiveSpec(_Strict):
         description="The value is divided by this in the weighted sum, so objectives of different "
         "units (accuracy, layers, parameters) are summed on comparable scales.",
     )
+    reference: float | None = Field(
+        default=None,
+        description="The hypervolume's reference value for this objective, in its own units (a "
+        "value no useful recipe is worse than). Default: the worst value over the run's finished "
+        "trials, so `evomerge front` and MLflow agree but runs are not comparable.",
+    )
 
 
 class OptimizerSpec(_Strict):

@@ -115,7 +115,12 @@ class MLflowTracker:
                 f"{_TAG}objectives": ", ".join(
                     f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique),
                 f"{_TAG}fidelity_levels": json.dumps(list(self.config.levels())),
-                "mlflow.note.content": f"evomerge search in {self.run_dir}",
+                "mlflow.note.content": (
+                    f"evomerge search in {self.run_dir}. Metric `hypervolume`: while the search "
+                    "runs, each point is measured from a provisional reference (per objective, its "
+                    "declared `reference`, else the worst value seen so far); when the search ends "
+                    "it is recomputed from the run's reference (declared, else the worst value over "
+                    "all finished trials), the number `evomerge front` prints."),
             })
             self.parent_id = run.info.run_id
             atomic_write_text(state, json.dumps({"parent_run_id": self.parent_id, "tracking_uri": self.uri}))
@@ -250,7 +255,7 @@ class MLflowTracker:
         from mlflow.entities import Metric, RunTag
 
         from evomerge.search.controller import fitness
-        from evomerge.search.front import hypervolume, objective_points, pareto_mask
+        from evomerge.search.front import hypervolume, objective_points, pareto_mask, reference_point
 
         top = self._top_records(completions)
         if not top:
@@ -264,14 +269,14 @@ class MLflowTracker:
         if self.series_done < len(top):
             now = int(time.time() * 1000)
             metrics = []
-            ref = points[0] - 1e-9  # relative to the first recipe scored at the top level
             for i in range(self.series_done, len(top)):
                 best = max(fitness(r.scores, self.objectives) for r in top[: i + 1])
                 metrics.append(Metric("best_fitness", best, now, i + 1))
                 if len(self.unique) > 1:
+                    # Provisional: the reference is the worst value *so far* (unless declared);
+                    # `finish` logs the value with the run's final reference last.
                     pts = points[: i + 1]
-                    pts = pts[np.all(pts >= ref, axis=1)]  # only what improves on the reference counts
-                    hv = hypervolume(pts[pareto_mask(pts)], ref) if len(pts) else 0.0
+                    hv = hypervolume(pts[pareto_mask(pts)], reference_point(pts, self.unique))
                     metrics.append(Metric("hypervolume", hv, now, i + 1))
             for chunk in _chunks(metrics, 500):
                 self.client.log_batch(self.parent_id, metrics=chunk)
@@ -320,6 +325,19 @@ class MLflowTracker:
             "recipe": summaries,
         }
         front_only = {k: [v for v, m in zip(col, mask, strict=True) if m] for k, col in table.items()}
+        if len(self.unique) > 1:
+            from mlflow.entities import Metric, RunTag
+
+            from evomerge.search.front import hypervolume, reference_point
+
+            points = objective_points([r.scores for r in top], self.unique)
+            ref = reference_point(points, self.unique)
+            hv = hypervolume(points[mask], ref)
+            # Same step as the series' last point, later timestamp: MLflow shows this one.
+            self.client.log_batch(self.parent_id, metrics=[
+                Metric("hypervolume", hv, int(time.time() * 1000) + 1, len(top))],
+                tags=[RunTag(f"{_TAG}hypervolume_reference", json.dumps(
+                    {o.key: o.sign * float(v) for o, v in zip(self.unique, ref, strict=True)}))])
         self.client.log_table(self.parent_id, front_only, "front/front.json")
         self.client.log_table(self.parent_id, table, "front/all_trials.json")
         with tempfile.TemporaryDirectory() as tmp:

@@ -28,3 +28,17 @@ def test_hypervolume_of_a_staircase():
     # (1, 0) and (0, 1) span no area above the reference (0, 0); (0.5, 0.5) spans 0.25.
     assert abs(hypervolume(front, np.array([0.0, 0.0])) - 0.25) < 1e-12
     assert abs(hypervolume(np.array([[1.0, 1.0]]), np.array([0.0, 0.0])) - 1.0) < 1e-12
+
+
+def test_reference_point_is_declared_or_the_worst_value():
+    from evomerge.search.controller import BoundObjective
+    from evomerge.search.front import reference_point
+
+    pts = np.array([[0.2, -50.0], [0.6, -40.0]])  # accuracy (max), perplexity (min, sign-flipped)
+    acc, ppl = BoundObjective("a/acc", 1.0, 1.0), BoundObjective("t/perplexity", -1.0, 1.0)
+    assert reference_point(pts, [acc, ppl]).tolist() == [0.2, -50.0]
+    declared = [BoundObjective("a/acc", 1.0, 1.0, reference=0.0),
+                BoundObjective("t/perplexity", -1.0, 1.0, reference=100.0)]
+    assert reference_point(pts, declared).tolist() == [0.0, -100.0]  # in 'larger is better' form
+    # Points worse than a declared reference add nothing.
+    assert hypervolume(np.array([[0.5, -150.0]]), np.array([0.0, -100.0])) == 0.0

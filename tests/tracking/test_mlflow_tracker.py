@@ -148,3 +148,24 @@ def test_a_tracking_server_uri(tmp_path, zoo):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_front_and_mlflow_report_the_same_hypervolume(tmp_path, zoo, reference):
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+    from evomerge.search.front import run_front
+
+    objectives = [{"task": "addition_mc"}, {"task": "zoo_text"}]
+    if reference:
+        objectives = [{"task": "addition_mc", "reference": -0.1}, {"task": "zoo_text", "reference": 100.0}]
+    cfg = _config(tmp_path, zoo, objectives=objectives, budget={"trials": 5})
+    run_search(cfg, tmp_path / "run", log=lambda s: None)
+    _, _, _, hv = run_front(tmp_path / "run")
+    client, parents, _ = _runs(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}", "run")
+    assert parents[0].data.metrics["hypervolume"] == pytest.approx(hv, rel=1e-12, abs=0)
+    if reference:
+        assert hv > 0  # every trial beats the declared reference
+    out = CliRunner().invoke(app, ["front", str(tmp_path / "run")]).stdout
+    assert f"{hv:.4g}" in out
