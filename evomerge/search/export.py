@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -10,6 +12,9 @@ from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
 from evomerge.search.controller import best_trial, fitness, load_run
 from evomerge.search.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from evomerge.recipe import Recipe
 
 
 def export_trial(
@@ -31,14 +36,39 @@ def export_trial(
                 f"{' ...' if len(complete) > 20 else ''}."
             )
     recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.candidate}")
-    space_dir = Path(config.space).parent
-    merge_to_disk(recipe, out, device=device, force=force, search_dirs=[space_dir, run_dir])
-    card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives))
+    # The ledger keeps the recipe as searched (paths relative to the space file's folder, which
+    # its hash covers); the exported files get absolute paths, so they merge from any directory.
+    recipe = _absolute_model_paths(recipe, [Path(config.space).parent, run_dir])
+    merge_to_disk(recipe, out, device=device, force=force)
+    card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe)
     atomic_write_text(Path(out) / "README.md", card)
     return chosen.candidate, Path(out)
 
 
-def _card(run_dir: Path, t, config: RunConfig, fit: float) -> str:
+def _absolute_model_paths(recipe: Recipe, search_dirs: Sequence[Path]) -> Recipe:
+    """``recipe`` with every model reference (``model``, ``base_model``, top level and in slices,
+    and a ``tokenizer_source`` naming a model) resolved to an absolute path."""
+    from evomerge.merge.engine import resolve_model_path
+    from evomerge.recipe import Recipe
+
+    absolute = {
+        ref: str(resolve_model_path(ref, search_dirs).resolve())
+        for ref in recipe.referenced_models()
+    }
+    data = recipe.to_dict()
+    entries = [data, *(data.get("models") or [])]
+    for s in data.get("slices") or []:
+        entries += [s, *s["sources"]]
+    for entry in entries:
+        for key in ("model", "base_model"):
+            if key in entry:
+                entry[key] = absolute[entry[key]]
+    if data.get("tokenizer_source") in absolute:
+        data["tokenizer_source"] = absolute[data["tokenizer_source"]]
+    return Recipe.from_dict(data, "the exported recipe")
+
+
+def _card(run_dir: Path, t, config: RunConfig, fit: float, recipe: Recipe) -> str:
     fid = "all examples" if t.fidelity is None else f"{t.fidelity} examples per task"
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(t.scores.items()))
     return (
@@ -47,5 +77,5 @@ def _card(run_dir: Path, t, config: RunConfig, fit: float) -> str:
         f"Scores on the `{config.split}` split ({fid}); scalarised fitness {fit:.4f}.\n\n"
         f"| objective | value |\n| --- | ---: |\n{rows}\n\n"
         f"The recipe is `evomerge_recipe.yaml` (and `mergekit_config.yml` where mergekit can "
-        f"express it):\n\n```yaml\n{yaml.safe_dump(yaml.safe_load(t.recipe), sort_keys=False)}```\n"
+        f"express it):\n\n```yaml\n{yaml.safe_dump(recipe.to_dict(), sort_keys=False)}```\n"
     )

@@ -1,0 +1,98 @@
+"""`evomerge export` writes absolute model paths, so its two recipe files merge from any directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from evomerge.merge.engine import merge_to_disk
+from evomerge.recipe import Recipe
+from evomerge.search.controller import load_run, run_search
+from evomerge.search.export import export_trial
+from evomerge.testing import mini_zoo_config, run_mergekit
+from evomerge.zoo.build import build_zoo
+
+
+def _model_refs(data) -> list[str]:
+    """Every ``model:`` / ``base_model:`` value in a recipe or mergekit config, at any depth."""
+    if isinstance(data, dict):
+        own = [v for k, v in data.items() if k in ("model", "base_model")]
+        return own + [r for v in data.values() for r in _model_refs(v)]
+    if isinstance(data, list):
+        return [r for v in data for r in _model_refs(v)]
+    return []
+
+
+def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_exported_recipes_use_absolute_paths_and_merge_from_anywhere(tmp_path, monkeypatch):
+    build_zoo(tmp_path / "zoo", mini_zoo_config(), log=lambda s: None)
+    (tmp_path / "spaces").mkdir()
+    space = {  # relative to the space file's folder, as a user writes them
+        "base_model": "../zoo/base",
+        "models": ["../zoo/add", "../zoo/rev"],
+        "methods": ["task_arithmetic"],  # deterministic, and the same in mergekit
+        "parameters": {"weight": {"low": 0.2, "high": 1.0}},
+    }
+    (tmp_path / "spaces" / "space.yaml").write_text(yaml.safe_dump(space))
+    run = {
+        "space": "spaces/space.yaml",
+        "objectives": [{"task": "addition"}],
+        "optimizer": {"name": "random"},
+        "budget": {"trials": 2},
+        "fidelity": 4,
+        "tracking": {"enabled": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    run_dir = tmp_path / "run"
+    run_search(tmp_path / "run.yaml", run_dir, log=lambda s: None)
+
+    def ledger_hashes() -> list[tuple[int, str, str]]:
+        return [(t.candidate, t.recipe_hash, t.recipe) for t in load_run(run_dir)[2]]
+
+    before = ledger_hashes()
+    assert len(before) == 2
+    export = tmp_path / "export"
+    number, _ = export_trial(run_dir, export)
+
+    # (a) every model reference in both files is absolute and exists
+    zoo = (tmp_path / "zoo").resolve()
+    expected = {str(zoo / "base"), str(zoo / "add"), str(zoo / "rev")}
+    for name in ("mergekit_config.yml", "evomerge_recipe.yaml"):
+        refs = _model_refs(yaml.safe_load((export / name).read_text()))
+        assert set(refs) == expected, name
+        assert all(Path(r).is_absolute() and Path(r).is_dir() for r in refs), name
+    exported = _tensors(export)
+
+    # (b) mergekit's own merge, run from inside the export directory, gives the same tensors
+    config = yaml.safe_load((export / "mergekit_config.yml").read_text())
+    monkeypatch.chdir(export)
+    _assert_same(run_mergekit(config, tmp_path / "by_mergekit"), exported)
+
+    # (c) the exported evomerge recipe merges from another directory, with no search dirs
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    merge_to_disk(Recipe.load(export / "evomerge_recipe.yaml"), tmp_path / "by_evomerge")
+    _assert_same(_tensors(tmp_path / "by_evomerge"), exported)
+
+    # (d) the ledger is untouched: same hashes, recipes still as searched (relative paths)
+    assert ledger_hashes() == before
+    chosen = next(r for r in before if r[0] == number)
+    stored = Recipe.from_yaml(chosen[2])
+    assert stored.content_hash() == chosen[1]
+    assert "../zoo/add" in stored.referenced_models()
+    assert Recipe.load(export / "evomerge_recipe.yaml").content_hash() != chosen[1]
