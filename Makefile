@@ -28,9 +28,11 @@ quickstart: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/evomerge demo
 
-## The default test suite (fast, CPU, offline) and the linter.
+## The default test suite (fast, CPU, offline), the linter and the import contracts (layers,
+## no cycles: see README, Architecture).
 test: $(STAMP)
 	$(BIN)/ruff check evomerge tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 ## The real-browser test of the MLflow UI: Debian's Chromium driven by Playwright (installs both

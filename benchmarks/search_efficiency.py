@@ -50,7 +50,7 @@ class Trace:
 
 
 def _trace_from_ledger(name: str, seed: int, run_dir: Path, levels: list, sizes: dict, seconds: float) -> Trace:
-    from evomerge.search.ledger import Ledger
+    from evomerge.search.ledgers.sqlite import SQLiteLedger as Ledger
 
     ledger = Ledger(run_dir / "ledger.db")
     rows = ledger.completions()
@@ -79,7 +79,7 @@ def _space(compact: bool, zoo: Path) -> dict:
 def run_controller(
     optimizer: str, seed: int, budget: int, top: int, levels: list | None, zoo: Path, compact: bool = False
 ) -> Trace:
-    from evomerge.search.controller import run_search
+    from evomerge.run import run_search
 
     space = _space(compact, zoo)
     name = f"{optimizer}{'+MF' if levels else ''}{' (6 genes)' if compact else ''}"
@@ -113,7 +113,8 @@ def run_mergekit_evolve_style(seed: int, budget: int, top: int, zoo: Path) -> Tr
     import cma
 
     from evomerge.recipe import Recipe
-    from evomerge.search.executor import TaskSpec, Worker, WorkerSpec
+    from evomerge.search.executors import TaskSpec, WorkerSpec
+    from evomerge.search.executors.worker import Worker
 
     names = ["addition", "reversal", "sorting"]
     refs = {str(zoo / n): zoo / n for n in ["base", *names]}

@@ -371,7 +371,7 @@ def search(
     trials: Annotated[Optional[int], typer.Option(help="Override the trial budget.")] = None,
 ) -> None:
     """Search a space for merge recipes; progress on stderr, a summary on stdout."""
-    from evomerge.search.controller import run_search
+    from evomerge.run import run_search
     from evomerge.search.progress import ProgressPrinter
 
     try:
@@ -385,7 +385,7 @@ def search(
 
 
 def _print_search_result(result) -> None:
-    best = "none" if result.best_fitness is None else f"trial {result.best_number}, fitness {result.best_fitness:.4f}"
+    best = "none" if result.best_fitness is None else f"trial {result.best_trial}, fitness {result.best_fitness:.4f}"
     saved = ""
     if result.examples_at_top and result.examples_scored < result.examples_at_top:
         saved = (
@@ -393,9 +393,9 @@ def _print_search_result(result) -> None:
             f"{result.examples_at_top:.0f} ({1 - result.examples_scored / result.examples_at_top:.0%} saved)"
         )
     console.print(
-        f"{result.evaluated} trials evaluated in this session ({result.candidates} candidates in the run, "
-        f"{result.failed} failed, {result.duplicates} duplicates told from earlier results); best: {best}{saved}; "
-        f"ledger in {result.ledger}",
+        f"{result.evaluated} evaluations in this session ({result.trials} trials in the run, "
+        f"{result.failed} evaluations failed, {result.duplicates} duplicates told from earlier results); "
+        f"best: {best}{saved}; {result.ledger} ledger in {result.run_dir}",
         highlight=False,
     )
 
@@ -406,7 +406,7 @@ def resume(
     trials: Annotated[Optional[int], typer.Option(help="Raise the trial budget.")] = None,
 ) -> None:
     """Continue an interrupted search: finished trials are kept, never run again."""
-    from evomerge.search.controller import resume_search
+    from evomerge.run import resume_search
     from evomerge.search.progress import ProgressPrinter
 
     try:
@@ -456,8 +456,8 @@ def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     from evomerge.recipe import Recipe
 
     for t in trials:
-        summary = Recipe.from_yaml(t.recipe, f"trial {t.candidate}").summary()
-        table.add_row(str(t.candidate), *(f"{t.scores[o.key]:.4g}" for o in objectives), summary)
+        summary = Recipe.from_yaml(t.recipe, f"trial {t.trial}").summary()
+        table.add_row(str(t.trial), *(f"{t.scores[o.key]:.4g}" for o in objectives), summary)
     console.print(table)
     if hv is not None:
         console.print(f"hypervolume (reference: each objective's `reference:`, else its worst value "
@@ -501,17 +501,18 @@ def ui(
 @app.command()
 def track(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     """Log to MLflow whatever of a run's ledger is not there yet (after tracking failures)."""
-    from evomerge.search.controller import bind_objectives
-    from evomerge.search.ledger import find_ledger, open_ledger
-    from evomerge.search.run_config import RunConfig
+    from evomerge.config.run import RunConfig
+    from evomerge.search.ledgers import open_ledger
+    from evomerge.search.objectives import bind_objectives
+    from evomerge.search.rundir import RUN_FILE, has_run
     from evomerge.search.space import load_space
     from evomerge.tracking.mlflow_tracker import MLflowTracker
 
     try:
-        if find_ledger(run_dir) is None:
+        if not has_run(run_dir):
             raise EvomergeError(f"{run_dir} is not a search run (no ledger).")
-        config = RunConfig.load(run_dir / "run.yaml")
-        _, objectives = bind_objectives(config, run_dir / "run.yaml")
+        config = RunConfig.load(run_dir / RUN_FILE)
+        _, objectives = bind_objectives(config, run_dir / RUN_FILE)
         space = load_space(config.space)
     except EvomergeError as err:
         _fail(err)

@@ -21,10 +21,3 @@ class CheckpointError(EvomergeError):
 
 class OutputExistsError(EvomergeError):
     """The output directory exists and overwriting was not requested."""
-
-
-def field_problems(err) -> str:
-    """A pydantic ``ValidationError`` as ``field.path: message; ...`` for one-paragraph errors."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-    )

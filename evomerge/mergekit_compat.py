@@ -16,19 +16,7 @@ from typing import Any
 import yaml
 
 from evomerge.errors import EvomergeError
-from evomerge.recipe import Recipe
-
-# mergekit methods evomerge has not implemented yet (Recipe validation names them).
-MERGEKIT_ONLY_METHODS = (
-    "sce",
-    "karcher",
-    "multislerp",
-    "nearswap",
-    "arcee_fusion",
-    "ram",
-    "ramplus_tl",
-    "task_adapter",
-)
+from evomerge.recipe import RESIDUAL_WRITERS, Recipe
 
 
 class MergekitExportError(EvomergeError):
@@ -36,8 +24,6 @@ class MergekitExportError(EvomergeError):
 
 
 def to_mergekit(recipe: Recipe) -> dict[str, Any]:
-    from evomerge.merge.plan import RESIDUAL_WRITERS
-
     data = recipe.to_dict()
     data.pop("seed", None)
     for i, s in enumerate(data.get("slices") or []):

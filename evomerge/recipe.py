@@ -26,17 +26,18 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from evomerge.errors import RecipeError
+from evomerge.methods import MERGEKIT_ONLY_METHODS, METHODS
+from evomerge.validation import StrictModel, problems
 
 Scalar = Union[bool, int, float, str]
 
 
-class ConditionalParameter(BaseModel):
+class ConditionalParameter(StrictModel):
     """A parameter value that applies to tensors whose name contains ``filter``."""
 
-    model_config = ConfigDict(extra="forbid")
     value: Union[Scalar, list[Scalar]]
     filter: str | None = None
 
@@ -67,6 +68,8 @@ _UNSUPPORTED_TOP = {
 _UNSUPPORTED_SLICE = {
     "residual_weight": "express the mix as a merge of the slice's sources instead",
 }
+# Tensors through which a layer writes into the residual stream: a slice's `scale` multiplies these.
+RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "c_proj", "fc2", "dense_4h_to_h")
 
 
 def _canonical_dtype(value: str | None, field: str) -> str | None:
@@ -80,18 +83,14 @@ def _canonical_dtype(value: str | None, field: str) -> str | None:
         ) from None
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class ModelSource(_Strict):
+class ModelSource(StrictModel):
     """A whole model in a parameter-space merge, with its per-model parameters."""
 
     model: str
     parameters: Parameters | None = None
 
 
-class SliceSource(_Strict):
+class SliceSource(StrictModel):
     """A range of layers ``[start, end)`` of one model."""
 
     model: str
@@ -112,7 +111,7 @@ class SliceSource(_Strict):
         return self.layer_range[1] - self.layer_range[0]
 
 
-class Slice(_Strict):
+class Slice(StrictModel):
     """One step of a layer-space path: copied from one source or merged from several."""
 
     sources: list[SliceSource] = Field(min_length=1)
@@ -147,7 +146,7 @@ class Slice(_Strict):
         return self.sources[0].num_layers
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """One merge. Load with ``Recipe.from_yaml``/``Recipe.load``; hash with ``content_hash``."""
 
     merge_method: str
@@ -173,8 +172,6 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
-        from evomerge.merge import METHODS  # local: keeps `import evomerge.recipe` light
-
         if (self.models is None) == (self.slices is None) or not (self.models or self.slices):
             raise ValueError(
                 "a recipe needs exactly one of `models:` (parameter space) or `slices:` (layer space)."
@@ -186,8 +183,6 @@ class Recipe(_Strict):
                 "tokenizer_source 'union' needs vocabulary surgery, which evomerge does not implement yet; "
                 "use 'base' or a model path."
             )
-        from evomerge.mergekit_compat import MERGEKIT_ONLY_METHODS
-
         for method in self.methods_used():
             if method in MERGEKIT_ONLY_METHODS:
                 raise ValueError(
@@ -262,7 +257,7 @@ class Recipe(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise RecipeError(f"{source} is not a valid recipe: {_explain(err)}") from err
+            raise RecipeError(f"{source} is not a valid recipe: {problems(err, _UNION_TAGS)}.") from err
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "recipe") -> Recipe:
@@ -296,24 +291,5 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def _explain(err: ValidationError) -> str:
-    """Turn pydantic's report into one sentence per problem, naming the field path."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p)) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
-        parts.append(f"field `{loc}`: {msg}")
-    # Union members each report the same bad value; keep the first of each location.
-    seen: dict[str, str] = {}
-    for p in parts:
-        seen.setdefault(p.split(":")[0], p)
-    return "; ".join(seen.values())
-
-
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and (
-        part.startswith(("list[", "dict[", "tuple[", "function-"))
-        or part in {"bool", "int", "float", "str", "ConditionalParameter"}
-    )
+# Union members pydantic names in error locations (not fields).
+_UNION_TAGS = frozenset({"ConditionalParameter"})

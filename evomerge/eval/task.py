@@ -13,8 +13,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from evomerge.errors import EvomergeError, field_problems
+from evomerge.errors import EvomergeError
 from evomerge.eval.base import EVALUATORS, Evaluator
+from evomerge.validation import problems
 
 SPLITS = ("search", "test")
 
@@ -97,8 +98,7 @@ def load_task(
     try:
         config = cls.Config.model_validate(raw)
     except ValidationError as e:
-        problems = field_problems(e)
-        raise TaskConfigError(f"{path}: invalid {raw['type']} task config: {problems}.") from None
+        raise TaskConfigError(f"{path}: invalid {raw['type']} task config: {problems(e)}.") from None
     evaluator = cls(config, name=config.name or path.stem, split=split, root=path.parent)
     if validate:
         evaluator.validate()

@@ -1,16 +1,9 @@
 """Merge methods (pure tensor functions, one module each) and the engines that apply recipes.
 
-Importing this package registers the built-in methods.
+A method's module is imported when the method is first asked for by name
+(``get_method``, ``METHODS.get``): ``evomerge.methods`` lists which module holds each.
 """
 
-from evomerge.merge import (  # noqa: F401  (each module registers its methods)
-    linear,
-    model_stock,
-    nuslerp,
-    passthrough,
-    slerp,
-    task_arithmetic,
-)
 from evomerge.merge.registry import (
     METHODS,
     BasePolicy,

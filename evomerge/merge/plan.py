@@ -29,12 +29,17 @@ from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import TensorSource
 from evomerge.io.writer import TensorSpec
 from evomerge.merge.registry import BasePolicy, MethodSpec, Param, TensorGroup, get_method
-from evomerge.recipe import ConditionalParameter, Parameters, Recipe, Slice, SliceSource
+from evomerge.recipe import (
+    RESIDUAL_WRITERS,
+    ConditionalParameter,
+    Parameters,
+    Recipe,
+    Slice,
+    SliceSource,
+)
 
 _LAYER = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
 _PRE_MARKERS = ("embed", "wte", "wpe")
-# Tensors through which a layer writes into the residual stream: a slice's `scale` multiplies these.
-RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "c_proj", "fc2", "dense_4h_to_h")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 TORCH_DTYPES = {
     "float32": torch.float32,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from evomerge.registry import Registry
+from evomerge.methods import METHODS
 
 
 class BasePolicy(str, Enum):
@@ -108,7 +108,7 @@ class MethodSpec:
         return [p for p in self.params if p.scope is Scope.PER_MODEL]
 
 
-METHODS: Registry[MethodSpec] = Registry("merge method")
+# METHODS (evomerge.methods) is the catalogue by name; a method's module fills in its spec.
 
 
 def merge_method(

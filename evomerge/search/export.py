@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from evomerge.config.run import RunConfig
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
-from evomerge.search.controller import best_trial, fitness, load_run
-from evomerge.search.run_config import RunConfig
+from evomerge.search.objectives import best_evaluation, fitness
+from evomerge.search.rundir import load_run
 
 if TYPE_CHECKING:
     from evomerge.recipe import Recipe
@@ -26,23 +27,23 @@ def export_trial(
 
     config, objectives, complete = load_run(run_dir)
     if trial is None:
-        chosen = best_trial(complete, objectives)
+        chosen = best_evaluation(complete, objectives)
     else:
-        chosen = next((t for t in complete if t.candidate == trial), None)
+        chosen = next((t for t in complete if t.trial == trial), None)
         if chosen is None:
-            numbers = ", ".join(str(t.candidate) for t in complete[:20])
+            numbers = ", ".join(str(t.trial) for t in complete[:20])
             raise EvomergeError(
                 f"Trial {trial} is not a complete trial of {run_dir}; complete ones: {numbers}"
                 f"{' ...' if len(complete) > 20 else ''}."
             )
-    recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.candidate}")
+    recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.trial}")
     # The ledger keeps the recipe as searched (paths relative to the space file's folder, which
     # its hash covers); the exported files get absolute paths, so they merge from any directory.
     recipe = _absolute_model_paths(recipe, [Path(config.space).parent, run_dir])
     merge_to_disk(recipe, out, device=device, force=force)
     card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe)
     atomic_write_text(Path(out) / "README.md", card)
-    return chosen.candidate, Path(out)
+    return chosen.trial, Path(out)
 
 
 def _absolute_model_paths(recipe: Recipe, search_dirs: Sequence[Path]) -> Recipe:
@@ -72,7 +73,7 @@ def _card(run_dir: Path, t, config: RunConfig, fit: float, recipe: Recipe) -> st
     fid = "all examples" if t.fidelity is None else f"{t.fidelity} examples per task"
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(t.scores.items()))
     return (
-        f"# Merged model: trial {t.candidate} of an evomerge search\n\n"
+        f"# Merged model: trial {t.trial} of an evomerge search\n\n"
         f"Found by `evomerge search` ({config.optimizer.name}, seed {config.seed}) in `{run_dir}`. "
         f"Scores on the `{config.split}` split ({fid}); scalarised fitness {fit:.4f}.\n\n"
         f"| objective | value |\n| --- | ---: |\n{rows}\n\n"

@@ -1,6 +1,6 @@
 """Successive halving over the evaluators' fidelity levels.
 
-A bracket takes a batch of candidates (for CMA-ES, its generation), scores all
+A bracket takes a batch of trials (for CMA-ES, its generation), scores all
 of them at the lowest level (e.g. 32 examples per task), keeps the best
 ``1/eta`` of them for the next level, and so on up to the top level (all
 examples). The optimiser is then told each candidate's score at the highest
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evomerge.search.pareto import pareto_rank
+
 
 @dataclass(frozen=True)
 class Rungs:
@@ -32,14 +34,16 @@ class Rungs:
         return full if level is None else min(level, full)
 
     def promoted(self, n: int) -> int:
-        """How many of ``n`` scored candidates go up one level."""
+        """How many of ``n`` scored trials go up one level."""
         return max(1, math.floor(n / self.eta)) if n else 0
 
 
 @dataclass
-class Candidate:
-    id: int  # the optimiser's suggestion id
-    number: int  # order of proposal in this run
+class Trial:
+    """A candidate recipe: what the CLI, the front and MLflow call a trial."""
+
+    suggestion: int  # the optimiser's id for it (what ``tell`` is given)
+    number: int  # the trial number: order of proposal in this run
     x: np.ndarray
     recipe: object
     digest: str
@@ -52,14 +56,14 @@ class Candidate:
 
 
 class Bracket:
-    """One round of successive halving over ``candidates``."""
+    """One round of successive halving over ``trials``."""
 
-    def __init__(self, candidates: list[Candidate], rungs: Rungs, start: int = 0) -> None:
-        self.candidates = candidates
+    def __init__(self, trials: list[Trial], rungs: Rungs, start: int = 0) -> None:
+        self.trials = trials
         self.rungs = rungs
         self.rung = start
         self.improved = False  # whether it raised the search's best (for patience)
-        self.active = list(candidates)  # those scored at the current rung
+        self.active = list(trials)  # those scored at the current rung
         self.done = False
 
     @property
@@ -69,8 +73,8 @@ class Bracket:
     def rung_complete(self) -> bool:
         return all(self.rung in c.scores for c in self.active)
 
-    def advance(self, rank_key: Callable[[dict[str, float]], Sequence[float]]) -> list[Candidate]:
-        """Close the current rung; returns the candidates promoted (empty: the bracket is done)."""
+    def advance(self, rank_key: Callable[[dict[str, float]], Sequence[float]]) -> list[Trial]:
+        """Close the current rung; returns the trials promoted (empty: the bracket is done)."""
         alive = [c for c in self.active if c.scores[self.rung] is not None]
         if self.rung + 1 >= len(self.rungs.levels) or not alive:
             self.done = True
@@ -104,25 +108,6 @@ def rank(items: list, points: list[Sequence[float]]) -> list[int]:
     The first value is the scalarised fitness; the rest are the objectives.
     """
     pts = np.array([p[1:] if len(p) > 1 else p for p in points], dtype=float)
-    ranks = _pareto_rank(pts)
+    ranks = pareto_rank(pts)
     order_key = [(-ranks[i], points[i][0], -i) for i in range(len(items))]
     return sorted(range(len(items)), key=lambda i: order_key[i], reverse=True)
-
-
-def _pareto_rank(points: np.ndarray) -> list[int]:
-    """0 for the non-dominated, 1 for those only they dominate, and so on."""
-    remaining = list(range(len(points)))
-    ranks = [0] * len(points)
-    level = 0
-    while remaining:
-        sub = points[remaining]
-        front = []
-        for j, i in enumerate(remaining):
-            dominated = np.any(np.all(sub >= sub[j], axis=1) & np.any(sub > sub[j], axis=1))
-            if not dominated:
-                front.append(i)
-        for i in front:
-            ranks[i] = level
-        remaining = [i for i in remaining if i not in front]
-        level += 1
-    return ranks

@@ -1,8 +1,24 @@
-"""A live one-line report per finished candidate: done, in flight, best, front, ETA."""
+"""A live one-line report per finished trial: done, in flight, best, front, ETA."""
 
 from __future__ import annotations
 
-from evomerge.search.controller import Progress
+from dataclasses import dataclass
+
+
+@dataclass
+class Progress:
+    """What a live display shows after each completion."""
+
+    trials: int
+    budget: int
+    evaluations: int
+    in_flight: int
+    best_fitness: float | None
+    best_trial: int | None
+    front_size: int
+    elapsed: float
+    eta: float | None
+    message: str = ""
 
 
 def _clock(seconds: float | None) -> str:
@@ -13,10 +29,10 @@ def _clock(seconds: float | None) -> str:
 
 
 def format_progress(p: Progress) -> str:
-    best = "-" if p.best_fitness is None else f"{p.best_fitness:.4f} (trial {p.best_number})"
+    best = "-" if p.best_fitness is None else f"{p.best_fitness:.4f} (trial {p.best_trial})"
     width = len(str(p.budget))
     return (
-        f"[{p.candidates:>{width}}/{p.budget}] {p.evaluations} evaluations, {p.in_flight} in flight | "
+        f"[{p.trials:>{width}}/{p.budget}] {p.evaluations} evaluations, {p.in_flight} in flight | "
         f"best {best} | front {p.front_size} | {_clock(p.elapsed)} elapsed, ETA {_clock(p.eta)}"
     )
 

@@ -3,6 +3,6 @@
 ``import evomerge.tracking`` is light; MLflow is imported when a tracker starts.
 """
 
-from evomerge.tracking.config import TrackingConfig, tracking_uri
+from evomerge.config.tracking import TrackingConfig, tracking_uri
 
 __all__ = ["TrackingConfig", "tracking_uri"]

@@ -2,7 +2,7 @@
 
 The ledger is the record of truth; the tracker copies what it has not copied
 yet. After each completion the controller calls ``sync``: every finished
-evaluation not yet in MLflow is logged (a child run per candidate, created at
+evaluation not yet in MLflow is logged (a child run per trial, created at
 its first evaluation; one metric per objective with the fidelity as the step;
 recipe and mergekit YAML as artifacts), Pareto tags are updated for trials
 whose membership changed, and the parent gets best-so-far and hypervolume
@@ -28,9 +28,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from evomerge.config.tracking import TrackingConfig, tracking_uri
 from evomerge.io.atomic import atomic_write_text
-from evomerge.search.ledger import TrialRecord
-from evomerge.tracking.config import TrackingConfig, tracking_uri
+from evomerge.search.ledgers import EvaluationRecord
+from evomerge.search.objectives import fitness, unique_objectives
+from evomerge.search.pareto import hypervolume, objective_points, pareto_mask, reference_point
+from evomerge.search.rundir import top_rung
 
 STATE_FILE = "tracking.json"  # the parent run's id, next to the ledger
 _TAG = "evomerge."
@@ -55,8 +58,6 @@ class MLflowTracker:
         self.run_dir = Path(run_dir).resolve()
         self.config = config
         self.objectives = objectives
-        from evomerge.search.controller import top_rung, unique_objectives
-
         self.unique = unique_objectives(objectives)
         self.top = top_rung(config)
         self.genes = genes  # the space's genes: params show decoded values, not cube coordinates
@@ -69,12 +70,12 @@ class MLflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.parent_id: str | None = None
-        self.children: dict[int, str] = {}  # candidate -> child run id
-        self.logged: set[int] = set()  # ledger numbers already in MLflow
-        self.pareto: dict[int, bool] = {}  # candidate -> its pareto tag in MLflow
+        self.children: dict[int, str] = {}  # trial -> child run id
+        self.logged: set[int] = set()  # evaluation ids already in MLflow
+        self.pareto: dict[int, bool] = {}  # trial -> its pareto tag in MLflow
         self.series_done = 0  # top-level results already in the parent's series
-        self.child_evals: dict[int, list[int]] = {}  # candidate -> ledger numbers logged on it
-        self.ready: set[int] = set()  # candidates whose child has its params and artifacts
+        self.child_evals: dict[int, list[int]] = {}  # trial -> evaluation ids logged on it
+        self.ready: set[int] = set()  # trials whose child has its params and artifacts
         self.failures = 0
         self.parent_ready = False
         self._next_try = 0.0
@@ -152,7 +153,8 @@ class MLflowTracker:
             )
             for run in page:
                 tags = run.data.tags
-                cand = int(tags[f"{_TAG}candidate"])
+                # `evomerge.candidate`: the tag's name before trials were called trials.
+                cand = int(tags.get(f"{_TAG}trial", tags.get(f"{_TAG}candidate")))
                 self.children[cand] = run.info.run_id
                 numbers = [int(n) for n in tags.get(f"{_TAG}evaluations", "").split(",") if n]
                 self.child_evals[cand] = numbers
@@ -170,14 +172,14 @@ class MLflowTracker:
 
     # -- syncing -----------------------------------------------------------------------
 
-    def sync(self, completions: list[TrialRecord], *, force: bool = False) -> bool:
+    def sync(self, completions: list[EvaluationRecord], *, force: bool = False) -> bool:
         """Copy what is missing; returns whether MLflow is now up to date."""
         if not force and time.monotonic() < self._next_try:
             return False
         try:
             self._connect()
             for rec in completions:
-                if rec.number not in self.logged:
+                if rec.id not in self.logged:
                     self._log_evaluation(rec)
             self._update_front(completions)
             self._warned = False
@@ -194,22 +196,22 @@ class MLflowTracker:
                 self._warned = True
             return False
 
-    def _log_evaluation(self, rec: TrialRecord) -> None:
+    def _log_evaluation(self, rec: EvaluationRecord) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         from evomerge.recipe import Recipe
 
         now = int(time.time() * 1000)
-        child = self.children.get(rec.candidate)
-        recipe = Recipe.from_yaml(rec.recipe, f"trial {rec.candidate}")
+        child = self.children.get(rec.trial)
+        recipe = Recipe.from_yaml(rec.recipe, f"trial {rec.trial}")
         if child is None:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{rec.candidate:04d}",
-                tags={"mlflow.parentRunId": self.parent_id, f"{_TAG}candidate": str(rec.candidate),
+                self.experiment_id, run_name=f"trial-{rec.trial:04d}",
+                tags={"mlflow.parentRunId": self.parent_id, f"{_TAG}trial": str(rec.trial),
                       "recipe_hash": rec.recipe_hash[:16]},
             )
-            child = self.children[rec.candidate] = run.info.run_id  # known at once: never a second child
-        if rec.candidate not in self.ready:
+            child = self.children[rec.trial] = run.info.run_id  # known at once: never a second child
+        if rec.trial not in self.ready:
             params = [Param("recipe", recipe.summary()[:6000]), Param("merge_method", recipe.merge_method)]
             params += [Param(_param_key(f"gene.{g.name}"), _gene_value(g, u))
                        for g, u in zip(self.genes, rec.genome, strict=False)]
@@ -226,15 +228,13 @@ class MLflowTracker:
                     (Path(tmp) / "mergekit_config.txt").write_text(f"not expressible in mergekit: {e}\n")
                 self.client.log_artifacts(child, tmp, "recipe")
             self.client.set_tag(child, f"{_TAG}ready", "1")
-            self.ready.add(rec.candidate)
+            self.ready.add(rec.trial)
         step = rec.fidelity or 0  # examples per task; 0 = all
         metrics = []
         if rec.scores:
-            from evomerge.search.controller import fitness
-
             metrics = [Metric(k, float(v), now, step) for k, v in rec.scores.items()]
             metrics.append(Metric("fitness", fitness(rec.scores, self.objectives), now, step))
-        done = [*self.child_evals.get(rec.candidate, []), rec.number]
+        done = [*self.child_evals.get(rec.trial, []), rec.id]
         tags = [
             RunTag("state", rec.state),
             RunTag("fidelity_reached", "all" if rec.fidelity is None else str(rec.fidelity)),
@@ -245,17 +245,15 @@ class MLflowTracker:
             tags.append(RunTag("error", rec.error[:5000]))
         self.client.log_batch(child, metrics=metrics, tags=tags)
         self.client.set_terminated(child, "FINISHED" if rec.state == "complete" else "FAILED")
-        self.logged.add(rec.number)
-        self.child_evals[rec.candidate] = done
+        self.logged.add(rec.id)
+        self.child_evals[rec.trial] = done
 
-    def _top_records(self, completions: list[TrialRecord]) -> list[TrialRecord]:
+    def _top_records(self, completions: list[EvaluationRecord]) -> list[EvaluationRecord]:
         return [r for r in completions if r.rung == self.top and r.scores]
 
-    def _update_front(self, completions: list[TrialRecord]) -> None:
+    def _update_front(self, completions: list[EvaluationRecord]) -> None:
         from mlflow.entities import Metric, RunTag
 
-        from evomerge.search.controller import fitness
-        from evomerge.search.front import hypervolume, objective_points, pareto_mask, reference_point
 
         top = self._top_records(completions)
         if not top:
@@ -263,9 +261,9 @@ class MLflowTracker:
         points = objective_points([r.scores for r in top], self.unique)
         mask = pareto_mask(points)
         for r, on in zip(top, mask, strict=True):
-            if self.pareto.get(r.candidate) != bool(on) and r.candidate in self.children:
-                self.client.set_tag(self.children[r.candidate], "pareto", "true" if on else "false")
-                self.pareto[r.candidate] = bool(on)
+            if self.pareto.get(r.trial) != bool(on) and r.trial in self.children:
+                self.client.set_tag(self.children[r.trial], "pareto", "true" if on else "false")
+                self.pareto[r.trial] = bool(on)
         if self.series_done < len(top):
             now = int(time.time() * 1000)
             metrics = []
@@ -288,7 +286,7 @@ class MLflowTracker:
 
     # -- the end of a search -----------------------------------------------------------
 
-    def finish(self, completions: list[TrialRecord], status: str = "FINISHED") -> bool:
+    def finish(self, completions: list[EvaluationRecord], status: str = "FINISHED") -> bool:
         """Final sync, then the front table and plots on the parent run (``status``: KILLED when
         the search was interrupted)."""
         if not self.sync(completions, force=True):
@@ -303,10 +301,8 @@ class MLflowTracker:
                      f"`evomerge track {self.run_dir}` tries again")
             return False
 
-    def _log_front(self, completions: list[TrialRecord]) -> None:
+    def _log_front(self, completions: list[EvaluationRecord]) -> None:
         from evomerge.recipe import Recipe
-        from evomerge.search.controller import fitness
-        from evomerge.search.front import objective_points, pareto_mask
         from evomerge.tracking.plots import front_html, front_png
 
         top = self._top_records(completions)
@@ -314,11 +310,11 @@ class MLflowTracker:
             return
         values = np.array([[r.scores[o.key] for o in self.unique] for r in top])  # own units, for the plots
         mask = pareto_mask(objective_points([r.scores for r in top], self.unique))
-        labels = [f"t{r.candidate}" for r in top]
+        labels = [f"t{r.trial}" for r in top]
         names = [f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique]
         summaries = [Recipe.from_yaml(r.recipe).summary() for r in top]
         table = {
-            "trial": [r.candidate for r in top],
+            "trial": [r.trial for r in top],
             **{o.key: [float(r.scores[o.key]) for r in top] for o in self.unique},
             "fitness": [fitness(r.scores, self.objectives) for r in top],
             "pareto": [bool(m) for m in mask],
@@ -327,8 +323,6 @@ class MLflowTracker:
         front_only = {k: [v for v, m in zip(col, mask, strict=True) if m] for k, col in table.items()}
         if len(self.unique) > 1:
             from mlflow.entities import Metric, RunTag
-
-            from evomerge.search.front import hypervolume, reference_point
 
             points = objective_points([r.scores for r in top], self.unique)
             ref = reference_point(points, self.unique)
@@ -371,7 +365,7 @@ class BackgroundTracker:
     them in order. ``close`` waits for it, then logs the front.
     """
 
-    def __init__(self, tracker: MLflowTracker, records: list[TrialRecord]) -> None:
+    def __init__(self, tracker: MLflowTracker, records: list[EvaluationRecord]) -> None:
         import threading
 
         self.tracker = tracker
@@ -383,12 +377,12 @@ class BackgroundTracker:
         self._thread.start()
         self._wake.set()
 
-    def add(self, record: TrialRecord) -> None:
+    def add(self, record: EvaluationRecord) -> None:
         with self._lock:
             self._records.append(record)
         self._wake.set()
 
-    def _snapshot(self) -> list[TrialRecord]:
+    def _snapshot(self) -> list[EvaluationRecord]:
         with self._lock:
             return list(self._records)
 

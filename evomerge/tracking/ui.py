@@ -20,8 +20,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def store_of(run_dir: Path) -> str:
     """The tracking URI a run logged to (its run.yaml, else its own mlflow.db)."""
-    from evomerge.search.run_config import RunConfig
-    from evomerge.tracking.config import tracking_uri
+    from evomerge.config.run import RunConfig
+    from evomerge.config.tracking import tracking_uri
 
     config_path = Path(run_dir) / "run.yaml"
     if not config_path.is_file():

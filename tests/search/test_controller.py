@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.errors import EvomergeError
-from evomerge.search.controller import run_search
-from evomerge.search.ledger import Ledger
+from evomerge.run import run_search
+from evomerge.search.ledgers.sqlite import SQLiteLedger as Ledger
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
 
@@ -45,10 +45,10 @@ def test_search_records_every_trial(tmp_path, zoo):
     result = run_search(cfg, tmp_path / "out", log=lambda s: None)
     assert result.evaluated == 5 and result.failed == 0
     ledger = Ledger(tmp_path / "out" / "ledger.db")
-    rows = ledger.trials("complete")
+    rows = ledger.evaluations("complete")
     assert len(rows) == 5 and len({r.recipe_hash for r in rows}) == 5
     assert set(rows[0].scores) == {"addition/exact_match", "cost/params", "cost/layers", "cost/bytes"}
-    assert result.best_number in {r.candidate for r in rows}
+    assert result.best_trial in {r.trial for r in rows}
     with pytest.raises(EvomergeError, match="already holds a run"):
         run_search(cfg, tmp_path / "out", log=lambda s: None)
 
@@ -62,7 +62,7 @@ def test_identical_recipes_are_evaluated_once(tmp_path, zoo):
     cfg.write_text(yaml.safe_dump(cfg_data))
     result = run_search(cfg, tmp_path / "out", log=lambda s: None)
     assert result.evaluated == 2 and result.duplicates > 0
-    assert len(Ledger(tmp_path / "out" / "ledger.db").trials()) == result.evaluated
+    assert len(Ledger(tmp_path / "out" / "ledger.db").evaluations()) == result.evaluated
 
 
 def test_test_split_fitness_is_refused(tmp_path, zoo):
@@ -76,7 +76,7 @@ def test_search_cli(tmp_path, zoo):
     cfg = _run(tmp_path, zoo, budget={"trials": 2})
     res = CliRunner().invoke(app, ["search", str(cfg), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert "2 trials evaluated" in res.stdout
+    assert "2 evaluations in this session" in res.stdout
     res = CliRunner().invoke(app, ["search", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "p")])
     assert res.exit_code == 2
 
@@ -89,12 +89,12 @@ def test_bad_optimizer_options_fail_before_compute(tmp_path, zoo):
 
 
 def _hashes(run_dir):
-    return [t.recipe_hash for t in Ledger(run_dir / "ledger.db").trials("complete")]
+    return [t.recipe_hash for t in Ledger(run_dir / "ledger.db").evaluations("complete")]
 
 
 @pytest.mark.parametrize("optimizer", ["cmaes", "tpe"])
 def test_resume_continues_the_same_trajectory(tmp_path, zoo, optimizer):
-    from evomerge.search.controller import resume_search
+    from evomerge.run import resume_search
 
     cfg = _run(tmp_path, zoo, optimizer={"name": optimizer, "options": {"popsize": 4} if optimizer == "cmaes" else {}},
                budget={"trials": 6})
@@ -143,11 +143,11 @@ def test_export_writes_the_best_trial_as_a_model(tmp_path, zoo):
     result = run_search(cfg, tmp_path / "run", log=lambda s: None)
     res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "m")])
     assert res.exit_code == 0, res.output
-    assert f"trial {result.best_number}" in res.stdout
+    assert f"trial {result.best_trial}" in res.stdout
     out = tmp_path / "m"
     assert (out / "evomerge_recipe.yaml").is_file() and (out / "mergekit_config.yml").is_file()
     card = (out / "README.md").read_text()
-    assert "addition/exact_match" in card and f"trial {result.best_number}" in card
+    assert "addition/exact_match" in card and f"trial {result.best_trial}" in card
     AutoModelForCausalLM.from_pretrained(out)
     res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--trial", "99", "--out", str(tmp_path / "n")])
     assert res.exit_code == 2 and "complete ones" in res.output
@@ -170,8 +170,8 @@ def test_front_cli_lists_non_dominated_trials(tmp_path, zoo):
 
 
 def test_a_task_with_two_objectives_is_scored_once(tmp_path, zoo):
-    from evomerge.search.controller import bind_objectives
-    from evomerge.search.run_config import RunConfig
+    from evomerge.config.run import RunConfig
+    from evomerge.search.objectives import bind_objectives
 
     cfg = _run(tmp_path, zoo, objectives=[{"task": "cost", "metric": "params"}, {"task": "cost", "metric": "layers"}])
     tasks, objectives = bind_objectives(RunConfig.load(cfg), cfg)
@@ -183,7 +183,7 @@ def test_a_task_with_two_objectives_is_scored_once(tmp_path, zoo):
 
 
 def _rows(run_dir, state="complete"):
-    return Ledger(run_dir / "ledger.db").trials(state)
+    return Ledger(run_dir / "ledger.db").evaluations(state)
 
 
 MF = {"levels": [2, 4, 8], "eta": 2, "bracket": 4}
@@ -198,18 +198,18 @@ def test_successive_halving_promotes_the_best_and_saves_cost(tmp_path, zoo):
     assert [len(by_rung[r]) for r in range(3)] == [8, 4, 2]  # 2 brackets of 4: 4 -> 2 -> 1 each
     assert {t.fidelity for t in by_rung[1]} == {4} and {t.fidelity for t in by_rung[2]} == {8}
     for bracket in (range(0, 4), range(4, 8)):  # promoted = the best half at rung 0
-        scored = sorted((t for t in by_rung[0] if t.candidate in bracket),
-                        key=lambda t: (-t.scores["reversal/exact_match"], t.candidate))
-        promoted = {t.candidate for t in by_rung[1] if t.candidate in bracket}
-        assert promoted == {t.candidate for t in scored[:2]}
-    assert result.candidates == 8
+        scored = sorted((t for t in by_rung[0] if t.trial in bracket),
+                        key=lambda t: (-t.scores["reversal/exact_match"], t.trial))
+        promoted = {t.trial for t in by_rung[1] if t.trial in bracket}
+        assert promoted == {t.trial for t in scored[:2]}
+    assert result.trials == 8
     # 8 x 2 + 4 x 4 + 2 x 8 examples instead of 8 x 8.
     assert result.examples_scored == 48 and result.examples_at_top == 64
-    assert result.best_number in {t.candidate for t in by_rung[2]}
+    assert result.best_trial in {t.trial for t in by_rung[2]}
 
 
 def test_multi_fidelity_resume_replays_to_the_same_trajectory(tmp_path, zoo):
-    from evomerge.search.controller import resume_search
+    from evomerge.run import resume_search
 
     cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 12},
                optimizer={"name": "cmaes", "options": {"popsize": 4}})
@@ -217,13 +217,13 @@ def test_multi_fidelity_resume_replays_to_the_same_trajectory(tmp_path, zoo):
     run_search(cfg, tmp_path / "split", trials=4, log=lambda s: None)
     first = _hashes(tmp_path / "split")
     result = resume_search(tmp_path / "split", log=lambda s: None)
-    assert result.candidates == 12 and result.evaluated == len(_hashes(tmp_path / "whole")) - len(first)
+    assert result.trials == 12 and result.evaluated == len(_hashes(tmp_path / "whole")) - len(first)
     whole = [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "whole")]
     assert [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "split")] == whole
 
 
 def test_a_pool_of_worker_processes_runs_the_search(tmp_path, zoo):
-    from evomerge.search.controller import resume_search
+    from evomerge.run import resume_search
 
     cfg = _run(tmp_path, zoo, optimizer={"name": "cmaes", "options": {"popsize": 4}},
                budget={"trials": 8}, executor={"workers": 2, "torch_threads": 1})
@@ -238,20 +238,19 @@ def test_a_pool_of_worker_processes_runs_the_search(tmp_path, zoo):
 
 
 def test_multi_objective_optimisers_are_told_every_objective(tmp_path, zoo):
-    from evomerge.search.controller import prepare
-    from evomerge.search.run_config import RunConfig
+    from evomerge.config.run import RunConfig
+    from evomerge.run import prepare
 
     cfg = _run(tmp_path, zoo, optimizer={"name": "nsga2"})
-    *_, optimizer, _ = prepare(RunConfig.load(cfg), cfg)
-    assert optimizer.n_objectives == 2
+    assert prepare(RunConfig.load(cfg), cfg).optimizer.n_objectives == 2
     cfg = _run(tmp_path, zoo, optimizer={"name": "nsga2"}, scalarization="weighted_sum")
-    assert prepare(RunConfig.load(cfg), cfg)[3].n_objectives == 1
+    assert prepare(RunConfig.load(cfg), cfg).optimizer.n_objectives == 1
     cfg = _run(tmp_path, zoo, optimizer={"name": "cmaes"}, scalarization="pareto")
     with pytest.raises(EvomergeError, match="multi-objective optimiser"):
         prepare(RunConfig.load(cfg), cfg)
     cfg = _run(tmp_path, zoo, optimizer={"name": "tpe"}, budget={"trials": 4})
     result = run_search(cfg, tmp_path / "mo", log=lambda s: None)
-    assert result.candidates == 4 and len(_rows(tmp_path / "mo")) == 4
+    assert result.trials == 4 and len(_rows(tmp_path / "mo")) == 4
 
 
 def test_patience_stops_a_search_that_no_longer_improves(tmp_path, zoo):
@@ -259,7 +258,7 @@ def test_patience_stops_a_search_that_no_longer_improves(tmp_path, zoo):
     cfg = _run(tmp_path, zoo, objectives=[{"task": "cost", "metric": "params"}],
                budget={"trials": 20, "patience": 3})
     result = run_search(cfg, tmp_path / "out", log=lambda s: None)
-    assert result.candidates == 4
+    assert result.trials == 4
 
 
 def test_warm_start_points_are_evaluated_first(tmp_path, zoo):
@@ -281,14 +280,14 @@ def test_progress_reports_every_finished_candidate(tmp_path, zoo):
     seen = []
     cfg = _run(tmp_path, zoo, budget={"trials": 3})
     run_search(cfg, tmp_path / "out", log=lambda s: None, progress=seen.append)
-    assert [p.candidates for p in seen] == [1, 2, 3] and seen[-1].front_size >= 1
+    assert [p.trials for p in seen] == [1, 2, 3] and seen[-1].front_size >= 1
     assert seen[-1].best_fitness is not None and seen[-1].eta is not None
     assert "[3/3]" in format_progress(seen[-1]) and "front" in format_progress(seen[-1])
 
 
 def test_a_journal_ledger_resumes_like_sqlite(tmp_path, zoo):
-    from evomerge.search.controller import resume_search
-    from evomerge.search.ledger import open_ledger
+    from evomerge.run import resume_search
+    from evomerge.search.ledgers import open_ledger
 
     cfg = _run(tmp_path, zoo, ledger="journal", budget={"trials": 6},
                optimizer={"name": "cmaes", "options": {"popsize": 3}})
@@ -296,7 +295,7 @@ def test_a_journal_ledger_resumes_like_sqlite(tmp_path, zoo):
     run_search(cfg, tmp_path / "split", trials=3, log=lambda s: None)
     assert (tmp_path / "split" / "ledger.jsonl").is_file() and not (tmp_path / "split" / "ledger.db").exists()
     resume_search(tmp_path / "split", log=lambda s: None)
-    hashes = [[t.recipe_hash for t in open_ledger(tmp_path / d).trials("complete")] for d in ("whole", "split")]
+    hashes = [[t.recipe_hash for t in open_ledger(tmp_path / d).evaluations("complete")] for d in ("whole", "split")]
     assert hashes[0] == hashes[1] and len(hashes[0]) == 6
 
 
@@ -309,28 +308,28 @@ def test_hyperband_cycles_brackets_that_start_at_each_level(tmp_path, zoo):
     assert [sum(t.rung == r for t in rows) for r in range(3)] == [4, 2 + 3, 1 + 1 + 3]
     starts = {}
     for t in rows:
-        starts.setdefault(t.candidate, t.rung)
+        starts.setdefault(t.trial, t.rung)
     assert [starts[c] for c in sorted(starts)] == [0] * 4 + [1] * 3 + [2] * 3
-    assert result.candidates == 10
+    assert result.trials == 10
 
 
 def test_resume_with_a_larger_budget_replays_without_divergence(tmp_path, zoo):
-    from evomerge.search.controller import resume_search
+    from evomerge.run import resume_search
 
     cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 12})
     run_search(cfg, tmp_path / "run", trials=5, log=lambda s: None)  # stops asking after 5
     logs = []
     first = resume_search(tmp_path / "run", log=logs.append)
-    assert first.candidates == 12 and first.evaluated > 0
+    assert first.trials == 12 and first.evaluated > 0
     again = resume_search(tmp_path / "run", log=logs.append)  # replays both sessions
-    assert again.evaluated == 0 and again.candidates == 12
+    assert again.evaluated == 0 and again.trials == 12
     assert not any("does not follow" in line for line in logs)
     keys = [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "run")]
     assert len(keys) == len(set(keys))  # nothing evaluated twice
 
 
 def test_a_wall_time_stop_is_replayed_where_it_happened(tmp_path, zoo):
-    from evomerge.search.controller import resume_search
+    from evomerge.run import resume_search
 
     cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 40, "seconds": 0.5})
     run_search(cfg, tmp_path / "run", log=lambda s: None)
@@ -349,8 +348,8 @@ def test_a_wall_time_stop_is_replayed_where_it_happened(tmp_path, zoo):
 def test_patience_counts_whole_brackets(tmp_path, zoo):
     cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, objectives=[{"task": "cost", "metric": "params"}],
                budget={"trials": 40, "patience": 5})
-    # The first bracket sets the best; the next two (8 candidates) do not beat it.
-    assert run_search(cfg, tmp_path / "out", log=lambda s: None).candidates == 12
+    # The first bracket sets the best; the next two (8 trials) do not beat it.
+    assert run_search(cfg, tmp_path / "out", log=lambda s: None).trials == 12
 
 
 def test_a_dead_worker_process_stops_the_search_without_failing_its_trials(tmp_path, zoo):
@@ -358,12 +357,13 @@ def test_a_dead_worker_process_stops_the_search_without_failing_its_trials(tmp_p
     import os
     import signal
 
+    from evomerge.config.run import ExecutorSpec
     from evomerge.recipe import Recipe
-    from evomerge.search.executor import PoolExecutor, TaskSpec, WorkerSpec
+    from evomerge.search.executors import TaskSpec, WorkerLost, WorkerSpec, open_executor
 
     refs = {str(zoo / m): zoo / m for m in ("base", "add", "rev")}
     spec = WorkerSpec(refs, str(zoo / "base"), (TaskSpec("addition", "search", False),), torch_threads=1)
-    pool = PoolExecutor(spec, workers=1)
+    pool = open_executor(ExecutorSpec(kind="pool", workers=1), spec)
     recipe = Recipe.from_dict({"merge_method": "linear", "models": [
         {"model": str(zoo / "add"), "parameters": {"weight": 1.0}},
         {"model": str(zoo / "rev"), "parameters": {"weight": 1.0}}]})
@@ -372,7 +372,7 @@ def test_a_dead_worker_process_stops_the_search_without_failing_its_trials(tmp_p
     pool.submit(1, recipe, 4)
     for child in multiprocessing.active_children():
         os.kill(child.pid, signal.SIGKILL)
-    with pytest.raises(EvomergeError, match="worker process died.*evomerge resume"):
+    with pytest.raises(WorkerLost, match="worker process died.*evomerge resume"):
         pool.wait()
 
 

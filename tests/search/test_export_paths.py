@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from evomerge.merge.engine import merge_to_disk
 from evomerge.recipe import Recipe
-from evomerge.search.controller import load_run, run_search
+from evomerge.run import run_search
 from evomerge.search.export import export_trial
+from evomerge.search.rundir import load_run
 from evomerge.testing import mini_zoo_config, run_mergekit
 from evomerge.zoo.build import build_zoo
 
@@ -62,7 +63,7 @@ def test_exported_recipes_use_absolute_paths_and_merge_from_anywhere(tmp_path, m
     run_search(tmp_path / "run.yaml", run_dir, log=lambda s: None)
 
     def ledger_hashes() -> list[tuple[int, str, str]]:
-        return [(t.candidate, t.recipe_hash, t.recipe) for t in load_run(run_dir)[2]]
+        return [(t.trial, t.recipe_hash, t.recipe) for t in load_run(run_dir)[2]]
 
     before = ledger_hashes()
     assert len(before) == 2

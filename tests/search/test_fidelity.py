@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from evomerge.search.fidelity import Bracket, Candidate, Rungs, rank
+from evomerge.search.fidelity import Bracket, Rungs, Trial, rank
 
 
 def _cands(n):
-    return [Candidate(i, i, np.zeros(1), None, f"h{i}") for i in range(n)]
+    return [Trial(i, i, np.zeros(1), None, f"h{i}") for i in range(n)]
 
 
 def test_a_bracket_promotes_the_best_third_until_the_top():
@@ -16,15 +16,15 @@ def test_a_bracket_promotes_the_best_third_until_the_top():
     cands = _cands(9)
     b = Bracket(cands, rungs)
     for c in cands:
-        c.scores[0] = {"a": c.id / 10}
+        c.scores[0] = {"a": c.number / 10}
     assert b.rung_complete()
     up = b.advance(lambda s: (s["a"],))
-    assert [c.id for c in up] == [8, 7, 6] and b.level == 16
+    assert [c.number for c in up] == [8, 7, 6] and b.level == 16
     assert not b.rung_complete()
     for c in up:
-        c.scores[1] = {"a": 1 - c.id / 10}  # the order flips at the higher level
+        c.scores[1] = {"a": 1 - c.number / 10}  # the order flips at the higher level
     up = b.advance(lambda s: (s["a"],))
-    assert [c.id for c in up] == [6] and b.level is None
+    assert [c.number for c in up] == [6] and b.level is None
     up[0].scores[2] = {"a": 0.5}
     assert b.advance(lambda s: (s["a"],)) == [] and b.done
     assert cands[6].final() == (2, {"a": 0.5}) and cands[0].final() == (0, {"a": 0.0})
@@ -35,10 +35,10 @@ def test_failed_candidates_are_never_promoted_and_an_all_failed_rung_ends_the_br
     cands = _cands(4)
     b = Bracket(cands, rungs)
     for c in cands:
-        c.scores[0] = None if c.id != 1 else {"a": 0.0}
-    assert [c.id for c in b.advance(lambda s: (s["a"],))] == [1]
+        c.scores[0] = None if c.number != 1 else {"a": 0.0}
+    assert [c.number for c in b.advance(lambda s: (s["a"],))] == [1]
     b2 = Bracket(_cands(2), rungs)
-    for c in b2.candidates:
+    for c in b2.trials:
         c.scores[0] = None
     assert b2.advance(lambda s: (s["a"],)) == [] and b2.done
 

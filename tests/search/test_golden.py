@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.search.controller import resume_search, run_search
+from evomerge.run import resume_search, run_search
 from evomerge.search.front import run_front
-from evomerge.search.ledger import open_ledger
+from evomerge.search.ledgers import open_ledger
 from evomerge.zoo.build import Architecture, ExpertSpec, Stage, ZooConfig, build_zoo
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -86,7 +86,7 @@ def _snapshot(run_dir: Path, result) -> dict:
     try:
         rows = [
             {
-                "trial": r.candidate,
+                "trial": r.trial,
                 "rung": r.rung,
                 "recipe_hash": r.recipe_hash,
                 "genome": [round(v, 9) for v in r.genome],
@@ -103,15 +103,15 @@ def _snapshot(run_dir: Path, result) -> dict:
         "completions": rows,
         "result": {
             "evaluated": result.evaluated,
-            "candidates": result.candidates,
+            "candidates": result.trials,
             "duplicates": result.duplicates,
             "failed": result.failed,
-            "best_trial": result.best_number,
+            "best_trial": result.best_trial,
             "best_fitness": result.best_fitness,
         },
         "front": {
             "objectives": [o.key for o in objectives],
-            "trials": [t.candidate for t in front_trials],
+            "trials": [t.trial for t in front_trials],
             "hypervolume": hv,
         },
     }

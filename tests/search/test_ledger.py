@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from evomerge.errors import EvomergeError
-from evomerge.search.ledger import Ledger, find_ledger, open_ledger
+from evomerge.search.ledgers import find_ledger, open_ledger
+from evomerge.search.ledgers.sqlite import SQLiteLedger as Ledger
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
@@ -18,13 +19,13 @@ def test_rows_survive_reopening_in_completion_order(tmp_path, kind):
     led.finish(a, None, "merge failed: boom")
     led.close()
     led = open_ledger(tmp_path)  # reopened: the kind is found from the file
-    assert find_ledger(tmp_path).name == ("ledger.db" if kind == "sqlite" else "ledger.jsonl")
-    assert [r.number for r in led.completions()] == [b, a]
+    assert find_ledger(tmp_path) == kind
+    assert [r.id for r in led.completions()] == [b, a]
     assert [r.seq for r in led.completions()] == [0, 1]
     rb = led.completions()[0]
     assert (rb.state, rb.scores, rb.seconds, rb.recipe, rb.genome) == ("complete", {"x": 1.0}, 0.5, "recipe-b", [0.2])
     assert led.completions()[1].state == "failed" and "boom" in led.completions()[1].error
-    assert led.abandon_running() == 1 and led.trials("abandoned")[0].number == c
+    assert led.abandon_running() == 1 and led.evaluations("abandoned")[0].id == c
     assert led.start(3, 0, "hd", [0.4], "recipe-d", 4) == c + 1
     led.close()
 
@@ -37,10 +38,10 @@ def test_a_journal_line_torn_by_a_crash_is_dropped(tmp_path):
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(path.read_bytes() + b'{"op":"start","number":2,"cand')  # killed mid-write
     led = open_ledger(tmp_path)
-    assert [r.number for r in led.trials()] == [n]
+    assert [r.id for r in led.evaluations()] == [n]
     led.start(1, 0, "hb", [0.2], "r", 4)  # appends after the good lines
     led.close()
-    assert [r.recipe_hash for r in open_ledger(tmp_path).trials()] == ["ha", "hb"]
+    assert [r.recipe_hash for r in open_ledger(tmp_path).evaluations()] == ["ha", "hb"]
 
 
 def test_an_old_sqlite_ledger_is_refused_with_a_reason(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.search.controller import run_search
+from evomerge.run import run_search
 from evomerge.zoo.build import build_zoo, default_zoo_dir
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_the_quickstart_runs_to_a_front(tmp_path, zoo):
     cfg["budget"]["trials"] = 45
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     result = run_search(tmp_path / "run.yaml", tmp_path / "out", log=lambda s: None)
-    assert result.candidates == 45 and result.failed == 0
+    assert result.trials == 45 and result.failed == 0
     assert result.examples_scored < 0.5 * result.examples_at_top
     objectives, front, _, hv = run_front(tmp_path / "out")
     assert len(objectives) == 4 and front and hv is not None

@@ -324,7 +324,7 @@ def test_load_space_dispatches_on_kind(untied_family, tmp_path):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"kind": "dfs"}, r"kind: 'dfs' is not a kind of search space; use one of joint, layer, parameter, slices"),
+    ({"kind": "dfs"}, r"kind: Unknown search space kind 'dfs'.* Available: joint, layer, parameter, slices"),
     ({"kind": "layer", "models": ["A", "B"], "num_layers": 4, "first_layer_from": "C"},
      r"first_layer_from: 'C' is not one of models \(A, B\)"),
     ({"kind": "layer", "models": ["A"], "num_layers": 4, "layer_range": [2, 6]}, r"layer_range: \[2, 6\] must be"),

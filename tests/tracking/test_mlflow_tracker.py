@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from evomerge.search.controller import resume_search, run_search
-from evomerge.search.ledger import TrialRecord
+from evomerge.run import resume_search, run_search
+from evomerge.search.ledgers import EvaluationRecord
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
 
@@ -71,8 +71,8 @@ def test_a_search_logs_a_parent_and_a_child_per_trial(tmp_path, zoo):
     assert arts == {"recipe/recipe.yaml", "recipe/mergekit_config.yml"}
     # Pareto tags agree with `evomerge front`.
     _, front, _, _ = run_front(tmp_path / "run")
-    tagged = {int(ch.data.tags["evomerge.candidate"]) for ch in children if ch.data.tags["pareto"] == "true"}
-    assert tagged == {t.candidate for t in front}
+    tagged = {int(ch.data.tags["evomerge.trial"]) for ch in children if ch.data.tags["pareto"] == "true"}
+    assert tagged == {t.trial for t in front}
     front_files = {a.path for a in client.list_artifacts(parent.info.run_id, "front")}
     assert {"front/front.png", "front/front.html", "front/front.json", "front/all_trials.json"} <= front_files
     assert len(client.get_metric_history(parent.info.run_id, "best_fitness")) == 4
@@ -86,17 +86,17 @@ def test_resume_continues_the_parent_and_adds_no_duplicate_children(tmp_path, zo
     resume_search(tmp_path / "run", log=lambda s: None)  # nothing left to run: nothing new logged
     _, parents, children = _runs(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}", "run")
     assert len(parents) == 1
-    assert sorted(int(c.data.tags["evomerge.candidate"]) for c in children) == [0, 1, 2, 3, 4]
+    assert sorted(int(c.data.tags["evomerge.trial"]) for c in children) == [0, 1, 2, 3, 4]
 
 
 def _rec(number, cand, a, b):
-    return TrialRecord(number, cand, 0, f"h{cand}", [0.5], "merge_method: linear\nmodels:\n- model: x\n",
+    return EvaluationRecord(number, cand, 0, f"h{cand}", [0.5], "merge_method: linear\nmodels:\n- model: x\n",
                        "complete", None, {"o/a": a, "o/b": b}, None, 0.0, 0.0, 0.1, number)
 
 
 def test_pareto_tags_follow_the_front(tmp_path):
-    from evomerge.search.controller import BoundObjective
-    from evomerge.search.run_config import RunConfig
+    from evomerge.config.run import RunConfig
+    from evomerge.search.objectives import BoundObjective
     from evomerge.search.space import Gene
     from evomerge.tracking.mlflow_tracker import MLflowTracker
 
@@ -120,7 +120,7 @@ def test_a_dead_tracking_server_does_not_stop_the_search(tmp_path, zoo, monkeypa
     cfg = _config(tmp_path, zoo, tracking={"uri": f"http://127.0.0.1:{free_port()}"}, budget={"trials": 2})
     logs = []
     result = run_search(cfg, tmp_path / "run", log=logs.append)
-    assert result.candidates == 2 and result.failed == 0
+    assert result.trials == 2 and result.failed == 0
     assert any("tracking: MLflow at http://127.0.0.1" in line and "search goes on" in line for line in logs)
 
 

@@ -24,7 +24,7 @@ def tracked_run(tmp_path_factory):
     existing = os.environ.get("EVOMERGE_UI_RUN_DIR")  # check a real run instead, e.g. the quickstart's
     if existing:
         return Path(existing).resolve()
-    from evomerge.search.controller import run_search
+    from evomerge.run import run_search
     from evomerge.testing import mini_zoo_config
     from evomerge.zoo.build import build_zoo
 

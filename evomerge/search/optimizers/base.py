@@ -57,7 +57,19 @@ class Optimizer(ABC):
     def tell(self, id: int, values: tuple[float, ...] | None) -> None: ...
 
 
-OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
+# A new optimiser: one module whose class is decorated with @register_optimizer("name"), and
+# one entry here (or a package entry point in the evomerge.optimizers group).
+OPTIMIZERS: Registry[type[Optimizer]] = Registry(
+    "optimizer",
+    {
+        "random": "evomerge.search.optimizers.random_search",
+        "cmaes": "evomerge.search.optimizers.cmaes",
+        "tpe": "evomerge.search.optimizers.optuna_samplers",
+        "gp": "evomerge.search.optimizers.optuna_samplers",
+        "nsga2": "evomerge.search.optimizers.optuna_samplers",
+    },
+    entry_points="evomerge.optimizers",
+)
 
 
 def register_optimizer(name: str):

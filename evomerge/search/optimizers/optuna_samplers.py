@@ -1,7 +1,8 @@
 """Optuna's samplers (TPE, GP, NSGA-II) behind the ask/tell protocol.
 
 One study per run, one float distribution per gene on [0, 1]. The study lives
-in memory here; the controller gives it durable storage for resume.
+in memory: a resume rebuilds it by replaying the ledger's completions through
+the same asks and tells (the ledger, not Optuna's storage, is what is durable).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ through pydantic's validation context, so a space can fill in what the models
 say (``num_layers``) and read the recipes it references while it validates, and
 every problem comes back as one sentence naming the file and the field.
 
-A new kind is one ``Space`` subclass with ``kind: Literal["name"]``, decorated
-with ``@register_space``.
+A new kind is one module with a ``Space`` subclass (``kind: Literal["name"]``,
+decorated with ``@register_space``) and one entry in ``SPACE_KINDS`` below.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, mod
 
 from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe
+from evomerge.registry import Registry
+from evomerge.validation import problems
 
 
 class SearchSpaceError(EvomergeError):
@@ -150,7 +152,7 @@ class Space(BaseModel):
         try:
             space = cls.model_validate(raw, context={"load": ctx})
         except ValidationError as e:
-            raise SearchSpaceError(f"{path}: invalid search space: {explain(e)}.") from None
+            raise SearchSpaceError(f"{path}: invalid search space: {problems(e, UNION_TAGS)}.") from None
         problem = space.check_standalone()
         if problem:
             raise SearchSpaceError(f"{path}: invalid search space: {problem}.")
@@ -159,15 +161,24 @@ class Space(BaseModel):
 
 S = TypeVar("S", bound=Space)
 
-SPACE_KINDS: dict[str, type[Space]] = {}
+SPACE_KINDS: Registry[type[Space]] = Registry(
+    "search space kind",
+    {
+        "parameter": "evomerge.search.space.parameter",
+        "layer": "evomerge.search.space.layer",
+        "slices": "evomerge.search.space.slices",
+        "joint": "evomerge.search.space.joint",
+    },
+    entry_points="evomerge.space_kinds",
+)
 
 
 def register_space(cls: type[S]) -> type[S]:
     """Class decorator: make ``cls`` loadable as ``kind: <its kind>``."""
     kind = cls.model_fields["kind"].default
-    if not isinstance(kind, str) or kind in SPACE_KINDS:
-        raise ValueError(f"{cls.__name__}: kind {kind!r} is missing or taken")
-    SPACE_KINDS[kind] = cls
+    if not isinstance(kind, str):
+        raise ValueError(f"{cls.__name__}: its `kind` field needs a default (the kind's name)")
+    SPACE_KINDS.register(kind, cls)
     return cls
 
 
@@ -191,30 +202,13 @@ def load_space(path: str | Path, *, resolve: bool = True) -> Space:
     path = Path(path)
     raw = read_space_file(path)
     kind = raw.get("kind", "parameter")
-    cls = SPACE_KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise SearchSpaceError(
-            f"{path}: kind: {kind!r} is not a kind of search space; use one of {', '.join(sorted(SPACE_KINDS))}."
-        )
-    return cls.from_raw(raw, path, resolve=resolve)
+    if not isinstance(kind, str) or kind not in SPACE_KINDS:
+        raise SearchSpaceError(f"{path}: kind: {SPACE_KINDS.unknown_message(str(kind))}")
+    return SPACE_KINDS.get(kind).from_raw(raw, path, resolve=resolve)
 
 
 # Tags that pydantic puts in an error's location for union members (not fields).
 UNION_TAGS: set[str] = set()
-
-
-def explain(err: ValidationError) -> str:
-    """A pydantic error as ``field.path: message; ...`` (first message per field)."""
-    seen: dict[str, str] = {}
-    for e in err.errors():
-        loc = ".".join(
-            str(p) for p in e["loc"] if not (isinstance(p, str) and (p in UNION_TAGS or "[" in p))
-        )
-        msg = e["msg"].removeprefix("Value error, ").rstrip(".")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
-        seen.setdefault(loc, f"{loc}: {msg}" if loc else msg)
-    return "; ".join(seen.values())
 
 
 def read_depth(ref: str, dirs: Sequence[Path]) -> int:

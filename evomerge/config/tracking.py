@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from evomerge.validation import StrictModel
 
 STORE = "mlflow.db"  # default store, inside the run directory
 
 
-class TrackingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrackingConfig(StrictModel):
     enabled: bool = True
     uri: str | None = Field(
         default=None,

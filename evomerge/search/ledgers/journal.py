@@ -1,11 +1,13 @@
-"""The ledger as an append-only journal file, for run directories on shared storage.
+"""The ledger as an append-only journal file (``ledger.jsonl``), for run directories on shared storage.
 
 SQLite's write-ahead log needs shared memory on one host, so a run directory on
 a network file system (a cluster's home or scratch) is safer with a plain
 journal: one JSON line per event (an evaluation started, finished, or was
 abandoned), flushed and fsynced before the controller goes on. Opening replays
 the lines; a line torn by a crash mid-write is dropped. Same interface and
-guarantees as the SQLite ledger.
+guarantees as the SQLite ledger. Journals written before evaluations and trials
+had their own names (``number``, ``candidate``) read as they are; new lines use
+``id`` and ``trial``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from evomerge.errors import EvomergeError
-from evomerge.search.ledger import Session, TrialRecord
+from evomerge.search.ledgers import EvaluationRecord, Session
+
+FILENAME = "ledger.jsonl"
 
 
 class JournalLedger:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        self._rows: dict[int, TrialRecord] = {}
+        self._rows: dict[int, EvaluationRecord] = {}
         self._sessions: list[Session] = []
         self._seq = 0
         good = 0
@@ -51,17 +55,32 @@ class JournalLedger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
 
+    @classmethod
+    def exists(cls, run_dir: Path) -> bool:
+        return (Path(run_dir) / FILENAME).is_file()
+
+    @classmethod
+    def open(cls, run_dir: Path, options: dict, *, readonly: bool = False) -> JournalLedger:
+        if options:
+            raise EvomergeError(f"ledger: the journal ledger takes no options (got {sorted(options)}).")
+        return cls(Path(run_dir) / FILENAME, readonly=readonly)
+
     def _apply(self, ev: dict) -> None:
         op = ev["op"]
+        if "number" in ev:  # a line from before the rename
+            ev = dict(ev)
+            ev["id"] = ev.pop("number")
+            if "candidate" in ev:
+                ev["trial"] = ev.pop("candidate")
         if op == "start":
-            self._rows[ev["number"]] = TrialRecord(
-                number=ev["number"], candidate=ev["candidate"], rung=ev["rung"], recipe_hash=ev["recipe_hash"],
+            self._rows[ev["id"]] = EvaluationRecord(
+                id=ev["id"], trial=ev["trial"], rung=ev["rung"], recipe_hash=ev["recipe_hash"],
                 genome=ev["genome"], recipe=ev["recipe"], state="running", fidelity=ev["fidelity"], scores=None,
                 error=None, started=ev["started"], finished=None, seconds=None, seq=None,
             )
         elif op == "finish":
-            self._rows[ev["number"]] = replace(
-                self._rows[ev["number"]], state="complete" if ev["error"] is None else "failed",
+            self._rows[ev["id"]] = replace(
+                self._rows[ev["id"]], state="complete" if ev["error"] is None else "failed",
                 scores=ev["scores"], error=ev["error"], finished=ev["finished"], seconds=ev["seconds"], seq=ev["seq"],
             )
             self._seq = max(self._seq, ev["seq"] + 1)
@@ -99,24 +118,24 @@ class JournalLedger:
         return list(self._sessions)
 
     def start(
-        self, candidate: int, rung: int, recipe_hash: str, genome: list[float], recipe: str, fidelity: int | None
+        self, trial: int, rung: int, recipe_hash: str, genome: list[float], recipe: str, fidelity: int | None
     ) -> int:
-        number = max(self._rows, default=0) + 1
-        self._write({"op": "start", "number": number, "candidate": candidate, "rung": rung,
+        id = max(self._rows, default=0) + 1
+        self._write({"op": "start", "id": id, "trial": trial, "rung": rung,
                      "recipe_hash": recipe_hash, "genome": genome, "recipe": recipe, "fidelity": fidelity,
                      "started": time.time()})
-        return number
+        return id
 
     def finish(
-        self, number: int, scores: dict[str, float] | None, error: str | None = None, seconds: float | None = None
+        self, id: int, scores: dict[str, float] | None, error: str | None = None, seconds: float | None = None
     ) -> None:
-        self._write({"op": "finish", "number": number, "scores": scores, "error": error,
+        self._write({"op": "finish", "id": id, "scores": scores, "error": error,
                      "finished": time.time(), "seconds": seconds, "seq": self._seq})
 
-    def get(self, number: int) -> TrialRecord:
-        return self._rows[number]
+    def get(self, id: int) -> EvaluationRecord:
+        return self._rows[id]
 
-    def completions(self) -> list[TrialRecord]:
+    def completions(self) -> list[EvaluationRecord]:
         return sorted((r for r in self._rows.values() if r.seq is not None), key=lambda r: r.seq)
 
     def abandon_running(self) -> int:
@@ -125,5 +144,5 @@ class JournalLedger:
             self._write({"op": "abandon", "numbers": running})
         return len(running)
 
-    def trials(self, state: str | None = None) -> list[TrialRecord]:
+    def evaluations(self, state: str | None = None) -> list[EvaluationRecord]:
         return [r for _, r in sorted(self._rows.items()) if state is None or r.state == state]

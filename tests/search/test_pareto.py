@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evomerge.search.front import hypervolume, pareto_mask
+from evomerge.search.pareto import hypervolume, pareto_mask
 
 
 def test_pareto_mask_by_hand():
@@ -31,8 +31,8 @@ def test_hypervolume_of_a_staircase():
 
 
 def test_reference_point_is_declared_or_the_worst_value():
-    from evomerge.search.controller import BoundObjective
-    from evomerge.search.front import reference_point
+    from evomerge.search.objectives import BoundObjective
+    from evomerge.search.pareto import reference_point
 
     pts = np.array([[0.2, -50.0], [0.6, -40.0]])  # accuracy (max), perplexity (min, sign-flipped)
     acc, ppl = BoundObjective("a/acc", 1.0, 1.0), BoundObjective("t/perplexity", -1.0, 1.0)
@@ -42,3 +42,10 @@ def test_reference_point_is_declared_or_the_worst_value():
     assert reference_point(pts, declared).tolist() == [0.0, -100.0]  # in 'larger is better' form
     # Points worse than a declared reference add nothing.
     assert hypervolume(np.array([[0.5, -150.0]]), np.array([0.0, -100.0])) == 0.0
+
+
+def test_pareto_rank_peels_fronts():
+    from evomerge.search.pareto import pareto_rank
+
+    pts = np.array([[1.0, 0.0], [0.0, 1.0], [0.4, 0.4], [0.3, 0.3], [0.5, 0.5]])
+    assert pareto_rank(pts) == [0, 0, 1, 2, 0]

@@ -6,21 +6,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from evomerge.errors import EvomergeError, field_problems
-from evomerge.tracking.config import TrackingConfig
+from evomerge.config.tracking import TrackingConfig
+from evomerge.errors import EvomergeError
+from evomerge.validation import StrictModel, problems
 
 
 class RunConfigError(EvomergeError):
     pass
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
-class ObjectiveSpec(_Strict):
+class ObjectiveSpec(StrictModel):
     task: str
     metric: str | None = Field(default=None, description="Defaults to the task's first objective.")
     weight: float = Field(default=1.0, gt=0, description="Its share of the scalarised fitness.")
@@ -37,12 +36,12 @@ class ObjectiveSpec(_Strict):
     )
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(StrictModel):
     name: str = "cmaes"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class Budget(_Strict):
+class Budget(StrictModel):
     trials: int = Field(default=50, ge=1, description="Candidate recipes evaluated (duplicates do not count).")
     seconds: float | None = Field(default=None, gt=0, description="No new candidates after this wall time.")
     patience: int | None = Field(
@@ -50,7 +49,7 @@ class Budget(_Strict):
     )
 
 
-class MultiFidelity(_Strict):
+class MultiFidelity(StrictModel):
     """Successive halving: score a bracket of candidates cheaply, promote the best 1/eta."""
 
     levels: list[int | None] = Field(min_length=2, description="Examples per task, increasing; null = all.")
@@ -73,12 +72,54 @@ class MultiFidelity(_Strict):
         return self
 
 
-class ExecutorSpec(_Strict):
-    workers: int = Field(default=1, ge=1, description="1: in this process; more: a pool of processes.")
+class ExecutorSpec(StrictModel):
+    """Where candidates are merged and scored. ``kind`` names an executor
+    (``evomerge.search.executors``); options of that kind sit beside the common ones and are
+    checked by the executor itself before any model loads."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str | None = Field(
+        default=None,
+        description="serial (in this process), pool (worker processes on this machine), or a "
+        "registered executor. Default: serial for 1 worker, pool for more (as before `kind`).",
+    )
+    workers: int = Field(default=1, ge=1, description="Slots: jobs evaluated at the same time.")
     torch_threads: int | None = Field(default=None, ge=1, description="Threads per worker (default: torch's).")
 
+    @property
+    def resolved_kind(self) -> str:
+        if self.kind is not None:
+            return self.kind
+        return "serial" if self.workers <= 1 else "pool"
 
-class RunConfig(_Strict):
+    @property
+    def options(self) -> dict[str, Any]:
+        """The kind's own options (every key that is not a common one)."""
+        return dict(self.model_extra or {})
+
+
+class LedgerSpec(StrictModel):
+    """Where a run's evaluations are recorded. ``kind`` names a ledger
+    (``evomerge.search.ledgers``); a plain string is the kind alone."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str = Field(
+        default="sqlite",
+        description="sqlite: RUN_DIR/ledger.db; journal: RUN_DIR/ledger.jsonl, an fsynced append-only "
+        "file, safer for run directories on network file systems (cluster storage).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_kind(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(StrictModel):
     space: str
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     scalarization: Literal["auto", "weighted_sum", "pareto"] = Field(
@@ -98,11 +139,7 @@ class RunConfig(_Strict):
     split: Literal["search", "test"] = "search"
     allow_test_split: bool = False
     executor: ExecutorSpec = ExecutorSpec()
-    ledger: Literal["sqlite", "journal"] = Field(
-        default="sqlite",
-        description="sqlite: RUN_DIR/ledger.db; journal: RUN_DIR/ledger.jsonl, an fsynced append-only "
-        "file, safer for run directories on network file systems (cluster storage).",
-    )
+    ledger: LedgerSpec = LedgerSpec()
     tracking: TrackingConfig = TrackingConfig()
     device: str = "cpu"
     seed: int = 0
@@ -125,5 +162,4 @@ class RunConfig(_Strict):
         except (OSError, yaml.YAMLError) as e:
             raise RunConfigError(f"{path}: cannot read the run config ({e}).") from None
         except ValidationError as e:
-            problems = field_problems(e)
-            raise RunConfigError(f"{path}: invalid run config: {problems}.") from None
+            raise RunConfigError(f"{path}: invalid run config: {problems(e)}.") from None

@@ -1,0 +1,46 @@
+"""Which merge methods exist, by name, without loading the merge engine.
+
+The recipe validates ``merge_method`` against this catalogue, so reading a
+recipe needs neither torch nor the engine. Each entry names the module that
+implements the method (``@merge_method`` there registers its ``MethodSpec``
+when the module is first imported). A new method is one module under
+``evomerge/merge/`` and one line here; a plugin package can instead declare an
+entry point in the ``evomerge.merge_methods`` group.
+"""
+
+from __future__ import annotations
+
+from evomerge.registry import Registry
+
+METHODS: Registry = Registry(
+    "merge method",
+    {
+        "linear": "evomerge.merge.linear",
+        "passthrough": "evomerge.merge.passthrough",
+        "slerp": "evomerge.merge.slerp",
+        "nuslerp": "evomerge.merge.nuslerp",
+        "model_stock": "evomerge.merge.model_stock",
+        "task_arithmetic": "evomerge.merge.task_arithmetic",
+        "ties": "evomerge.merge.task_arithmetic",
+        "dare_linear": "evomerge.merge.task_arithmetic",
+        "dare_ties": "evomerge.merge.task_arithmetic",
+        "breadcrumbs": "evomerge.merge.task_arithmetic",
+        "breadcrumbs_ties": "evomerge.merge.task_arithmetic",
+        "della": "evomerge.merge.task_arithmetic",
+        "della_linear": "evomerge.merge.task_arithmetic",
+    },
+    entry_points="evomerge.merge_methods",
+)
+
+# mergekit 0.1.5 methods evomerge has not implemented yet (a recipe naming one is refused
+# with this list in the message, not with "unknown method").
+MERGEKIT_ONLY_METHODS = (
+    "sce",
+    "karcher",
+    "multislerp",
+    "nearswap",
+    "arcee_fusion",
+    "ram",
+    "ramplus_tl",
+    "task_adapter",
+)

@@ -1,0 +1,216 @@
+"""Running a search: from a run config to a finished (or resumed) run directory.
+
+This is where the one-way path is wired together, and nowhere else:
+config -> search space -> optimiser.ask -> recipe -> merge -> evaluate ->
+optimiser.tell -> ledger -> tracker. ``prepare`` validates everything that can
+be checked before a model loads (space, tasks, objectives, optimiser options,
+executor kind and options, fidelity levels); ``run_search`` then freezes the
+config into the run directory, opens the ledger, the executor and the tracker
+through their registries, and hands them to the ``Controller``. Nothing here
+knows which executors, ledgers or optimisers exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evomerge.config.run import RunConfig, RunConfigError
+from evomerge.errors import EvomergeError
+from evomerge.search.controller import Controller
+from evomerge.search.executors import TaskSpec, WorkerSpec, executor_class, open_executor
+from evomerge.search.ledgers import LEDGERS, find_ledger, open_ledger
+from evomerge.search.objectives import (
+    best_evaluation,
+    bind_objectives,
+    fitness,
+    pareto_told,
+    unique_objectives,
+)
+from evomerge.search.progress import Progress
+from evomerge.search.rundir import (
+    RUN_FILE,
+    freeze_config,
+    has_run,
+    resolve_sources,
+    space_path,
+    top_rung,
+)
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    evaluated: int  # evaluations run in this session (replayed ones not counted)
+    trials: int  # trials (candidate recipes) of the whole run
+    duplicates: int
+    failed: int
+    best_trial: int | None
+    best_fitness: float | None
+    examples_scored: float = 0.0  # evaluation cost of the whole run, in examples
+    examples_at_top: float = 0.0  # what scoring every trial at the top level would cost
+    ledger: str | None = None  # the ledger's kind
+
+
+@dataclass
+class Prepared:
+    """A run, validated: everything but the models."""
+
+    space: object
+    tasks: list
+    objectives: list
+    optimizer: object
+
+
+def prepare(config: RunConfig, config_path: Path) -> Prepared:
+    """Everything a run needs, validated before any model is loaded."""
+    from evomerge.search.optimizers import OPTIMIZERS
+    from evomerge.search.space import load_space
+
+    space = load_space(space_path(config, config_path))
+    tasks, objectives = bind_objectives(config, config_path)
+    try:
+        cls = OPTIMIZERS.get(config.optimizer.name)
+    except EvomergeError as e:
+        raise RunConfigError(f"{config_path}: optimizer.name: {e}") from None
+    n_told = len(unique_objectives(objectives)) if pareto_told(config, cls, objectives) else 1
+    try:
+        optimizer = cls(space.dimension, n_told, config.seed, **config.optimizer.options)
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(
+            f"{config_path}: optimizer: {config.optimizer.name} cannot be built with options "
+            f"{config.optimizer.options} ({e})."
+        ) from None
+    if config.warm_start:
+        optimizer.warm_start([_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)])
+    for task in tasks:
+        levels = [lv for lv in config.levels() if lv is not None]
+        size = task.size()
+        if size is not None and levels and max(levels) > size:
+            raise RunConfigError(
+                f"{config_path}: fidelity {max(levels)} is more than the {size} examples of task "
+                f"{task.name!r}; use a smaller level or null (all examples)."
+            )
+    try:
+        executor_class(config.executor)
+    except EvomergeError as e:
+        raise RunConfigError(f"{config_path}: {e}") from None
+    if config.ledger.kind not in LEDGERS:
+        raise RunConfigError(f"{config_path}: ledger.kind: {LEDGERS.unknown_message(config.ledger.kind)}")
+    return Prepared(space, tasks, objectives, optimizer)
+
+
+def _warm_point(space, point: dict, index: int, config_path: Path) -> np.ndarray:
+    genes = {g.name: g for g in space.genes()}
+    unknown = sorted(set(point) - set(genes))
+    if unknown:
+        raise RunConfigError(
+            f"{config_path}: warm_start[{index}]: unknown gene(s) {unknown}; "
+            f"`evomerge space show` lists this space's genes."
+        )
+    x = np.full(len(genes), 0.5)
+    for i, (name, g) in enumerate(genes.items()):
+        if name in point:
+            try:
+                x[i] = g.encode(point[name])
+            except ValueError as e:
+                raise RunConfigError(f"{config_path}: warm_start[{index}].{name}: {e}.") from None
+    return x
+
+
+def run_search(
+    config_path: Path,
+    run_dir: Path,
+    *,
+    trials: int | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    progress: Callable[[Progress], None] | None = None,
+) -> SearchResult:
+    """Start a run in ``run_dir``, or with ``resume`` continue the one there."""
+    config = RunConfig.load(config_path)
+    p = prepare(config, config_path)
+    exists = has_run(run_dir)
+    if exists and not resume:
+        raise EvomergeError(
+            f"{run_dir} already holds a run; continue it with `evomerge resume {run_dir}` "
+            f"or choose another --out."
+        )
+    if resume and not exists:
+        raise EvomergeError(f"{run_dir} holds no run to resume (no ledger.db or ledger.jsonl).")
+    sources = resolve_sources(p.space, config, config_path)
+    worker = WorkerSpec(
+        sources=sources,
+        base=p.space.source_models()[0],
+        tasks=tuple(TaskSpec(t.name, config.split, config.allow_test_split) for t in p.tasks),
+        device=config.device,
+        torch_threads=config.executor.torch_threads,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        freeze_config(config, config_path, run_dir)
+    ledger = open_ledger(run_dir, config.ledger)
+    executor = tracker = None
+    finished = False
+    try:
+        abandoned = ledger.abandon_running()
+        if abandoned:
+            log(f"{abandoned} evaluation(s) were in flight when the run stopped; they run again")
+        tracker = start_tracking(run_dir, p.space, p.objectives, ledger, log)
+        executor = open_executor(config.executor, worker, tasks=p.tasks)
+        controller = Controller(
+            config, p.space, [t.size() for t in p.tasks], p.objectives, p.optimizer, executor, ledger,
+            budget=trials or config.budget.trials, log=log, progress=progress,
+            on_record=tracker.add if tracker is not None else None,
+        )
+        controller.run(ledger.completions())
+        finished = True
+        s = controller.s
+        top = top_rung(config)
+        complete = [e for e in ledger.evaluations("complete") if e.scores and e.rung == top]
+    finally:
+        if executor is not None:
+            executor.close()
+        if tracker is not None and tracker.close("FINISHED" if finished else "KILLED") and finished:
+            log(f"tracked in MLflow ({tracker.tracker.uri}); `evomerge ui {run_dir}` shows it")
+        ledger.close()
+    best = best_evaluation(complete, p.objectives) if complete else None
+    sizes = [n for n in controller.sizes if n is not None]
+    top_level = controller.rungs.levels[-1]
+    return SearchResult(
+        run_dir,
+        evaluated=s.evaluated,
+        trials=s.trials,
+        duplicates=s.duplicates,
+        failed=s.failed,
+        best_trial=best.trial if best else None,
+        best_fitness=fitness(best.scores, p.objectives) if best else None,
+        examples_scored=s.examples,
+        examples_at_top=s.trials * sum(controller.rungs.cost(top_level, n) for n in sizes),
+        ledger=find_ledger(run_dir),
+    )
+
+
+def start_tracking(run_dir: Path, space, objectives, ledger, log):
+    """The run's MLflow tracker on a background thread, or None when tracking is off."""
+    config = RunConfig.load(run_dir / RUN_FILE)  # the frozen config: what gets logged
+    if not config.tracking.enabled:
+        return None
+    from evomerge.tracking.mlflow_tracker import BackgroundTracker, MLflowTracker
+
+    tracker = MLflowTracker(run_dir, config, objectives, space.genes(),
+                            settings=config.tracking, log=log)
+    return BackgroundTracker(tracker, ledger.completions())
+
+
+def resume_search(
+    run_dir: Path, *, trials: int | None = None, log: Callable[[str], None] = print,
+    progress: Callable[[Progress], None] | None = None,
+) -> SearchResult:
+    config_path = run_dir / RUN_FILE
+    if not config_path.is_file():
+        raise EvomergeError(f"{run_dir} holds no run to resume (no run.yaml).")
+    return run_search(config_path, run_dir, trials=trials, resume=True, log=log, progress=progress)

@@ -1,0 +1,125 @@
+"""Executors: where a run's evaluations are merged and scored, behind one small contract.
+
+The controller hands an executor jobs (an evaluation id, a recipe, a fidelity)
+and takes back one finished job at a time, in completion order; that order is
+what the ledger records and a resume replays, so every executor looks the same
+to the loop. A ``Worker`` (``worker.py``) holds the source weights and one
+resident model and merges each candidate into it in memory before scoring it;
+executors decide where workers live:
+
+* ``serial`` - one worker in the controller's process (``workers: 1``);
+* ``pool`` - worker processes on this machine (``workers: N``).
+
+``executor: {kind: ...}`` in the run config picks one through ``EXECUTORS``; a
+config without ``kind`` gets serial for one worker and pool for more. A new
+executor is one module with a class following ``Executor`` and one entry in
+``EXECUTORS`` (or a package entry point in ``evomerge.executors``);
+``evomerge.testing.executors`` is the suite it must pass.
+
+Failures of a recipe or a task (cannot merge, a task raised) come back as an
+``Outcome`` with the reason, never as an exception: they fail the trial, not the
+search. A worker that *dies* (killed, out of host memory, a poisoned CUDA
+context) is not the recipe's fault: ``wait`` raises ``WorkerLost`` and the jobs
+it held stay unfinished in the ledger, so a resume runs them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from evomerge.errors import EvomergeError
+from evomerge.registry import Registry
+from evomerge.validation import StrictModel
+
+
+@dataclass
+class Outcome:
+    values: dict[str, float] | None
+    error: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a worker loads a task itself (workers in other processes cannot share ours)."""
+
+    name: str
+    split: str
+    allow_test_split: bool
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; plain data, so it can be shipped to another process."""
+
+    sources: dict[str, Path]
+    base: str
+    tasks: tuple[TaskSpec, ...]
+    device: str = "cpu"
+    torch_threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class WorkerLost(EvomergeError):
+    """A worker died; the evaluations it held did not finish (they are not failures)."""
+
+
+class NoOptions(StrictModel):
+    """An executor kind without options of its own."""
+
+
+class Executor(Protocol):
+    """The contract. ``slots``: how many jobs may be in flight at once.
+
+    Construction: ``cls(worker: WorkerSpec, settings: ExecutorSpec, options: cls.Options,
+    tasks=None)``; ``tasks``, when given, are the controller's loaded tasks, which an
+    in-process executor may reuse. ``Options`` (a pydantic model) validates the kind's own
+    keys of the ``executor:`` section before any model loads.
+    """
+
+    Options: ClassVar[type[StrictModel]]
+    slots: int
+
+    def submit(self, job: int, recipe, fidelity: int | None) -> None:
+        """Queue ``recipe`` for scoring at ``fidelity``; ``job`` is unique in the run."""
+
+    def wait(self) -> tuple[int, Outcome]:
+        """Block until a submitted job finishes; return it. Raises ``WorkerLost``."""
+
+    def close(self) -> None:
+        """Stop workers and drop queued jobs; safe to call twice."""
+
+
+EXECUTORS: Registry[Any] = Registry(
+    "executor kind",
+    {
+        "serial": "evomerge.search.executors.serial:SerialExecutor",
+        "pool": "evomerge.search.executors.pool:PoolExecutor",
+    },
+    entry_points="evomerge.executors",
+)
+
+
+def executor_class(settings):
+    """The class ``settings`` (an ``ExecutorSpec``) names, its options checked: errors name
+    ``executor.<key>`` and the fix, before any model loads."""
+    from pydantic import ValidationError
+
+    from evomerge.validation import problems
+
+    kind = settings.resolved_kind
+    if kind not in EXECUTORS:
+        raise EvomergeError(f"executor.kind: {EXECUTORS.unknown_message(kind)}")
+    cls = EXECUTORS.get(kind)
+    try:
+        options = cls.Options.model_validate(settings.options)
+    except ValidationError as e:
+        raise EvomergeError(f"executor ({kind}): {problems(e)}.") from None
+    return cls, options
+
+
+def open_executor(settings, worker: WorkerSpec, *, tasks=None) -> Executor:
+    cls, options = executor_class(settings)
+    return cls(worker, settings, options, tasks=tasks)

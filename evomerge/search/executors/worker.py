@@ -1,0 +1,65 @@
+"""A worker: the source weights and one resident model, into which each candidate is merged.
+
+No disk, no reloading: ``evaluate`` plans the recipe, fits the resident model's
+depth to it, merges in memory and scores every task. Whatever goes wrong with
+the recipe or a task (including out-of-memory inside the merge) comes back as an
+``Outcome`` with the reason. Executors decide where workers run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from evomerge.errors import EvomergeError
+from evomerge.search.executors import Outcome, WorkerSpec
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, tasks=None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from evomerge.eval import load_task
+        from evomerge.merge.engine import InMemoryMerger
+
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        self.tasks = tasks or [
+            load_task(t.name, split=t.split, fitness=True, allow_test_split=t.allow_test_split) for t in spec.tasks
+        ]
+        self.device = spec.device
+        self.merger = InMemoryMerger(spec.sources, device=spec.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(spec.sources[spec.base]))
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(str(spec.sources[spec.base]), dtype=torch.float32, use_safetensors=True)
+            .to(spec.device)
+            .eval()
+        )
+
+    def _release_memory(self) -> None:
+        import torch
+
+        if str(self.device).startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def evaluate(self, recipe, fidelity: int | None) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            plan = self.merger.plan(recipe)  # built once: it gives the depth and drives the merge
+            if plan.num_layers != self.model.config.num_hidden_layers:
+                from evomerge.merge.resident import fit_layers
+
+                fit_layers(self.model, plan.num_layers)
+            self.merger.merge(recipe, into=self.model, plan=plan)
+        except EvomergeError as e:
+            return Outcome(None, f"merge failed: {e}", time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - out of memory, a torch error: this trial fails, not the search
+            self._release_memory()
+            return Outcome(None, f"merge failed: {type(e).__name__}: {e}", time.perf_counter() - t0)
+        values: dict[str, float] = {}
+        for task in self.tasks:
+            res = task.evaluate(self.model, self.tokenizer, fidelity)
+            if not res.ok:
+                return Outcome(None, f"task {task.name} failed: {res.error}", time.perf_counter() - t0)
+            values.update({f"{task.name}/{k}": v for k, v in res.values.items()})
+        return Outcome(values, None, time.perf_counter() - t0)

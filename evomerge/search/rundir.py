@@ -1,0 +1,79 @@
+"""A run directory: the frozen config (``run.yaml``), the ledger, and what readers load from them.
+
+``evomerge search`` freezes the run's config into the directory with the space
+as an absolute path, so ``resume``, ``front``, ``export`` and ``track`` work from
+any working directory. Source models are resolved against the space file's
+folder (then the config's), and a missing one fails before any output with the
+fix named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from evomerge.config.run import RunConfig
+from evomerge.errors import EvomergeError
+from evomerge.io.atomic import atomic_write_text
+from evomerge.search.ledgers import EvaluationRecord, find_ledger, open_ledger
+from evomerge.search.objectives import BoundObjective, bind_objectives
+
+RUN_FILE = "run.yaml"
+
+
+def top_rung(config: RunConfig) -> int:
+    """The index of the top fidelity level (the one a trial's final score is taken at)."""
+    return len(config.levels()) - 1
+
+
+def has_run(run_dir: Path) -> bool:
+    return find_ledger(run_dir) is not None
+
+
+def space_path(config: RunConfig, config_path: Path) -> Path:
+    return (Path(config_path).resolve().parent / config.space).resolve()
+
+
+def freeze_config(config: RunConfig, config_path: Path, run_dir: Path) -> None:
+    """Write the run's own config, with paths that work from anywhere."""
+    frozen = config.model_copy(update={"space": str(space_path(config, config_path))})
+    atomic_write_text(Path(run_dir) / RUN_FILE, yaml.safe_dump(frozen.model_dump(), sort_keys=False))
+
+
+def resolve_sources(space, config: RunConfig, config_path: Path) -> dict[str, Path]:
+    """Every source model of ``space`` as a directory, or an error naming the space file."""
+    from evomerge.merge.engine import resolve_model_path
+
+    here = Path(config_path).resolve().parent
+    where = space_path(config, config_path)
+    try:
+        sources = {r: resolve_model_path(r, [where.parent, here]) for r in space.source_models()}
+        missing = [str(p) for p in sources.values() if not Path(p).is_dir()]
+        if missing:
+            raise EvomergeError(f"Model {missing[0]} is not a directory.")
+    except EvomergeError as e:
+        hint = " (the toy zoo: run `evomerge zoo build` first)" if "zoo" in str(e) else ""
+        raise EvomergeError(
+            f"{where}: a source model of the space cannot be found: {e} Paths are relative to "
+            f"the space file's folder; fix base_model / models there{hint}."
+        ) from None
+    return sources
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[EvaluationRecord]]:
+    """A run's config, objectives and complete evaluations at its top fidelity (one per trial)."""
+    config_path = Path(run_dir) / RUN_FILE
+    if not has_run(run_dir) or not config_path.is_file():
+        raise EvomergeError(f"{run_dir} is not a search run (no ledger.db or ledger.jsonl, or no run.yaml).")
+    config = RunConfig.load(config_path)
+    _, objectives = bind_objectives(config, config_path)
+    ledger = open_ledger(run_dir, readonly=True)
+    try:
+        top = top_rung(config)
+        complete = [e for e in ledger.evaluations("complete") if e.scores and e.rung == top]
+    finally:
+        ledger.close()
+    if not complete:
+        raise EvomergeError(f"{run_dir} has no trial complete at the top fidelity yet.")
+    return config, objectives, complete
