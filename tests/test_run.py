@@ -1,0 +1,100 @@
+"""Wiring a run: executor and ledger kinds come from registries; run_search names none of them."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from evomerge.config.run import RunConfig
+from evomerge.errors import EvomergeError
+from evomerge.run import run_search
+from evomerge.search.executors import EXECUTORS
+from evomerge.search.ledgers import find_ledger
+from evomerge.testing import mini_zoo_config
+from evomerge.zoo.build import build_zoo
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return build_zoo(tmp_path_factory.mktemp("zoo"), mini_zoo_config(), log=lambda s: None)
+
+
+def _config(tmp_path, zoo, **over):
+    space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
+             "methods": ["task_arithmetic"], "parameters": {"weight": {"low": 0.0, "high": 1.0}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    run = {"space": "space.yaml", "objectives": [{"task": "cost", "metric": "params"}],
+           "optimizer": {"name": "random"}, "budget": {"trials": 2}, "tracking": {"enabled": False},
+           **over}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    return tmp_path / "run.yaml"
+
+
+def test_a_config_without_kind_keeps_its_meaning():
+    base = {"space": "s.yaml", "objectives": [{"task": "cost"}]}
+    assert RunConfig.model_validate(base).executor.resolved_kind == "serial"
+    assert RunConfig.model_validate({**base, "executor": {"workers": 3}}).executor.resolved_kind == "pool"
+    assert RunConfig.model_validate({**base, "ledger": "journal"}).ledger.kind == "journal"
+    assert RunConfig.model_validate({**base, "ledger": {"kind": "journal"}}).ledger.kind == "journal"
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"executor": {"kind": "serail"}}, r"executor\.kind: Unknown executor kind 'serail'\. Did you mean: serial\?"),
+    ({"executor": {"kind": "pool", "workers": 2, "adress": "x"}}, r"executor \(pool\): adress: unknown field"),
+    ({"ledger": "sqllite"}, r"ledger\.kind: Unknown ledger kind 'sqllite'\. Did you mean: sqlite\?"),
+    ({"optimizer": {"name": "cmaa"}}, r"optimizer\.name: Unknown optimizer 'cmaa'\. Did you mean: cmaes\?"),
+])
+def test_unknown_kinds_fail_before_any_output(tmp_path, zoo, over, message):
+    cfg = _config(tmp_path, zoo, **over)
+    with pytest.raises(EvomergeError, match=message):
+        run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_journal_ledger_by_its_plain_name(tmp_path, zoo):
+    run_search(_config(tmp_path, zoo, ledger="journal"), tmp_path / "out", log=lambda s: None)
+    assert find_ledger(tmp_path / "out") == "journal"
+
+
+def test_a_new_executor_joins_through_an_entry_point_without_editing_evomerge(tmp_path, zoo, monkeypatch):
+    """A separate package declares `[project.entry-points."evomerge.executors"] counting = ...`;
+    `executor: {kind: counting}` then selects it, with its own options validated."""
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "counting_executor.py").write_text(textwrap.dedent('''
+        from evomerge.search.executors.serial import SerialExecutor
+        from evomerge.validation import StrictModel
+
+        SUBMITTED = []
+
+        class Options(StrictModel):
+            label: str = "none"
+
+        class CountingExecutor(SerialExecutor):
+            Options = Options
+
+            def __init__(self, worker, settings, options, *, tasks=None):
+                super().__init__(worker, settings, options, tasks=tasks)
+                self.label = options.label
+
+            def submit(self, job, recipe, fidelity):
+                SUBMITTED.append((self.label, job))
+                super().submit(job, recipe, fidelity)
+    '''))
+    dist = plugin / "counting_executor-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: counting-executor\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[evomerge.executors]\ncounting = counting_executor:CountingExecutor\n")
+    monkeypatch.syspath_prepend(str(plugin))
+    monkeypatch.setattr(EXECUTORS, "_plugins_read", False)  # as in a fresh process
+    monkeypatch.setattr(EXECUTORS, "_lazy", dict(EXECUTORS._lazy))
+    monkeypatch.setattr(EXECUTORS, "_items", dict(EXECUTORS._items))
+    cfg = _config(tmp_path, zoo, executor={"kind": "counting", "label": "mine"})
+    result = run_search(cfg, tmp_path / "out", log=lambda s: None)
+    assert result.evaluated == 2
+    assert [label for label, _ in sys.modules["counting_executor"].SUBMITTED] == ["mine", "mine"]
+    assert "counting" in EXECUTORS.names()
