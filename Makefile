@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart demo test test-browser test-slow lint zoo bench bench-search clean
+.PHONY: setup quickstart demo test test-browser test-ray test-slow lint zoo bench bench-search clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ test-browser: $(STAMP)
 	[ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install --quiet -e '.[browser]'
 	$(BIN)/python -m pytest -q -m browser
+
+## The Ray executor on a local Ray runtime and on a three-node loopback cluster (a few minutes:
+## Ray and its actors start slowly on 2 cores).
+test-ray: $(STAMP)
+	$(BIN)/python -m pytest -q -m ray
 
 ## Slower tests, kept out of the default suite.
 test-slow: $(STAMP)

@@ -83,14 +83,31 @@ class ExecutorSpec(StrictModel):
         description="serial (in this process), pool (worker processes on this machine), or a "
         "registered executor. Default: serial for 1 worker, pool for more (as before `kind`).",
     )
-    workers: int = Field(default=1, ge=1, description="Slots: jobs evaluated at the same time.")
+    workers: int | Literal["auto"] = Field(
+        default=1, description="Slots: evaluations at the same time. auto: as many as fit (Ray: the "
+        "cluster's resources; pool: this machine's cores).",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="Threads per worker (default: torch's).")
+    max_retries: int = Field(
+        default=1, ge=0, description="Times an evaluation whose worker died is run again before it "
+        "is recorded as failed (pool, ray).",
+    )
+    timeout: float | None = Field(
+        default=None, gt=0, description="Seconds one evaluation may run; past it, its worker is "
+        "replaced and the evaluation fails (pool, ray).",
+    )
+
+    @model_validator(mode="after")
+    def _positive_workers(self) -> ExecutorSpec:
+        if self.workers != "auto" and self.workers < 1:
+            raise ValueError("workers must be at least 1, or auto")
+        return self
 
     @property
     def resolved_kind(self) -> str:
         if self.kind is not None:
             return self.kind
-        return "serial" if self.workers <= 1 else "pool"
+        return "serial" if self.workers == 1 else "pool"
 
     @property
     def options(self) -> dict[str, Any]:

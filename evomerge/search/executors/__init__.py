@@ -8,7 +8,9 @@ resident model and merges each candidate into it in memory before scoring it;
 executors decide where workers live:
 
 * ``serial`` - one worker in the controller's process (``workers: 1``);
-* ``pool`` - worker processes on this machine (``workers: N``).
+* ``pool`` - worker processes on this machine (``workers: N``);
+* ``ray`` - one Ray actor per slot, on this machine or a Ray cluster, with
+  per-actor resources (GPUs, fractions of GPUs, custom resources).
 
 ``executor: {kind: ...}`` in the run config picks one through ``EXECUTORS``; a
 config without ``kind`` gets serial for one worker and pool for more. A new
@@ -97,6 +99,7 @@ EXECUTORS: Registry[Any] = Registry(
     {
         "serial": "evomerge.search.executors.serial:SerialExecutor",
         "pool": "evomerge.search.executors.pool:PoolExecutor",
+        "ray": "evomerge.search.executors.ray:RayExecutor",
     },
     entry_points="evomerge.executors",
 )

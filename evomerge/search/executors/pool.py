@@ -34,7 +34,9 @@ class PoolExecutor:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.slots = settings.workers
+        import os
+
+        self.slots = (os.cpu_count() or 1) if settings.workers == "auto" else settings.workers
         self._pool = ProcessPoolExecutor(
             max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker, initargs=(worker,),
