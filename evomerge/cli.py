@@ -269,12 +269,13 @@ def eval_cmd(
     from rich.table import Table
 
     from evomerge.eval import load_task
-    from evomerge.merge.engine import check_device
+    from evomerge.io.hf import load_causal_lm
+    from evomerge.merge.engine import check_device, resolve_model_path
 
     try:
         evaluators = [load_task(t, split=split) for t in task]
         dev = check_device(device)
-        model, tokenizer = _load_model(model_dir, dev)
+        model, tokenizer = load_causal_lm(resolve_model_path(str(model_dir)), device=dev)
     except EvomergeError as err:
         _fail(err)
     results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
@@ -300,25 +301,6 @@ def eval_cmd(
         console.print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
-
-
-def _load_model(model_dir: Path, device):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from evomerge.merge.engine import resolve_model_path
-
-    path = resolve_model_path(str(model_dir))
-    if not any(path.glob("*.safetensors")):
-        raise EvomergeError(
-            f"{path} has no .safetensors weights; evomerge eval loads safetensors only "
-            f"(convert the checkpoint, or merge it with `evomerge merge --allow-pickle`)."
-        )
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, use_safetensors=True
-    ).to(device)
-    return model.eval(), tokenizer
 
 
 space_app = typer.Typer(help="Inspect search spaces.", no_args_is_help=True)

@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from evomerge.io.hf import load_model
 from evomerge.merge.engine import merge_to_disk
 from evomerge.recipe import Recipe
 from evomerge.testing import make_family
@@ -31,15 +32,13 @@ def run(out: Path, console: Console) -> None:
     table = Table(title="evomerge merge demo")
     for col in ("recipe", "method", "hash", "layers", "tensors", "seconds", "logits finite"):
         table.add_column(col)
-    from transformers import AutoModelForCausalLM
-
     for path in sorted(RECIPES.glob("*.yaml")):
         text = path.read_text().replace("MODELS", str(models))
         recipe = Recipe.from_dict(yaml.safe_load(text), str(path))
         start = time.perf_counter()
         result = merge_to_disk(recipe, out / "merged" / path.stem, force=True)
         seconds = time.perf_counter() - start
-        model = AutoModelForCausalLM.from_pretrained(result.out)
+        model = load_model(result.out)
         logits = model(torch.tensor([[1, 5, 9, 3]])).logits
         table.add_row(
             path.stem,

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: lazy reading of HF model directories and atomic, streaming writing.
+"""Checkpoint I/O: lazy reading of HF model directories, atomic streaming writing, loading a model.
 
 Names are resolved on first use, so ``evomerge.io.prefill`` imports without torch.
 """
@@ -13,9 +13,19 @@ _EXPORTS = {
     "TensorSource": "evomerge.io.checkpoint",
     "CheckpointWriter": "evomerge.io.writer",
     "TensorSpec": "evomerge.io.writer",
+    "load_causal_lm": "evomerge.io.hf",
+    "load_model": "evomerge.io.hf",
 }
 
-__all__ = ["Checkpoint", "CheckpointWriter", "StateDictSource", "TensorSource", "TensorSpec"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointWriter",
+    "StateDictSource",
+    "TensorSource",
+    "TensorSpec",
+    "load_causal_lm",
+    "load_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -167,15 +167,14 @@ def train_expert(
 ) -> dict:
     """One expert: continue from the base on one skill (run in its own process)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from evomerge.io.hf import load_causal_lm
     from evomerge.zoo.data import eval_prompts
     from evomerge.zoo.train import TrainSchedule, train
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    model, tokenizer = load_causal_lm(base_dir)  # train() puts it in training mode
     loss = train(
         model,
         tokenizer,

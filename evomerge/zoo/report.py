@@ -76,10 +76,8 @@ def zoo_report(
     fidelity: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> ZooReport:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from evomerge.eval import load_task
+    from evomerge.io.hf import load_causal_lm
     from evomerge.merge.engine import InMemoryMerger
     from evomerge.zoo.build import read_manifest
 
@@ -88,7 +86,7 @@ def zoo_report(
         raise FileNotFoundError(f"no zoo in {zoo}; run `evomerge zoo build` first")
     experts = [n for n, m in manifest["models"].items() if m["role"] == "expert"]
     skills = [manifest["models"][e]["skill"] for e in experts]
-    tokenizer = AutoTokenizer.from_pretrained(str(zoo / "base"))
+    resident, tokenizer = load_causal_lm(zoo / "base")  # the model every merge below goes into
     tasks = {s: {sp: load_task(s, split=sp) for sp in ("search", "test")} for s in skills}
 
     def score(model, split: str = "test", fid: int | None = None) -> dict[str, float]:
@@ -101,12 +99,11 @@ def zoo_report(
 
     report = ZooReport(skills)
     for name in ["base", *experts]:
-        model = AutoModelForCausalLM.from_pretrained(str(zoo / name), dtype=torch.float32).eval()
+        model, _ = load_causal_lm(zoo / name)
         report.rows.append(Row(name, score(model)))
         log(f"scored {name}")
 
     merger = InMemoryMerger({n: zoo / n for n in ["base", *experts]})
-    resident = AutoModelForCausalLM.from_pretrained(str(zoo / "base"), dtype=torch.float32).eval()
 
     def merged_scores(recipe: Recipe, split: str = "test", fid: int | None = None) -> dict[str, float]:
         merger.merge(recipe, into=resident)
