@@ -27,6 +27,7 @@ import torch
 
 from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import TensorSource
+from evomerge.io.model_config import layer_count
 from evomerge.io.writer import TensorSpec
 from evomerge.merge.registry import BasePolicy, MethodSpec, Param, TensorGroup, get_method
 from evomerge.recipe import (
@@ -40,7 +41,6 @@ from evomerge.recipe import (
 
 _LAYER = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
 _PRE_MARKERS = ("embed", "wte", "wpe")
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 TORCH_DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -89,7 +89,11 @@ class MergePlan:
     def output_config(self, sources: Mapping[str, TensorSource]) -> dict[str, Any]:
         config = dict(sources[self.config_source].config)
         if self.layer_count_key:
-            config[self.layer_count_key] = self.num_layers
+            outer, _, key = self.layer_count_key.rpartition(".")  # "text_config.num_hidden_layers"
+            if outer:
+                config[outer] = {**config[outer], key: self.num_layers}
+            else:
+                config[key] = self.num_layers
         dtypes = {self.output_dtype(op) for op in self.ops}
         if len(dtypes) == 1:
             name = str(next(iter(dtypes))).removeprefix("torch.")
@@ -144,9 +148,10 @@ def _layout(source: TensorSource) -> _Layout:
 
 
 def _layer_count(source: TensorSource, layout: _Layout) -> tuple[int, str | None]:
-    for key in LAYER_COUNT_KEYS:
-        if isinstance(source.config.get(key), int):
-            return source.config[key], key
+    """The source's depth and the config key that gives it (its config's, else its checkpoint's)."""
+    found = layer_count(source.config)
+    if found is not None:
+        return found[1], found[0]
     return (max(layout.layers) + 1 if layout.layers else 0), None
 
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.errors import CheckpointError
+from evomerge.io.model_config import layer_count
 
-_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _TYPED_ATTRS = ("layer_type", "attention_type")  # per-layer attention kind on a module
 
 
@@ -99,11 +99,10 @@ def _text_config(model: torch.nn.Module):
 
 
 def _layer_count(config) -> tuple[str, int]:
-    for key in _LAYER_COUNT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return key, value
-    raise CheckpointError("The model's config gives no layer count (num_hidden_layers).")
+    found = layer_count(config)
+    if found is None:
+        raise CheckpointError("The model's config gives no layer count (num_hidden_layers).")
+    return found
 
 
 def _layer_types(config, n: int, old: int, given: Sequence[str] | None) -> list[str] | None:

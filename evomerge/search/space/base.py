@@ -213,19 +213,18 @@ UNION_TAGS: set[str] = set()
 
 def read_depth(ref: str, dirs: Sequence[Path]) -> int:
     """The number of layers of the model directory ``ref`` (ValueError naming the fix otherwise)."""
+    from evomerge.io.model_config import layer_count
     from evomerge.merge.engine import resolve_model_path
-    from evomerge.merge.plan import LAYER_COUNT_KEYS
 
     try:
         config_path = resolve_model_path(ref, list(dirs)) / "config.json"
         config = json.loads(config_path.read_text())
     except (EvomergeError, OSError, ValueError) as e:
         raise ValueError(f"could not read the depth of {ref!r} ({e}); set num_layers in the space") from None
-    config = config.get("text_config", config) if "num_hidden_layers" not in config else config
-    for key in LAYER_COUNT_KEYS:
-        if isinstance(config.get(key), int):
-            return config[key]
-    raise ValueError(f"{config_path} gives no layer count; set num_layers in the space")
+    found = layer_count(config) if isinstance(config, dict) else None
+    if found is None:
+        raise ValueError(f"{config_path} gives no layer count; set num_layers in the space")
+    return found[1]
 
 
 def short_name(ref: str) -> str:
