@@ -213,3 +213,20 @@ def test_merging_into_a_model_of_another_shape_is_refused(untied_family):
     )
     with pytest.raises(CheckpointError, match="no such tensor"):
         merger.merge(recipe, into=small)
+
+
+def test_depth_of_a_multimodal_config_is_read_and_written_under_text_config():
+    from evomerge.io import StateDictSource
+    from evomerge.merge.plan import build_plan
+
+    config = {"text_config": {"num_hidden_layers": 3, "hidden_size": 2}, "vision_config": {"num_hidden_layers": 7}}
+    tensors = {f"model.layers.{i}.mlp.weight": torch.full((2, 2), float(i)) for i in range(3)}
+    src = StateDictSource("m", tensors | {"model.embed_tokens.weight": torch.zeros(4, 2)}, config)
+    recipe = Recipe.from_dict(
+        {"merge_method": "passthrough", "slices": [{"sources": [{"model": "m", "layer_range": [1, 3]}]}]}
+    )
+    plan = build_plan(recipe, {"m": src})
+    out = plan.output_config({"m": src})
+    assert plan.num_layers == 2
+    assert out["text_config"] == {"num_hidden_layers": 2, "hidden_size": 2}
+    assert "num_hidden_layers" not in out and config["text_config"]["num_hidden_layers"] == 3
