@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -41,9 +42,32 @@ class ConditionalParameter(StrictModel):
     value: Union[Scalar, list[Scalar]]
     filter: str | None = None
 
+    def applies_to(self, tensor: str) -> bool:
+        """No filter (or ``*``) applies to every tensor, else those whose name contains it."""
+        return self.filter in (None, "*") or self.filter in tensor
+
 
 ParameterSetting = Union[ConditionalParameter, list[ConditionalParameter], Scalar, list[Scalar]]
 Parameters = dict[str, ParameterSetting]
+
+
+def gradient_position(index: int, count: int) -> float:
+    """Where a gradient is read for layer ``index`` of a slice of ``count`` layers: 0 at the
+    first, 1 at the last, 1 for a one-layer slice (and 0 for embeddings and the head)."""
+    return index / (count - 1) if count > 1 else 1.0
+
+
+def gradient_at(values: Sequence[Any], t: float) -> Any:
+    """A gradient (a list of values spread evenly over a slice) read at ``t`` in [0, 1]: numbers
+    are interpolated linearly between neighbouring entries; other values step (the entry at or
+    below ``t``)."""
+    pos = t * (len(values) - 1)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        i0 = int(pos)
+        i1 = min(len(values) - 1, i0 + 1)
+        frac = pos - i0
+        return (1 - frac) * values[i0] + frac * values[i1]
+    return values[int(pos)]
 
 # Which dtype names a recipe may use, and their canonical spelling.
 DTYPE_ALIASES = {

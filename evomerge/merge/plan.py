@@ -37,6 +37,8 @@ from evomerge.recipe import (
     Recipe,
     Slice,
     SliceSource,
+    gradient_at,
+    gradient_position,
 )
 
 _LAYER = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -164,17 +166,10 @@ def evaluate_setting(setting: Any, tensor: str, t: float, param: Param) -> Any:
             return None
         if all(isinstance(e, ConditionalParameter) for e in setting):
             for cond in setting:
-                if cond.filter in (None, "*") or cond.filter in tensor:
+                if cond.applies_to(tensor):
                     return evaluate_setting(cond.value, tensor, t, param)
             return None
-        values = [param.coerce(v) for v in setting]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            pos = t * (len(values) - 1)
-            i0 = int(pos)
-            i1 = min(len(values) - 1, i0 + 1)
-            frac = pos - i0
-            return param.coerce((1 - frac) * values[i0] + frac * values[i1])
-        return values[int(t * (len(values) - 1))]
+        return param.coerce(gradient_at([param.coerce(v) for v in setting], t))
     return param.coerce(setting)
 
 
@@ -356,7 +351,7 @@ def build_plan(
     for ctx in ctxs:
         n = ctx.slice.num_layers
         for j in range(n):
-            t = j / (n - 1) if n > 1 else 1.0
+            t = gradient_position(j, n)
             lead = ctx.slice.sources[0]
             rests = layouts[lead.model].layers.get(lead.layer_range[0] + j, [])
             for rest in rests:

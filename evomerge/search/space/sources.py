@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from evomerge.errors import EvomergeError
-from evomerge.recipe import ConditionalParameter, Parameters, Recipe
+from evomerge.recipe import ConditionalParameter, Parameters, Recipe, gradient_at, gradient_position
 from evomerge.search.space.base import (
     UNION_TAGS,
     LoadContext,
@@ -207,7 +207,7 @@ def layer_of_recipe(recipe: Recipe, layer: int, num_layers: int | None = None) -
         if num_layers is not None:
             if not 0 <= layer < num_layers:
                 raise SearchSpaceError(f"layer {layer} is outside the recipe's {num_layers} layers")
-            t = layer / (num_layers - 1) if num_layers > 1 else 1.0
+            t = gradient_position(layer, num_layers)
         sources: list[dict[str, Any]] = []
         names = [m.model for m in recipe.models]
         base = recipe.base_model
@@ -232,7 +232,7 @@ def layer_of_recipe(recipe: Recipe, layer: int, num_layers: int | None = None) -
         n = s.num_layers
         if start <= layer < start + n:
             j = layer - start
-            t = j / (n - 1) if n > 1 else 1.0
+            t = gradient_position(j, n)
             sources = []
             for src in s.sources:
                 d: dict[str, Any] = {"model": src.model, "layer_range": [src.layer_range[0] + j, src.layer_range[0] + j + 1]}
@@ -257,7 +257,8 @@ def _params_at(params: Parameters | None, t: float | None) -> dict[str, Any]:
 
 
 def _setting_at(setting: Any, t: float | None) -> Any:
-    """A parameter setting with its gradients evaluated at ``t`` (as the plan does)."""
+    """A parameter setting with its gradients read at ``t`` (``gradient_at``, as the plan
+    reads them); filter lists are kept, each value read at ``t``."""
     if isinstance(setting, ConditionalParameter):
         setting = [setting]
     if isinstance(setting, list) and setting and all(isinstance(e, ConditionalParameter) for e in setting):
@@ -270,14 +271,7 @@ def _setting_at(setting: Any, t: float | None) -> Any:
             raise SearchSpaceError(
                 "the recipe has gradient parameters; give the recipe source's num_layers (or load with resolve=True)"
             )
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting)
-        if numbers:
-            pos = t * (len(setting) - 1)
-            i0 = int(pos)
-            i1 = min(len(setting) - 1, i0 + 1)
-            frac = pos - i0
-            return (1 - frac) * setting[i0] + frac * setting[i1]
-        return setting[int(t * (len(setting) - 1))]
+        return gradient_at(setting, t)
     return setting
 
 
