@@ -122,6 +122,8 @@ def open_ledger(run_dir: Path, spec=None, *, readonly: bool = False) -> Ledger:
         spec = LedgerSpec(kind=spec)
     kind = find_ledger(run_dir)
     options: dict = {}
+    if kind is None and readonly:
+        raise EvomergeError(f"{run_dir} holds no ledger (not a search run, or not started yet).")
     if kind is None:
         kind = spec.kind if spec is not None else "sqlite"
         if kind not in LEDGERS:

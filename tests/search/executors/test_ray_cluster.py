@@ -1,0 +1,107 @@
+"""The Ray executor on a real three-node cluster on loopback (a head with no CPUs for actors, two
+worker nodes with one slot each, a custom resource standing in for a GPU)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import ray
+import yaml
+from ray.cluster_utils import Cluster
+
+from evomerge.run import run_search
+from evomerge.search.ledgers import open_ledger
+from evomerge.testing import mini_zoo_config
+from evomerge.zoo.build import build_zoo
+
+pytestmark = pytest.mark.ray
+SLOT = {"num_cpus": 1, "custom": {"evomerge_slot": 1}}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [c.add_node(num_cpus=1, resources={"evomerge_slot": 1}) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False, configure_logging=False)
+    yield c, workers
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return build_zoo(tmp_path_factory.mktemp("zoo"), mini_zoo_config(), log=lambda s: None)
+
+
+def _config(tmp_path, zoo, executor, trials=8, name="run"):
+    space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
+             "methods": ["task_arithmetic", "ties"],
+             "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    run = {"space": "space.yaml", "objectives": [{"task": "zoo_text"}, {"task": "addition"}], "fidelity": 8,
+           "scalarization": "weighted_sum",
+           "optimizer": {"name": "cmaes", "options": {"popsize": 4}}, "budget": {"trials": trials},
+           "tracking": {"enabled": False}, "executor": executor, "seed": 11}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+def _complete(run_dir):
+    led = open_ledger(run_dir, readonly=True)
+    try:
+        return led.evaluations("complete")
+    finally:
+        led.close()
+
+
+def test_the_cluster_search_gives_the_serial_trials(cluster, tmp_path, zoo):
+    run_search(_config(tmp_path, zoo, {"kind": "serial"}, name="serial"), tmp_path / "serial", log=lambda s: None)
+    cfg = _config(tmp_path, zoo, {"kind": "ray", "address": "auto", "workers": "auto", "resources": SLOT},
+                  name="cluster")
+    result = run_search(cfg, tmp_path / "cluster", log=lambda s: None)
+    assert result.trials == 8 and result.failed == 0
+    serial = {(e.trial, e.recipe_hash): e.scores for e in _complete(tmp_path / "serial")}
+    spread = {(e.trial, e.recipe_hash): e.scores for e in _complete(tmp_path / "cluster")}
+    assert serial.keys() == spread.keys()
+    for key, scores in serial.items():
+        assert spread[key] == pytest.approx(scores, rel=1e-6)
+
+
+def test_losing_a_worker_node_mid_search_loses_no_finished_evaluation(cluster, tmp_path, zoo):
+    c, workers = cluster
+    cfg = _config(tmp_path, zoo, {"kind": "ray", "address": "auto", "workers": 2, "resources": SLOT,
+                                  "max_retries": 2}, trials=12, name="lossy")
+    box: dict = {}
+
+    def search():
+        try:
+            box["result"] = run_search(cfg, tmp_path / "lossy", log=lambda s: None)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            box["error"] = e
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(_safe_complete(tmp_path / "lossy")) < 3:
+        time.sleep(0.2)
+    before = {(e.id, e.recipe_hash, e.seq) for e in _safe_complete(tmp_path / "lossy")}
+    assert len(before) >= 3, "the search never got going"
+    c.remove_node(workers[1], allow_graceful=False)
+    thread.join(timeout=600)
+    assert not thread.is_alive() and "error" not in box, box.get("error")
+    result = box["result"]
+    after = _complete(tmp_path / "lossy")
+    assert before <= {(e.id, e.recipe_hash, e.seq) for e in after}  # nothing finished was lost
+    assert result.trials == 12 and len(after) == 12 and len({e.recipe_hash for e in after}) == 12
+    assert result.failed == 0  # the evaluation on the lost node ran again on the other
+
+
+def _safe_complete(run_dir):
+    try:
+        return _complete(run_dir)
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
