@@ -1,17 +1,11 @@
 """Evaluators: score an in-memory model on a task, at a chosen fidelity.
 
-Importing this package registers the built-in evaluator types; lm-eval itself
-is imported only when an lm-eval task is scored.
+Evaluator types are entries of ``EVALUATORS``: each type's module is imported
+when a task of that type is first loaded (so torch loads with the first
+evaluator that needs it, and lm-eval only when an lm-eval task is scored).
+Plugins add types through the ``evomerge.evaluators`` entry-point group.
 """
 
-from evomerge.eval import (  # noqa: F401  (registration side effects)
-    cost,
-    exact_match,
-    lm_eval_task,
-    loglikelihood,
-    perplexity,
-    python_fn,
-)
 from evomerge.eval.base import (
     EVALUATORS,
     EvalResult,

@@ -144,11 +144,24 @@ class Evaluator(ABC):
         )
 
 
-EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator type")
+EVALUATORS: Registry[type[Evaluator]] = Registry(
+    "evaluator type",
+    {
+        "exact_match": "evomerge.eval.exact_match",
+        "loglikelihood": "evomerge.eval.loglikelihood",
+        "perplexity": "evomerge.eval.perplexity",
+        "python": "evomerge.eval.python_fn",
+        "lm_eval": "evomerge.eval.lm_eval_task",
+        "cost": "evomerge.eval.cost",
+    },
+    entry_points="evomerge.evaluators",
+)
 
 
 def register_evaluator(name: str):
-    """Class decorator: ``@register_evaluator("exact_match")``."""
+    """Class decorator: ``@register_evaluator("exact_match")`` (in a module that ``EVALUATORS``
+    names lazily, that a plugin's ``evomerge.evaluators`` entry point names, or that is imported
+    anyway)."""
     return EVALUATORS.decorator(name)
 
 

@@ -58,3 +58,18 @@ def test_data_problems_fail_at_load_naming_the_path(lm, tmp_path):
     # Data that goes missing after loading is a failed result, not a crash.
     res = load_task(str(path), validate=False).evaluate(model, tok)
     assert not res.ok and "search.jsonl:1: missing field 'answer'" in res.error
+
+
+def test_evaluator_types_are_listed_without_importing_them():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from evomerge.eval import EVALUATORS; "
+        "print(EVALUATORS.names()); "
+        "print(sorted(m for m in sys.modules if m.startswith('evomerge.eval.') or m == 'torch'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    names, loaded = out.splitlines()
+    assert names == str(["cost", "exact_match", "lm_eval", "loglikelihood", "perplexity", "python"])
+    assert loaded == str(["evomerge.eval.base", "evomerge.eval.task"])
