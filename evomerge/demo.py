@@ -1,4 +1,4 @@
-"""A merge demo on tiny generated models: the main job until the quickstart search lands.
+"""A merge demo on tiny generated models (the main job is the quickstart search: ``make quickstart``).
 
 Generates a base and three experts (random task vectors; no download), merges
 them with three recipes from ``runs/demo/`` - TIES in parameter space, DARE-TIES

@@ -1,8 +1,8 @@
 """A small named registry shared by every extension point.
 
-Merge methods, optimisers, evaluators, executors, ledgers and search-space
-kinds each keep one ``Registry``. An implementation joins in one of three ways,
-none of which edits code elsewhere:
+Merge methods, optimisers, evaluator types, executors, ledgers, search-space
+kinds and the zoo's skills each keep one ``Registry``. An implementation joins
+in one of three ways, none of which edits code elsewhere:
 
 * a lazy entry ``name -> "module"`` or ``"module:attr"`` declared with the
   registry: the module is imported only when the name is first asked for (so

@@ -1,6 +1,6 @@
 """Reshaping a resident Hugging Face model to the depth a recipe makes.
 
-A layer-space search decodes paths of varying length; the in-memory executor
+A layer-space search decodes paths of varying length; each search worker
 keeps one model resident and merges every candidate into it. ``fit_layers``
 gives that model ``n`` decoder layers in place, reusing the layer modules it
 has (a new layer is a deep copy of the last one; the merge then overwrites its

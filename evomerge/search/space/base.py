@@ -8,7 +8,8 @@ say (``num_layers``) and read the recipes it references while it validates, and
 every problem comes back as one sentence naming the file and the field.
 
 A new kind is one module with a ``Space`` subclass (``kind: Literal["name"]``,
-decorated with ``@register_space``) and one entry in ``SPACE_KINDS`` below.
+decorated with ``@register_space``) and one entry in ``SPACE_KINDS`` below (or,
+outside this package, an ``evomerge.space_kinds`` entry point).
 """
 
 from __future__ import annotations
