@@ -351,6 +351,11 @@ def search(
     run_config: Annotated[Path, typer.Argument(metavar="RUN.yaml", help="A run config (see runs/).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (ledger, run.yaml).")],
     trials: Annotated[Optional[int], typer.Option(help="Override the trial budget.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Run the evaluations on Ray: auto (the running cluster), ray://HOST:PORT, or local "
+        "(start Ray here). Sets executor.kind to ray.")] = None,
+    take_over: Annotated[bool, typer.Option(
+        help="Take the run's lease from a controller that is gone (shared ledgers).")] = False,
 ) -> None:
     """Search a space for merge recipes; progress on stderr, a summary on stdout."""
     from evomerge.run import run_search
@@ -359,11 +364,17 @@ def search(
     try:
         result = run_search(
             run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False),
-            progress=ProgressPrinter(err_console),
+            progress=ProgressPrinter(err_console), take_over=take_over,
+            ray_address=_ray_address(ray_address),
         )
     except EvomergeError as err:
         _fail(err)
     _print_search_result(result)
+
+
+def _ray_address(value: str | None) -> str | None:
+    """``--ray-address local`` starts Ray in this process (the config's ``address: null``)."""
+    return None if value is None else ("" if value == "local" else value)
 
 
 def _print_search_result(result) -> None:
@@ -386,15 +397,29 @@ def _print_search_result(result) -> None:
 def resume(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
     trials: Annotated[Optional[int], typer.Option(help="Raise the trial budget.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Continue on Ray: auto, ray://HOST:PORT, or local.")] = None,
+    take_over: Annotated[bool, typer.Option(
+        help="Take the run's lease from a controller that is gone (shared ledgers).")] = False,
+    ledger_url: Annotated[Optional[str], typer.Option(
+        help="Resume a run kept in a database from a machine without its run directory: the "
+        "database URL (no password; see --password-env). RUN_DIR is then created here.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="The run's name in that database.")] = None,
+    password_env: Annotated[Optional[str], typer.Option(
+        help="The environment variable holding the database password.")] = None,
 ) -> None:
     """Continue an interrupted search: finished trials are kept, never run again."""
     from evomerge.run import resume_search
     from evomerge.search.progress import ProgressPrinter
 
+    ledger = None
+    if ledger_url is not None:
+        ledger = {"url": ledger_url, "run": run, "password_env": password_env}
     try:
         result = resume_search(
             run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False),
-            progress=ProgressPrinter(err_console),
+            progress=ProgressPrinter(err_console), take_over=take_over,
+            ray_address=_ray_address(ray_address), ledger=ledger,
         )
     except EvomergeError as err:
         _fail(err)

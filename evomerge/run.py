@@ -100,6 +100,18 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
         raise RunConfigError(f"{config_path}: {e}") from None
     if config.ledger.kind not in LEDGERS:
         raise RunConfigError(f"{config_path}: ledger.kind: {LEDGERS.unknown_message(config.ledger.kind)}")
+    check = getattr(LEDGERS.get(config.ledger.kind), "check", None)
+    if check is not None:
+        from pydantic import ValidationError
+
+        from evomerge.validation import problems
+
+        try:
+            check(config.ledger.options)
+        except ValidationError as e:
+            raise RunConfigError(f"{config_path}: ledger ({config.ledger.kind}): {problems(e)}.") from None
+        except EvomergeError as e:
+            raise RunConfigError(f"{config_path}: {e}") from None
     return Prepared(space, tasks, objectives, optimizer)
 
 
@@ -129,9 +141,18 @@ def run_search(
     resume: bool = False,
     log: Callable[[str], None] = print,
     progress: Callable[[Progress], None] | None = None,
+    take_over: bool = False,
+    ray_address: str | None = None,
 ) -> SearchResult:
-    """Start a run in ``run_dir``, or with ``resume`` continue the one there."""
+    """Start a run in ``run_dir``, or with ``resume`` continue the one there.
+
+    ``take_over``: take the run's lease from a controller that is gone (shared ledgers).
+    ``ray_address``: run on Ray at this address (``auto``: the running cluster)."""
     config = RunConfig.load(config_path)
+    if ray_address is not None:
+        executor = config.executor.model_dump()
+        executor.update(kind="ray", address=ray_address or None)
+        config = config.model_copy(update={"executor": type(config.executor).model_validate(executor)})
     p = prepare(config, config_path)
     exists = has_run(run_dir)
     if exists and not resume:
@@ -150,9 +171,22 @@ def run_search(
         torch_threads=config.executor.torch_threads,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
+    fresh_dir = not any(run_dir.iterdir())
+    ledger = open_ledger(run_dir, config.ledger, take_over=take_over)
+    if not resume and hasattr(ledger, "load_config") and ledger.load_config() is not None:
+        ledger.close()
+        if fresh_dir:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise EvomergeError(
+            f"the ledger database already holds a run named {ledger.run!r}; continue it with "
+            f"`evomerge resume`, or name this one differently (ledger.run)."
+        )
     if not resume:
         freeze_config(config, config_path, run_dir)
-    ledger = open_ledger(run_dir, config.ledger)
+        if hasattr(ledger, "save_config"):  # a shared ledger keeps the run's config too
+            ledger.save_config((run_dir / RUN_FILE).read_text())
     executor = tracker = None
     finished = False
     try:
@@ -208,9 +242,38 @@ def start_tracking(run_dir: Path, space, objectives, ledger, log):
 
 def resume_search(
     run_dir: Path, *, trials: int | None = None, log: Callable[[str], None] = print,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None, take_over: bool = False,
+    ray_address: str | None = None, ledger: dict | None = None,
 ) -> SearchResult:
+    """Continue the run in ``run_dir``. ``ledger``: the options of a shared (sql) ledger, to
+    resume on a machine that has no copy of the run directory: its config comes from the
+    database."""
+    if ledger is not None and not (run_dir / RUN_FILE).is_file():
+        fetch_run(run_dir, ledger)
     config_path = run_dir / RUN_FILE
     if not config_path.is_file():
         raise EvomergeError(f"{run_dir} holds no run to resume (no run.yaml).")
-    return run_search(config_path, run_dir, trials=trials, resume=True, log=log, progress=progress)
+    return run_search(config_path, run_dir, trials=trials, resume=True, log=log, progress=progress,
+                      take_over=take_over, ray_address=ray_address)
+
+
+def fetch_run(run_dir: Path, options: dict) -> None:
+    """Make ``run_dir`` a view of a run kept in a shared ledger: its pointer and frozen config."""
+    from evomerge.io.atomic import atomic_write_text
+
+    cls = LEDGERS.get("sql")
+    led = cls.open(run_dir, options, readonly=True)
+    try:
+        text = led.load_config()
+    finally:
+        led.close()
+    if text is None:
+        raise EvomergeError(f"the database holds no run named {led.run!r}; check --run and --ledger-url.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from evomerge.search.ledgers.sql import POINTER
+
+    if not (run_dir / POINTER).is_file():
+        import yaml
+
+        atomic_write_text(run_dir / POINTER, yaml.safe_dump(led.options.model_dump(), sort_keys=False))
+    atomic_write_text(run_dir / RUN_FILE, text)

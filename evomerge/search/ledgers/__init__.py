@@ -14,9 +14,10 @@ controller saw them. Sessions record each controller run's budget and where it
 stopped asking, so a replay follows the rules of the session that made it.
 
 Kinds are registered by name (``ledger: {kind: ...}`` in the run config, or a
-plain string): ``sqlite`` (``RUN_DIR/ledger.db``, the default) and ``journal``
+plain string): ``sqlite`` (``RUN_DIR/ledger.db``, the default), ``journal``
 (``RUN_DIR/ledger.jsonl``, an fsynced append-only file for network file
-systems). A new kind is one module with a class following ``Ledger`` and one
+systems) and ``sql`` (a database server, e.g. PostgreSQL, for clusters: resume
+from any machine, one controller at a time by lease). A new kind is one module with a class following ``Ledger`` and one
 entry in ``LEDGERS``; ``evomerge.testing.ledgers`` is the suite it must pass.
 """
 
@@ -62,8 +63,11 @@ class EvaluationRecord:
 class Ledger(Protocol):
     """What the controller, resume and the readers (front, export, track) need of a ledger.
 
-    Classes also provide ``exists(run_dir) -> bool`` (a run of this kind is there) and
-    ``open(run_dir, options, readonly) -> Ledger`` as class methods."""
+    Classes also provide, as class methods, ``exists(run_dir) -> bool`` (a run of this kind is
+    there) and ``open(run_dir, options, *, readonly, take_over) -> Ledger``; optionally
+    ``check(options)`` (validate options and reach the store before any model loads). A ledger
+    that can be shared by several machines holds the run's lease while open for writing: a second
+    writer is refused unless ``take_over``."""
 
     def start(self, trial: int, rung: int, recipe_hash: str, genome: list[float], recipe: str,
               fidelity: int | None) -> int:
@@ -99,6 +103,7 @@ LEDGERS: Registry[Any] = Registry(
     {
         "sqlite": "evomerge.search.ledgers.sqlite:SQLiteLedger",
         "journal": "evomerge.search.ledgers.journal:JournalLedger",
+        "sql": "evomerge.search.ledgers.sql:SQLLedger",
     },
     entry_points="evomerge.ledgers",
 )
@@ -112,7 +117,7 @@ def find_ledger(run_dir: Path) -> str | None:
     return None
 
 
-def open_ledger(run_dir: Path, spec=None, *, readonly: bool = False) -> Ledger:
+def open_ledger(run_dir: Path, spec=None, *, readonly: bool = False, take_over: bool = False) -> Ledger:
     """The run's ledger: the one that exists, else a new one as ``spec`` (a ``LedgerSpec`` or
     a kind's name) says (sqlite by default). ``readonly``: for readers while a search may be
     writing."""
@@ -130,4 +135,4 @@ def open_ledger(run_dir: Path, spec=None, *, readonly: bool = False) -> Ledger:
             raise EvomergeError(f"ledger: {LEDGERS.unknown_message(kind)}")
     if spec is not None and spec.kind == kind:
         options = spec.options
-    return LEDGERS.get(kind).open(Path(run_dir), options, readonly=readonly)
+    return LEDGERS.get(kind).open(Path(run_dir), options, readonly=readonly, take_over=take_over)

@@ -60,7 +60,7 @@ class JournalLedger:
         return (Path(run_dir) / FILENAME).is_file()
 
     @classmethod
-    def open(cls, run_dir: Path, options: dict, *, readonly: bool = False) -> JournalLedger:
+    def open(cls, run_dir: Path, options: dict, *, readonly: bool = False, take_over: bool = False) -> JournalLedger:
         if options:
             raise EvomergeError(f"ledger: the journal ledger takes no options (got {sorted(options)}).")
         return cls(Path(run_dir) / FILENAME, readonly=readonly)

@@ -81,7 +81,7 @@ class SQLiteLedger:
         return (Path(run_dir) / FILENAME).is_file()
 
     @classmethod
-    def open(cls, run_dir: Path, options: dict, *, readonly: bool = False) -> SQLiteLedger:
+    def open(cls, run_dir: Path, options: dict, *, readonly: bool = False, take_over: bool = False) -> SQLiteLedger:
         if options:
             raise EvomergeError(f"ledger: the sqlite ledger takes no options (got {sorted(options)}).")
         return cls(Path(run_dir) / FILENAME)
