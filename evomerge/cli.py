@@ -377,6 +377,15 @@ def _ray_address(value: str | None) -> str | None:
     return None if value is None else ("" if value == "local" else value)
 
 
+def _utilisation(result) -> str:
+    u = result.utilisation or {}
+    if "slot_utilisation" not in u:
+        return ""
+    slots = [v for k, v in sorted(u.items()) if k.startswith("slot_utilisation/")]
+    each = f" (per slot {', '.join(f'{v:.0%}' for v in slots)})" if len(slots) > 1 else ""
+    return f"; slots busy {u['slot_utilisation']:.0%} of the time{each}"
+
+
 def _print_search_result(result) -> None:
     best = "none" if result.best_fitness is None else f"trial {result.best_trial}, fitness {result.best_fitness:.4f}"
     saved = ""
@@ -388,7 +397,7 @@ def _print_search_result(result) -> None:
     console.print(
         f"{result.evaluated} evaluations in this session ({result.trials} trials in the run, "
         f"{result.failed} evaluations failed, {result.duplicates} duplicates told from earlier results); "
-        f"best: {best}{saved}; {result.ledger} ledger in {result.run_dir}",
+        f"best: {best}{saved}; {result.ledger} ledger in {result.run_dir}{_utilisation(result)}",
         highlight=False,
     )
 

@@ -53,6 +53,7 @@ class SearchResult:
     examples_scored: float = 0.0  # evaluation cost of the whole run, in examples
     examples_at_top: float = 0.0  # what scoring every trial at the top level would cost
     ledger: str | None = None  # the ledger's kind
+    utilisation: dict[str, float] | None = None  # slot busy time / wall time, this session
 
 
 @dataclass
@@ -187,8 +188,9 @@ def run_search(
         freeze_config(config, config_path, run_dir)
         if hasattr(ledger, "save_config"):  # a shared ledger keeps the run's config too
             ledger.save_config((run_dir / RUN_FILE).read_text())
-    executor = tracker = None
+    executor = tracker = controller = None
     finished = False
+    summary: dict[str, float] = {}
     try:
         abandoned = ledger.abandon_running()
         if abandoned:
@@ -202,13 +204,14 @@ def run_search(
         )
         controller.run(ledger.completions())
         finished = True
+        summary = controller.utilisation()
         s = controller.s
         top = top_rung(config)
         complete = [e for e in ledger.evaluations("complete") if e.scores and e.rung == top]
     finally:
         if executor is not None:
             executor.close()
-        if tracker is not None and tracker.close("FINISHED" if finished else "KILLED") and finished:
+        if tracker is not None and tracker.close("FINISHED" if finished else "KILLED", summary) and finished:
             log(f"tracked in MLflow ({tracker.tracker.uri}); `evomerge ui {run_dir}` shows it")
         ledger.close()
     best = best_evaluation(complete, p.objectives) if complete else None
@@ -225,6 +228,7 @@ def run_search(
         examples_scored=s.examples,
         examples_at_top=s.trials * sum(controller.rungs.cost(top_level, n) for n in sizes),
         ledger=find_ledger(run_dir),
+        utilisation=summary or None,
     )
 
 

@@ -69,6 +69,7 @@ class _State:
     done: int = 0  # trials whose bracket finished
     top_points: dict = field(default_factory=dict)  # digest -> objective vector at the top level
     examples: float = 0.0
+    busy_seconds: float = 0.0  # worker time of this session's live evaluations
 
 
 class Controller:
@@ -212,6 +213,7 @@ class Controller:
                 self._submit(job)
         job_id, outcome = self.executor.wait()
         job = s.in_flight.pop(job_id)
+        s.busy_seconds += outcome.seconds or 0.0
         self.ledger.finish(job.id, outcome.values, outcome.error, outcome.seconds)
         if self.on_record is not None:
             self.on_record(self.ledger.get(job.id))
@@ -316,3 +318,17 @@ class Controller:
                 self._done_at_start = s.done
                 self.t0 = time.monotonic()
             self._on_result(job, outcome, fresh=True)
+        self.live_seconds = time.monotonic() - self.t0
+
+    def utilisation(self) -> dict[str, float]:
+        """Busy time / wall time of the executor's slots in this session: per slot where the
+        executor measures it, else the mean from the workers' own timings."""
+        out: dict[str, float] = {}
+        per_slot = getattr(self.executor, "utilisation", None)
+        values = per_slot() if per_slot is not None else None
+        if values:
+            out["slot_utilisation"] = sum(values) / len(values)
+            out.update({f"slot_utilisation/{i}": v for i, v in enumerate(values)})
+        elif getattr(self, "live_seconds", 0) > 0 and self.s.evaluated:
+            out["slot_utilisation"] = min(1.0, self.s.busy_seconds / (self.executor.slots * self.live_seconds))
+        return out

@@ -286,12 +286,19 @@ class MLflowTracker:
 
     # -- the end of a search -----------------------------------------------------------
 
-    def finish(self, completions: list[EvaluationRecord], status: str = "FINISHED") -> bool:
+    def finish(self, completions: list[EvaluationRecord], status: str = "FINISHED",
+               summary: dict[str, float] | None = None) -> bool:
         """Final sync, then the front table and plots on the parent run (``status``: KILLED when
-        the search was interrupted)."""
+        the search was interrupted); ``summary``: the session's metrics (slot utilisation)."""
         if not self.sync(completions, force=True):
             return False
         try:
+            if summary:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                self.client.log_batch(self.parent_id, metrics=[
+                    Metric(_param_key(k), float(v), now, 0) for k, v in summary.items()])
             self._log_front(completions)
             self.client.set_terminated(self.parent_id, status)
             return True
@@ -393,8 +400,8 @@ class BackgroundTracker:
             if not self._stop:
                 self.tracker.sync(self._snapshot())
 
-    def close(self, status: str = "FINISHED") -> bool:
+    def close(self, status: str = "FINISHED", summary: dict[str, float] | None = None) -> bool:
         self._stop = True
         self._wake.set()
         self._thread.join()
-        return self.tracker.finish(self._snapshot(), status)
+        return self.tracker.finish(self._snapshot(), status, summary)

@@ -76,7 +76,7 @@ def test_search_cli(tmp_path, zoo):
     cfg = _run(tmp_path, zoo, budget={"trials": 2})
     res = CliRunner().invoke(app, ["search", str(cfg), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert "2 evaluations in this session" in res.stdout
+    assert "2 evaluations in this session" in res.stdout and "slots busy" in res.stdout
     res = CliRunner().invoke(app, ["search", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "p")])
     assert res.exit_code == 2
 

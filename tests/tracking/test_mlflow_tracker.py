@@ -58,6 +58,7 @@ def test_a_search_logs_a_parent_and_a_child_per_trial(tmp_path, zoo):
     parent = parents[0]
     assert parent.data.tags["evomerge.objectives"] == "addition/exact_match (max), reversal/exact_match (max)"
     assert parent.data.params["optimizer.name"] == "random" and parent.info.status == "FINISHED"
+    assert 0 < parent.data.metrics["slot_utilisation"] <= 1  # busy time / wall time of the one slot
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     c = children[0]
     assert {"addition/exact_match", "reversal/exact_match", "fitness"} <= set(c.data.metrics)
