@@ -352,29 +352,46 @@ def test_patience_counts_whole_brackets(tmp_path, zoo):
     assert run_search(cfg, tmp_path / "out", log=lambda s: None).trials == 12
 
 
-def test_a_dead_worker_process_stops_the_search_without_failing_its_trials(tmp_path, zoo):
-    import multiprocessing
+def test_a_dead_worker_process_is_replaced_and_its_evaluation_rerun(tmp_path, zoo):
     import os
     import signal
 
     from evomerge.config.run import ExecutorSpec
     from evomerge.recipe import Recipe
-    from evomerge.search.executors import TaskSpec, WorkerLost, WorkerSpec, open_executor
+    from evomerge.search.executors import TaskSpec, WorkerSpec, open_executor
 
     refs = {str(zoo / m): zoo / m for m in ("base", "add", "rev")}
     spec = WorkerSpec(refs, str(zoo / "base"), (TaskSpec("addition", "search", False),), torch_threads=1)
-    pool = open_executor(ExecutorSpec(kind="pool", workers=1), spec)
     recipe = Recipe.from_dict({"merge_method": "linear", "models": [
         {"model": str(zoo / "add"), "parameters": {"weight": 1.0}},
         {"model": str(zoo / "rev"), "parameters": {"weight": 1.0}}]})
-    pool.submit(0, recipe, 4)
-    assert pool.wait()[1].values is not None  # the worker is up
-    pool.submit(1, recipe, 4)
-    for child in multiprocessing.active_children():
-        os.kill(child.pid, signal.SIGKILL)
-    with pytest.raises(WorkerLost, match="worker process died.*evomerge resume"):
-        pool.wait()
-
+    pool = open_executor(ExecutorSpec(kind="pool", workers=1, max_retries=1), spec)
+    try:
+        pool.submit(0, recipe, 4)
+        assert pool.wait()[1].values is not None  # the worker is up
+        pid = pool._slots[0].process.pid
+        pool.submit(1, recipe, None)  # every example: still running when it is killed
+        os.kill(pid, signal.SIGKILL)
+        job, outcome = pool.wait()
+        assert job == 1 and outcome.values is not None, outcome.error  # rerun on a new process
+        assert pool.deaths == 1 and pool._slots[0].process.pid != pid
+    finally:
+        pool.close()
+    pool = open_executor(ExecutorSpec(kind="pool", workers=1, max_retries=0, timeout=0.05), spec)
+    try:
+        pool.submit(0, recipe, None)
+        job, outcome = pool.wait()
+        assert outcome.values is None and "timed out after 0.05 s" in outcome.error
+        pool.timeout = None
+        pool.submit(1, recipe, 4)  # the replacement serves the next one
+        assert pool.wait()[1].values is not None
+        pid = pool._slots[0].process.pid
+        pool.submit(2, recipe, None)
+        os.kill(pid, signal.SIGKILL)
+        job, outcome = pool.wait()
+        assert job == 2 and outcome.values is None and "worker died once: killed by signal 9" in outcome.error
+    finally:
+        pool.close()
 
 def test_an_unexpected_merge_error_fails_the_trial_not_the_search(tmp_path, zoo, monkeypatch):
     from evomerge.merge.engine import InMemoryMerger

@@ -21,8 +21,12 @@ executor is one module with a class following ``Executor`` and one entry in
 Failures of a recipe or a task (cannot merge, a task raised) come back as an
 ``Outcome`` with the reason, never as an exception: they fail the trial, not the
 search. A worker that *dies* (killed, out of host memory, a poisoned CUDA
-context) is not the recipe's fault: ``wait`` raises ``WorkerLost`` and the jobs
-it held stay unfinished in the ledger, so a resume runs them again.
+context) is not the recipe's fault: executors that run workers out of process
+(pool, ray) replace it and run its evaluation again, up to ``max_retries``
+times, then report it failed ("worker died twice: ..."); an evaluation past
+``timeout`` seconds fails and its worker is replaced. Only when workers cannot
+run at all (none can start) does ``wait`` raise ``WorkerLost``; the evaluations
+in flight then stay unfinished in the ledger, and a resume runs them again.
 """
 
 from __future__ import annotations

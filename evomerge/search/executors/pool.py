@@ -1,84 +1,220 @@
 """The pool executor: ``workers`` processes on this machine, each with its own resident model.
 
-Processes are spawned (a forked torch with live OpenMP threads can hang) and
-each builds one ``Worker`` at start; jobs travel as recipe YAML. Results come
-back in completion order.
+A small pool of its own rather than ``concurrent.futures``, which cannot replace
+one dead worker (a broken pool stops everything). Each slot is one spawned
+process (a forked torch with live OpenMP threads can hang) that builds one
+``Worker`` and then serves jobs over a pipe, one at a time; jobs travel as
+recipe YAML. A worker that dies mid-evaluation (killed, out of host memory) is
+replaced and its evaluation re-queued up to ``max_retries`` times, then failed
+with the reason; an evaluation past ``timeout`` seconds has its worker killed
+and replaced and fails. A worker that cannot even start (a bad device, missing
+models) stops the search with its reason, since every replacement would fail
+the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import time
+import traceback
 from collections import deque
+from dataclasses import dataclass
 
 from evomerge.search.executors import NoOptions, Outcome, WorkerLost, WorkerSpec
-from evomerge.search.executors.worker import Worker
 
-_WORKER: Worker | None = None  # this process's worker, in a pool process
-
-
-def _start_worker(spec: WorkerSpec) -> None:
-    global _WORKER
-    _WORKER = Worker(spec)
+_READY = "ready"
 
 
-def _run_job(recipe_yaml: str, fidelity: int | None) -> Outcome:
-    from evomerge.recipe import Recipe
+def _serve(spec: WorkerSpec, conn) -> None:
+    """A worker process: build the worker, then evaluate jobs until the pipe closes."""
+    try:
+        from evomerge.recipe import Recipe
+        from evomerge.search.executors.worker import Worker
 
-    assert _WORKER is not None
-    return _WORKER.evaluate(Recipe.from_yaml(recipe_yaml), fidelity)
+        worker = Worker(spec)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the search
+        conn.send(("start-failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send((_READY, os.getpid()))
+    while True:
+        try:
+            job, recipe_yaml, fidelity = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            outcome = worker.evaluate(Recipe.from_yaml(recipe_yaml), fidelity)
+        except Exception as e:  # noqa: BLE001 - the job failed, the worker goes on
+            outcome = Outcome(None, f"worker failed: {type(e).__name__}: {e} "
+                                    f"({traceback.format_exc(limit=1).strip().splitlines()[-1]})", 0.0)
+        conn.send((job, outcome))
+
+
+@dataclass
+class _Job:
+    job: int
+    recipe_yaml: str
+    fidelity: int | None
+    attempt: int = 0
+    started: float = 0.0
+
+
+class _Slot:
+    def __init__(self, ctx, spec: WorkerSpec) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(spec, child), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.job: _Job | None = None
+        self.busy = 0.0
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        self.conn.close()
 
 
 class PoolExecutor:
     Options = NoOptions
 
     def __init__(self, worker: WorkerSpec, settings, options=None, *, tasks=None) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        import os
-
-        self.slots = (os.cpu_count() or 1) if settings.workers == "auto" else settings.workers
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(worker,),
-        )
-        self._futures: dict = {}
+        self.spec = worker
+        self.slots = (os.cpu_count() or 1) if settings.workers == "auto" else int(settings.workers)
+        self.max_retries = settings.max_retries
+        self.timeout = settings.timeout
+        self._ctx = multiprocessing.get_context("spawn")
+        self._slots = [_Slot(self._ctx, worker) for _ in range(self.slots)]
+        self._queue: deque[_Job] = deque()
         self._done: deque = deque()
+        self.deaths = 0
+        self.t0 = time.monotonic()
+
+    # -- the executor contract ---------------------------------------------------------
 
     def submit(self, job: int, recipe, fidelity: int | None) -> None:
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            self._futures[self._pool.submit(_run_job, recipe.to_yaml(), fidelity)] = job
-        except BrokenProcessPool as e:
-            self.close()
-            raise WorkerLost(
-                f"a search worker process died ({e}); continue with `evomerge resume RUN_DIR`."
-            ) from None
+        self._queue.append(_Job(job, recipe.to_yaml(), fidelity))
+        self._dispatch()
 
     def wait(self) -> tuple[int, Outcome]:
-        from concurrent.futures import FIRST_COMPLETED
-        from concurrent.futures import wait as wait_futures
-        from concurrent.futures.process import BrokenProcessPool
+        from multiprocessing.connection import wait as wait_any
 
         while not self._done:
-            done, _ = wait_futures(list(self._futures), return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: self._futures[f]):
-                job = self._futures.pop(fut)
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool as e:
-                    # Not the recipes' fault: the jobs in flight stay unfinished in the ledger
-                    # and a resume runs them again.
-                    self.close()
-                    raise WorkerLost(
-                        f"a search worker process died ({e}); the evaluations in flight were not "
-                        f"recorded. Check memory and the worker's device, then continue with "
-                        f"`evomerge resume RUN_DIR` (finished trials are kept)."
-                    ) from None
-                except Exception as e:  # noqa: BLE001 - the job raised in the worker: it failed
-                    outcome = Outcome(None, f"worker failed: {type(e).__name__}: {e}", 0.0)
-                self._done.append((job, outcome))
+            if not self._queue and not any(s.job for s in self._slots):
+                raise WorkerLost("pool executor: wait() with no job submitted")
+            watch = {}
+            for s in self._slots:
+                watch[s.conn] = s
+                watch[s.process.sentinel] = s
+            ready = wait_any(list(watch), timeout=self._next_deadline())
+            if not ready:
+                self._expire()
+            for r in ready:
+                slot = watch[r]
+                if slot not in self._slots:  # replaced already (its pipe and sentinel both fired)
+                    continue
+                if r is slot.conn:
+                    self._receive(slot)
+                elif not slot.process.is_alive():
+                    self._died(slot)
+            self._dispatch()
         return self._done.popleft()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for s in self._slots:
+            try:
+                s.conn.close()
+            finally:
+                if s.process.is_alive():
+                    s.process.kill()
+                s.process.join(timeout=10)
+        self._slots = []
+
+    def utilisation(self) -> list[float]:
+        wall = max(time.monotonic() - self.t0, 1e-9)
+        return [s.busy / wall for s in self._slots]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        for s in self._slots:
+            if not self._queue:
+                return
+            if s.ready and s.job is None and s.process.is_alive():
+                s.job = self._queue.popleft()
+                s.job.started = time.monotonic()
+                with contextlib.suppress(BrokenPipeError, OSError):  # died just now: the sentinel says so
+                    s.conn.send((s.job.job, s.job.recipe_yaml, s.job.fidelity))
+
+    def _receive(self, slot: _Slot) -> None:
+        try:
+            message = slot.conn.recv()
+        except (EOFError, OSError):
+            if slot.process.is_alive():
+                slot.process.join(timeout=5)
+            self._died(slot)
+            return
+        tag, payload = message
+        if tag == "start-failed":
+            self.close()
+            raise WorkerLost(
+                f"a search worker process could not start ({payload}); check the models, the "
+                f"device and memory, then continue with `evomerge resume RUN_DIR`."
+            )
+        if tag == _READY:
+            slot.ready = True
+            return
+        job = slot.job
+        slot.job = None
+        if job is None or job.job != tag:  # pragma: no cover - a reply from a killed job
+            return
+        slot.busy += time.monotonic() - job.started
+        self._done.append((job.job, payload))
+
+    def _died(self, slot: _Slot) -> None:
+        """The slot's process is gone: replace it; re-queue or fail the job it held."""
+        i = self._slots.index(slot)
+        code = slot.process.exitcode
+        job = slot.job
+        if not slot.ready and job is None:
+            self.close()
+            raise WorkerLost(
+                f"a search worker process died while starting (exit code {code}); check memory "
+                f"and the device, then continue with `evomerge resume RUN_DIR`."
+            )
+        self.deaths += 1
+        slot.kill()
+        self._slots[i] = _Slot(self._ctx, self.spec)
+        if job is None:
+            return
+        self._slots[i].busy = slot.busy + (time.monotonic() - job.started)
+        reason = f"exit code {code}" if code is not None else "no exit code"
+        if code is not None and code < 0:
+            reason = f"killed by signal {-code}"
+        if job.attempt < self.max_retries:
+            job.attempt += 1
+            self._queue.appendleft(job)
+            return
+        times = "once" if job.attempt == 0 else f"{job.attempt + 1} times"
+        self._done.append((job.job, Outcome(None, f"worker died {times}: {reason}",
+                                            time.monotonic() - job.started)))
+
+    def _next_deadline(self) -> float | None:
+        running = [s.job.started for s in self._slots if s.job is not None]
+        if self.timeout is None or not running:
+            return None
+        return max(0.0, min(running) + self.timeout - time.monotonic())
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for i, s in enumerate(self._slots):
+            if s.job is not None and now - s.job.started >= self.timeout:
+                job = s.job
+                s.kill()
+                self._slots[i] = _Slot(self._ctx, self.spec)
+                self._slots[i].busy = s.busy + (now - job.started)
+                self._done.append((job.job, Outcome(
+                    None, f"evaluation timed out after {self.timeout:g} s (executor.timeout); its "
+                    f"worker was replaced", now - job.started)))

@@ -17,9 +17,9 @@ from evomerge.search.executors import Outcome, WorkerSpec
 class Worker:
     def __init__(self, spec: WorkerSpec, tasks=None) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from evomerge.eval import load_task
+        from evomerge.io.hf import load_causal_lm
         from evomerge.merge.engine import InMemoryMerger
 
         if spec.torch_threads:
@@ -29,12 +29,7 @@ class Worker:
         ]
         self.device = spec.device
         self.merger = InMemoryMerger(spec.sources, device=spec.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(spec.sources[spec.base]))
-        self.model = (
-            AutoModelForCausalLM.from_pretrained(str(spec.sources[spec.base]), dtype=torch.float32, use_safetensors=True)
-            .to(spec.device)
-            .eval()
-        )
+        self.model, self.tokenizer = load_causal_lm(spec.sources[spec.base], device=spec.device)
 
     def _release_memory(self) -> None:
         import torch
