@@ -170,6 +170,7 @@ def run_search(
         tasks=tuple(TaskSpec(t.name, config.split, config.allow_test_split) for t in p.tasks),
         device=config.device,
         torch_threads=config.executor.torch_threads,
+        dtype=config.dtype,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     fresh_dir = not any(run_dir.iterdir())

@@ -44,7 +44,7 @@ def test_a_config_without_kind_keeps_its_meaning():
 @pytest.mark.parametrize("over, message", [
     ({"executor": {"kind": "serail"}}, r"executor\.kind: Unknown executor kind 'serail'\. Did you mean: serial\?"),
     ({"executor": {"kind": "pool", "workers": 2, "adress": "x"}}, r"executor \(pool\): adress: unknown field"),
-    ({"ledger": "sqllite"}, r"ledger\.kind: Unknown ledger kind 'sqllite'\. Did you mean: sqlite\?"),
+    ({"ledger": "sqllite"}, r"ledger\.kind: Unknown ledger kind 'sqllite'\. Did you mean: sqlite"),
     ({"optimizer": {"name": "cmaa"}}, r"optimizer\.name: Unknown optimizer 'cmaa'\. Did you mean: cmaes\?"),
 ])
 def test_unknown_kinds_fail_before_any_output(tmp_path, zoo, over, message):
@@ -98,3 +98,23 @@ def test_a_new_executor_joins_through_an_entry_point_without_editing_evomerge(tm
     assert result.evaluated == 2
     assert [label for label, _ in sys.modules["counting_executor"].SUBMITTED] == ["mine", "mine"]
     assert "counting" in EXECUTORS.names()
+
+
+def test_workers_hold_sources_and_model_in_the_configured_dtype(tmp_path, zoo):
+    import torch
+
+    from evomerge.search.executors import TaskSpec, WorkerSpec
+    from evomerge.search.executors.worker import Worker
+
+    refs = {str(zoo / m): zoo / m for m in ("base", "add")}
+    worker = Worker(WorkerSpec(refs, str(zoo / "base"), (TaskSpec("cost", "search", False),), dtype="bfloat16"))
+    assert next(worker.model.parameters()).dtype == torch.bfloat16
+    assert {t.dtype for t in worker.merger.sources[str(zoo / "add")].tensors.values()} == {torch.bfloat16}
+    result = run_search(_config(tmp_path, zoo, dtype="bfloat16"), tmp_path / "out", log=lambda s: None)
+    assert result.evaluated == 2 and result.failed == 0
+
+
+def test_a_device_that_is_not_cpu_or_cuda_is_refused_before_any_output(tmp_path, zoo):
+    with pytest.raises(EvomergeError, match=r"device: String should match pattern"):
+        run_search(_config(tmp_path, zoo, device="gpu"), tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out").exists()

@@ -158,7 +158,16 @@ class RunConfig(StrictModel):
     executor: ExecutorSpec = ExecutorSpec()
     ledger: LedgerSpec = LedgerSpec()
     tracking: TrackingConfig = TrackingConfig()
-    device: str = "cpu"
+    device: str = Field(
+        default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="Where workers merge and evaluate: cpu or cuda (under Ray, the GPU Ray assigned; "
+        "else cuda:N).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None,
+        description="The dtype of the sources held by each worker and of its resident model "
+        "(bfloat16 halves a 7B search's memory). Default: sources as stored, resident model float32.",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -65,6 +65,7 @@ class WorkerSpec:
     tasks: tuple[TaskSpec, ...]
     device: str = "cpu"
     torch_threads: int | None = None
+    dtype: str | None = None  # sources and resident model (None: sources as stored, model float32)
     extra: dict = field(default_factory=dict)
 
 

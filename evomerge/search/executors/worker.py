@@ -28,8 +28,10 @@ class Worker:
             load_task(t.name, split=t.split, fitness=True, allow_test_split=t.allow_test_split) for t in spec.tasks
         ]
         self.device = spec.device
-        self.merger = InMemoryMerger(spec.sources, device=spec.device)
-        self.model, self.tokenizer = load_causal_lm(spec.sources[spec.base], device=spec.device)
+        dtype = getattr(torch, spec.dtype) if spec.dtype else None
+        self.merger = InMemoryMerger(spec.sources, device=spec.device, dtype=dtype)
+        self.model, self.tokenizer = load_causal_lm(spec.sources[spec.base], device=spec.device,
+                                                    dtype=dtype or torch.float32)
 
     def _release_memory(self) -> None:
         import torch
