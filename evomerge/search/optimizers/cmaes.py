@@ -1,8 +1,17 @@
-"""CMA-ES (pycma) in the unit cube, generation by generation, with restarts.
+"""CMA-ES (pycma) in the unit cube, with restarts, synchronous or asynchronous.
 
-Suggestions of one generation can be evaluated in any order and in parallel;
-the generation is passed to CMA-ES once all of it has been told. Failed trials
-get a fitness worse than any seen, so the search moves away from them.
+Synchronous (``asynchronous: false``, the default): a whole generation is handed
+out, evaluated in any order and in parallel, and passed to CMA-ES once all of it
+has been told; ``ask`` returns None while the rest of the generation is out, so
+slots can idle at the generation barrier, but the trials do not depend on the
+order in which evaluations complete (any executor gives the same trials).
+
+Asynchronous (``asynchronous: true``): ``ask`` always answers, drawing one new
+point from the current distribution; results are buffered as they arrive, and
+every ``popsize`` of them update the distribution (pycma takes tells of points
+drawn from an earlier distribution). No slot waits for a generation; the trials
+then depend on completion order. Failed trials get a fitness worse than any
+seen, so the search moves away from them.
 
 When pycma's stopping criteria fire (the distribution has collapsed or the
 fitness has stalled) and ``restarts`` remain, a new strategy starts from a
@@ -32,6 +41,7 @@ class CMAES(Optimizer):
         x0: list[float] | None = None,
         restarts: int = 0,
         restart_strategy: str = "ipop",
+        asynchronous: bool = False,
     ) -> None:
         super().__init__(dimension, n_objectives, seed)
         if restart_strategy not in ("ipop", "bipop"):
@@ -50,6 +60,9 @@ class CMAES(Optimizer):
         self._ids: dict[int, int] = {}  # suggestion id -> index in the generation
         self._told: dict[int, float | None] = {}
         self._given = 0
+        self.asynchronous = asynchronous
+        self._out: dict[int, np.ndarray] = {}  # asynchronous: suggestion id -> its point
+        self._buffer: list[tuple[np.ndarray, float | None]] = []  # asynchronous: told, not yet used
 
     def _strategy(self, x0, sigma0: float, popsize: int):
         import cma
@@ -75,6 +88,8 @@ class CMAES(Optimizer):
         self.es.inject([np.clip(np.asarray(p, dtype=float), 0.0, 1.0) for p in points], force=True)
 
     def ask(self) -> Suggestion | None:
+        if self.asynchronous:
+            return self._ask_async()
         if not self._pending:
             self._pending = [np.asarray(x, dtype=float) for x in self.es.ask()]
             self._ids, self._told, self._given = {}, {}, 0
@@ -87,6 +102,9 @@ class CMAES(Optimizer):
         return Suggestion(sid, self._pending[i].copy())
 
     def tell(self, id: int, values: tuple[float, ...] | None) -> None:
+        if self.asynchronous:
+            self._tell_async(id, values)
+            return
         if id not in self._ids:
             return  # from an earlier generation: already accounted for
         self._told[self._ids[id]] = None if values is None else float(values[0])
@@ -100,5 +118,32 @@ class CMAES(Optimizer):
         ]
         self.es.tell(self._pending, fitness)
         self._pending, self._ids, self._told = [], {}, {}
+        if self.restarts_left > 0 and self.es.stop():
+            self._restart()
+
+    # -- asynchronous ----------------------------------------------------------------------
+
+    def _ask_async(self) -> Suggestion:
+        if not self._pending:  # a fresh draw (injected warm starts come first)
+            self._pending = [np.asarray(x, dtype=float) for x in self.es.ask()]
+        x = self._pending.pop(0)
+        sid = self._new_id()
+        self._out[sid] = x
+        return Suggestion(sid, x.copy())
+
+    def _tell_async(self, id: int, values: tuple[float, ...] | None) -> None:
+        x = self._out.pop(id, None)
+        if x is None:
+            return
+        self._buffer.append((x, None if values is None else float(values[0])))
+        popsize = self.es.popsize
+        if len(self._buffer) < popsize:
+            return
+        batch, self._buffer = self._buffer[:popsize], self._buffer[popsize:]
+        seen = [v for _, v in batch if v is not None and math.isfinite(v)]
+        worst = min(seen) - 1.0 if seen else 0.0
+        fitness = [-(v if v is not None and math.isfinite(v) else worst) for _, v in batch]
+        self.es.tell([x for x, _ in batch], fitness)
+        self._pending = []  # later asks draw from the updated distribution
         if self.restarts_left > 0 and self.es.stop():
             self._restart()
