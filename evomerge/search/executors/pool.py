@@ -90,7 +90,7 @@ class PoolExecutor:
         self._queue: deque[_Job] = deque()
         self._done: deque = deque()
         self.deaths = 0
-        self.t0 = time.monotonic()
+        self._ready_at: dict[int, float] = {}  # slot -> when its first worker was up
 
     # -- the executor contract ---------------------------------------------------------
 
@@ -133,8 +133,11 @@ class PoolExecutor:
         self._slots = []
 
     def utilisation(self) -> list[float]:
-        wall = max(time.monotonic() - self.t0, 1e-9)
-        return [s.busy / wall for s in self._slots]
+        """Busy time / wall time per slot, from when its first worker was up (start-up is not
+        idling at a barrier; replacing a dead worker counts as idle)."""
+        now = time.monotonic()
+        return [s.busy / max(now - self._ready_at[i], 1e-9) for i, s in enumerate(self._slots)
+                if i in self._ready_at]
 
     # -- internals -------------------------------------------------------------------------
 
@@ -165,6 +168,7 @@ class PoolExecutor:
             )
         if tag == _READY:
             slot.ready = True
+            self._ready_at.setdefault(self._slots.index(slot), time.monotonic())
             return
         job = slot.job
         slot.job = None

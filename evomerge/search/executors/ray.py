@@ -151,7 +151,7 @@ class RayExecutor:
         self._queue: deque[_Running] = deque()  # waiting for a slot (also re-queued after a death)
         self._done: deque = deque()
         self.busy_seconds = [0.0] * n
-        self.t0 = time.monotonic()
+        self._ready_at: dict[int, float] = {}  # slot -> when its first actor was up
         self.deaths = 0
 
     # -- placement -----------------------------------------------------------------------
@@ -220,9 +220,10 @@ class RayExecutor:
             self._owns_runtime = False
 
     def utilisation(self) -> list[float]:
-        """Busy time / wall time per slot since the executor started."""
-        wall = max(time.monotonic() - self.t0, 1e-9)
-        return [b / wall for b in self.busy_seconds]
+        """Busy time / wall time per slot, from when its first actor was up (restarts count as
+        idle time)."""
+        now = time.monotonic()
+        return [self.busy_seconds[i] / max(now - t, 1e-9) for i, t in sorted(self._ready_at.items())]
 
     # -- dispatching -----------------------------------------------------------------------
 
@@ -254,6 +255,7 @@ class RayExecutor:
             self._ping(slot)
             return
         self._failed_starts[slot] = 0
+        self._ready_at.setdefault(slot, time.monotonic())
         self._free.append(slot)
 
     def _on_result(self, ref) -> None:
