@@ -105,3 +105,50 @@ def _safe_complete(run_dir):
         return _complete(run_dir)
     except Exception:  # noqa: BLE001 - not created yet
         return []
+
+
+def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluster, tmp_path, zoo, monkeypatch):
+    """The controller dies with its actors; a new one resumes against the same cluster and the same
+    PostgreSQL ledger: nothing finished is lost or evaluated twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from evomerge.run import resume_search
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from pg_server import PASSWORD, PostgresServer
+
+    c, _ = cluster
+    pg = PostgresServer()
+    try:
+        monkeypatch.setenv("EVOMERGE_TEST_DB_PASSWORD", PASSWORD)
+        cfg = _config(tmp_path, zoo, {"kind": "ray", "workers": "auto", "resources": SLOT}, trials=12,
+                      name="killed")
+        data = yaml.safe_load(cfg.read_text())
+        data["ledger"] = {"kind": "sql", "url": pg.url(), "password_env": "EVOMERGE_TEST_DB_PASSWORD"}
+        cfg.write_text(yaml.safe_dump(data))
+        run_dir = tmp_path / "killed-run"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir),
+             "--ray-address", c.address],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ), start_new_session=True)
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and len(_safe_complete(run_dir)) < 4:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done = {(e.id, e.recipe_hash, e.seq) for e in _complete(run_dir)}
+        assert 4 <= len(done) < 12, "the kill should land mid-search"
+        result = resume_search(run_dir, ray_address=c.address, log=lambda s: None)
+        after = _complete(run_dir)
+        assert done <= {(e.id, e.recipe_hash, e.seq) for e in after}
+        assert len(after) == 12 and len({e.recipe_hash for e in after}) == 12 and result.failed == 0
+        serial = run_search(_config(tmp_path, zoo, {"kind": "serial"}, trials=12, name="whole"),
+                            tmp_path / "whole", log=lambda s: None)
+        assert serial.trials == 12
+        assert {(e.trial, e.recipe_hash) for e in after} == {(e.trial, e.recipe_hash) for e in _complete(tmp_path / "whole")}
+    finally:
+        pg.stop()
