@@ -7,14 +7,13 @@ import signal
 
 import pytest
 import ray  # noqa: E402  (a core dependency: never skipped)
-import yaml
+from run_helpers import evaluations, write_run
 
 from evomerge.config.run import ExecutorSpec
 from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe
 from evomerge.run import run_search
 from evomerge.search.executors import TaskSpec, WorkerSpec, open_executor
-from evomerge.search.ledgers import open_ledger
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
 
@@ -45,24 +44,12 @@ def _recipe(zoo, w: float = 0.5) -> Recipe:
 
 
 def _config(tmp_path, zoo, executor, trials=8):
-    space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
-             "methods": ["task_arithmetic", "ties"],
-             "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    run = {"space": "space.yaml", "objectives": [{"task": "zoo_text"}], "fidelity": 4,
-           "optimizer": {"name": "cmaes", "options": {"popsize": 4}}, "budget": {"trials": trials},
-           "tracking": {"enabled": False}, "executor": executor, "seed": 5}
-    path = tmp_path / f"run-{executor.get('kind', 'serial')}.yaml"
-    path.write_text(yaml.safe_dump(run))
-    return path
+    return write_run(tmp_path, zoo, f"run-{executor.get('kind', 'serial')}", executor=executor, seed=5,
+                     optimizer={"name": "cmaes", "options": {"popsize": 4}}, budget={"trials": trials})
 
 
 def _trials(run_dir):
-    led = open_ledger(run_dir, readonly=True)
-    try:
-        return {(e.trial, e.recipe_hash): e.scores for e in led.evaluations("complete")}
-    finally:
-        led.close()
+    return {(e.trial, e.recipe_hash): e.scores for e in evaluations(run_dir)}
 
 
 def test_a_ray_search_gives_the_serial_trials(runtime, tmp_path, zoo):

@@ -10,9 +10,9 @@ import pytest
 import ray
 import yaml
 from ray.cluster_utils import Cluster
+from run_helpers import evaluations, write_run
 
 from evomerge.run import run_search
-from evomerge.search.ledgers import open_ledger
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
 
@@ -37,25 +37,13 @@ def zoo(tmp_path_factory):
 
 
 def _config(tmp_path, zoo, executor, trials=8, name="run"):
-    space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
-             "methods": ["task_arithmetic", "ties"],
-             "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    run = {"space": "space.yaml", "objectives": [{"task": "zoo_text"}, {"task": "addition"}], "fidelity": 8,
-           "scalarization": "weighted_sum",
-           "optimizer": {"name": "cmaes", "options": {"popsize": 4}}, "budget": {"trials": trials},
-           "tracking": {"enabled": False}, "executor": executor, "seed": 11}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(run))
-    return path
+    return write_run(tmp_path, zoo, name, executor=executor, seed=11, fidelity=8,
+                     objectives=[{"task": "zoo_text"}, {"task": "addition"}], scalarization="weighted_sum",
+                     optimizer={"name": "cmaes", "options": {"popsize": 4}}, budget={"trials": trials})
 
 
 def _complete(run_dir):
-    led = open_ledger(run_dir, readonly=True)
-    try:
-        return led.evaluations("complete")
-    finally:
-        led.close()
+    return evaluations(run_dir)
 
 
 def test_the_cluster_search_gives_the_serial_trials(cluster, tmp_path, zoo):
@@ -101,10 +89,7 @@ def test_losing_a_worker_node_mid_search_loses_no_finished_evaluation(cluster, t
 
 
 def _safe_complete(run_dir):
-    try:
-        return _complete(run_dir)
-    except Exception:  # noqa: BLE001 - not created yet
-        return []
+    return evaluations(run_dir, missing_ok=True)
 
 
 def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluster, tmp_path, zoo, monkeypatch):
@@ -114,12 +99,10 @@ def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluste
     import signal
     import subprocess
     import sys
-    from pathlib import Path
+
+    from pg_server import PASSWORD, PostgresServer
 
     from evomerge.run import resume_search
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from pg_server import PASSWORD, PostgresServer
 
     c, _ = cluster
     pg = PostgresServer()

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
+from pg_server import PASSWORD, PostgresServer
+from run_helpers import completions, write_run
 
 from evomerge.config.run import LedgerSpec
 from evomerge.errors import EvomergeError
@@ -19,9 +20,6 @@ from evomerge.run import resume_search, run_search
 from evomerge.search.ledgers import open_ledger
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pg_server import PASSWORD, PostgresServer  # noqa: E402
 
 ENV = "EVOMERGE_TEST_DB_PASSWORD"
 
@@ -138,24 +136,12 @@ def test_a_controller_whose_lease_was_taken_stops_writing(pg, password, tmp_path
 
 
 def _config(tmp_path, zoo, pg, run, trials):
-    space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
-             "methods": ["task_arithmetic", "ties"],
-             "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    cfg = {"space": str(tmp_path / "space.yaml"), "objectives": [{"task": "zoo_text"}], "fidelity": 4,
-           "optimizer": {"name": "tpe"}, "budget": {"trials": trials}, "tracking": {"enabled": False},
-           "ledger": {"kind": "sql", "url": pg.url(), "password_env": ENV, "run": run}, "seed": 2}
-    path = tmp_path / f"{run}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_run(tmp_path, zoo, run, optimizer={"name": "tpe"}, budget={"trials": trials}, seed=2,
+                     ledger={"kind": "sql", "url": pg.url(), "password_env": ENV, "run": run})
 
 
 def _hashes(run_dir):
-    led = open_ledger(run_dir, readonly=True)
-    try:
-        return [e.recipe_hash for e in led.completions()]
-    finally:
-        led.close()
+    return [e.recipe_hash for e in completions(run_dir)]
 
 
 def test_resume_from_a_machine_that_has_only_the_database(pg, password, tmp_path, zoo):
