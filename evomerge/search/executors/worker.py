@@ -55,8 +55,9 @@ class Worker:
             return Outcome(None, f"merge failed: {type(e).__name__}: {e}", time.perf_counter() - t0)
         values: dict[str, float] = {}
         for task in self.tasks:
-            res = task.evaluate(self.model, self.tokenizer, fidelity)
+            res = task.evaluate(self.model, self.tokenizer, fidelity)  # never raises: failures are values
             if not res.ok:
+                self._release_memory()  # an out-of-memory inside the task leaves cached blocks
                 return Outcome(None, f"task {task.name} failed: {res.error}", time.perf_counter() - t0)
             values.update({f"{task.name}/{k}": v for k, v in res.values.items()})
         return Outcome(values, None, time.perf_counter() - t0)
