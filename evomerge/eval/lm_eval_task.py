@@ -21,6 +21,7 @@ from evomerge.eval.base import (
     Evaluator,
     Objective,
     TaskConfig,
+    check_finite,
     model_device,
     register_evaluator,
 )
@@ -109,15 +110,21 @@ class LmEvalTask(Evaluator):
         indices = None
         if fidelity is not None and fidelity < self.size():
             indices = {cfg["task"]: nested_subset(self.size(), fidelity, self.config.subset_seed)}
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[cfg],
-            task_manager=TaskManager(include_defaults=False),
-            samples=indices,
-            bootstrap_iters=0,
-            log_samples=False,
-            cache_requests=False,
-        )
+        # lm-eval calls the model itself: check every forward's logits, as our own evaluators do,
+        # so a broken merge (NaN weights, overflow) fails instead of scoring 0.
+        hook = model.register_forward_hook(lambda _m, _i, out: check_finite(getattr(out, "logits", out)))
+        try:
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[cfg],
+                task_manager=TaskManager(include_defaults=False),
+                samples=indices,
+                bootstrap_iters=0,
+                log_samples=False,
+                cache_requests=False,
+            )
+        finally:
+            hook.remove()
         res = out["results"][cfg["task"]]
         key = f"{self.config.metric},{self.config.filter}"
         if key not in res:

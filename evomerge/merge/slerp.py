@@ -37,7 +37,7 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         c1 = math.sin(t * theta) / sin_theta
     out = torch.mul(a, c0)
     out.add_(b, alpha=c1)
-    return out.reshape(v0.shape)
+    return out.reshape(v0.shape).to(v0.dtype)  # like every method: the inputs' dtype out
 
 
 @merge_method(

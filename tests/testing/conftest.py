@@ -14,24 +14,7 @@ import pytest
 
 HERE = Path(__file__).parent
 
-KNOWN_DEFECTS = {
-    "test_output_keeps_shape_and_dtype[[]slerp-bfloat16-*[]]":
-        "slerp returns float32 for bfloat16 inputs (slerp_tensors computes in float32 and does "
-        "not cast back); every other method keeps the input dtype",
-    "test_output_keeps_shape_and_dtype[[]slerp-float16-*[]]":
-        "slerp returns float32 for float16 inputs (slerp_tensors computes in float32 and does "
-        "not cast back)",
-    "test_suggestions_are_points_of_the_unit_cube[[]cmaes-1-genes[]]":
-        "cmaes on a one-gene space: pycma raises 'not yet initialized (dimension needed)' on "
-        "the first complete generation (pycma does not support dimension 1)",
-    "test_a_model_with_nan_weights_gives_a_failed_result[[]lm_eval[]]":
-        "lm_eval scores a model with NaN weights as ok (exact_match 0.0) instead of failing "
-        "it: its logits are never checked for finite values",
-    "test_closing_another_executor_leaves_this_one_working[[]ray[]]":
-        "closing a Ray executor shuts down the Ray runtime even when it did not start it "
-        "(RayExecutor sets _owns_runtime whenever address is None), which kills the actors of "
-        "any other Ray executor, or of the user's own ray.init()",
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -114,12 +114,13 @@ class RayExecutor:
         self.options = options
         self.max_retries = settings.max_retries
         self.timeout = settings.timeout
+        self._owns_runtime = False  # shut Ray down on close only if this executor started it
         if not ray.is_initialized():
             if options.address is None:
                 ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+                self._owns_runtime = True
             else:
                 ray.init(address=options.address, log_to_driver=False, configure_logging=False)
-        self._owns_runtime = options.address is None
         res = options.resources
         if str(worker.device).startswith("cuda") and res.num_gpus <= 0:
             raise EvomergeError(

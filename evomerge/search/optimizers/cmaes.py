@@ -55,7 +55,10 @@ class CMAES(Optimizer):
         self._rng = np.random.default_rng(seed + 7919)
         self._default_popsize = popsize or 4 + int(3 * math.log(dimension))
         self._large_popsize = self._default_popsize
-        self.es = self._strategy(x0 if x0 is not None else [0.5] * dimension, sigma0, self._default_popsize)
+        # pycma needs at least two dimensions: a one-gene space gets a second, ignored coordinate.
+        self._inner = max(2, dimension)
+        start = list(x0) if x0 is not None else [0.5] * dimension
+        self.es = self._strategy(start + [0.5] * (self._inner - dimension), sigma0, self._default_popsize)
         self._pending: list[np.ndarray] = []  # the generation being handed out
         self._ids: dict[int, int] = {}  # suggestion id -> index in the generation
         self._told: dict[int, float | None] = {}
@@ -74,7 +77,7 @@ class CMAES(Optimizer):
     def _restart(self) -> None:
         self.restarts_left -= 1
         self.restarts_done += 1
-        x0 = self._rng.random(self.dimension)
+        x0 = self._rng.random(self._inner)
         if self.restart_strategy == "ipop" or self.restarts_done % 2 == 1:
             self._large_popsize *= 2
             self.es = self._strategy(x0, self.sigma0, self._large_popsize)
@@ -85,7 +88,9 @@ class CMAES(Optimizer):
 
     def warm_start(self, points: list[np.ndarray]) -> None:
         # pycma puts injected solutions, unaltered, at the head of the next generations.
-        self.es.inject([np.clip(np.asarray(p, dtype=float), 0.0, 1.0) for p in points], force=True)
+        pad = [0.5] * (self._inner - self.dimension)
+        self.es.inject([np.concatenate([np.clip(np.asarray(p, dtype=float), 0.0, 1.0), pad]) for p in points],
+                       force=True)
 
     def ask(self) -> Suggestion | None:
         if self.asynchronous:
@@ -99,7 +104,7 @@ class CMAES(Optimizer):
         self._given += 1
         sid = self._new_id()
         self._ids[sid] = i
-        return Suggestion(sid, self._pending[i].copy())
+        return Suggestion(sid, self._pending[i][: self.dimension].copy())
 
     def tell(self, id: int, values: tuple[float, ...] | None) -> None:
         if self.asynchronous:
@@ -129,7 +134,7 @@ class CMAES(Optimizer):
         x = self._pending.pop(0)
         sid = self._new_id()
         self._out[sid] = x
-        return Suggestion(sid, x.copy())
+        return Suggestion(sid, x[: self.dimension].copy())
 
     def _tell_async(self, id: int, values: tuple[float, ...] | None) -> None:
         x = self._out.pop(id, None)
