@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from evomerge.registry import Registry
+from evomerge.validation import StrictModel
 
 Direction = Literal["maximize", "minimize"]
 
@@ -53,10 +54,8 @@ class EvalResult:
         return asdict(self)
 
 
-class TaskConfig(BaseModel):
+class TaskConfig(StrictModel):
     """Fields every task YAML has; each evaluator type adds its own."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: str
     name: str | None = None

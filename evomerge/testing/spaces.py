@@ -190,15 +190,15 @@ class SpaceSuite:
 
     def test_recipes_merge_into_a_resident_model_of_the_first_source(self, space, space_file):
         import torch
-        from transformers import AutoModelForCausalLM
 
+        from evomerge.io.hf import load_model
         from evomerge.merge.engine import InMemoryMerger
         from evomerge.merge.resident import fit_layers
 
         first = space.source_models()[0]
         paths = self.sources(space, space_file)
         merger = InMemoryMerger(paths)
-        model = AutoModelForCausalLM.from_pretrained(str(paths[first]), dtype=torch.float32).eval()
+        model = load_model(paths[first])
         corners = [[0.0] * space.dimension, [1.0] * space.dimension]
         for x in self.random_points(space, 4, seed=2) + corners:
             recipe = space.decode(x)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, mod
 from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe
 from evomerge.registry import Registry
-from evomerge.validation import problems
+from evomerge.validation import StrictModel, problems
 
 
 class SearchSpaceError(EvomergeError):
@@ -110,10 +110,8 @@ def load_context(info: ValidationInfo | None) -> LoadContext:
     return LoadContext()
 
 
-class Space(BaseModel):
+class Space(StrictModel):
     """Base of every kind: the unit-cube genome and its decoding into a ``Recipe``."""
-
-    model_config = ConfigDict(extra="forbid")
     kind: str
 
     def genes(self) -> list[Gene]:

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -42,14 +40,13 @@ from evomerge.search.space.base import (
     read_depth,
     short_name,
 )
+from evomerge.validation import StrictModel
 
 MERGED = "merged"  # the parameter-space merge of a joint space
 
 
-class RecipeSource(BaseModel):
+class RecipeSource(StrictModel):
     """``{recipe: PATH}`` (or an inline recipe mapping): a finished merge used as a path source."""
-
-    model_config = ConfigDict(extra="forbid")
     recipe: Union[str, dict[str, Any]]
     num_layers: int | None = Field(default=None, ge=1, description="Its depth; read when omitted.")
     _loaded: Recipe | None = PrivateAttr(default=None)
