@@ -19,6 +19,7 @@ from evomerge.errors import EvomergeError
 from evomerge.run import resume_search, run_search
 from evomerge.search.ledgers import open_ledger
 from evomerge.testing import mini_zoo_config
+from evomerge.testing.ledgers import LedgerSuite
 from evomerge.zoo.build import build_zoo
 
 ENV = "EVOMERGE_TEST_DB_PASSWORD"
@@ -179,3 +180,12 @@ def test_kill_9_then_resume_on_postgres_loses_and_repeats_nothing(pg, password, 
     after = _hashes(run_dir)
     assert after[: len(done)] == done and len(after) == len(set(after)) == 8
     assert result.evaluated == 8 - len(done)
+
+
+@pytest.mark.parametrize("ledger_kind", ["sql"])
+class TestPostgresPassesTheLedgerSuite(LedgerSuite):
+    """The ledger contract on PostgreSQL itself (tests/testing runs it on a SQLite URL)."""
+
+    @pytest.fixture
+    def ledger_spec(self, ledger_kind, pg, password, tmp_path):
+        return _spec(pg, f"suite-{tmp_path.name}")
