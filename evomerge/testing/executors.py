@@ -49,6 +49,7 @@ from evomerge.search.executors import (
     WorkerSpec,
     open_executor,
 )
+from evomerge.testing.closing import closing_all
 
 #: the executors that run on this machine without extra services (the default parameters)
 LOCAL_KINDS = ["serial", "pool"]
@@ -223,17 +224,9 @@ class ExecutorSuite:
     @pytest.fixture
     def open_new(self, executor_settings, executor_worker):
         """``open_new()``: a new executor of the kind under test, closed after the test."""
-        opened = []
-
-        def open_new():
-            ex = _keep_torch_threads(lambda: open_executor(executor_settings, executor_worker))
-            opened.append(ex)
-            return ex
-
-        yield open_new
-        for ex in opened:
-            with contextlib.suppress(Exception):  # closed already, or lost
-                ex.close()
+        with closing_all(lambda: _keep_torch_threads(
+                lambda: open_executor(executor_settings, executor_worker))) as open_new:
+            yield open_new
 
     @pytest.fixture
     def executor(self, executor_pool, executor_kind, executor_settings, executor_worker):

@@ -26,12 +26,12 @@ Override the ``ledger_spec`` fixture to open it with options
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
 
 from evomerge.search.ledgers import LEDGERS, EvaluationRecord, Session, find_ledger, open_ledger
+from evomerge.testing.closing import closing_all
 
 
 class LedgerSuite:
@@ -53,32 +53,14 @@ class LedgerSuite:
     @pytest.fixture
     def new(self, run_dir, ledger_spec):
         """A new ledger in ``run_dir``; closed at the end of the test."""
-        opened = []
-
-        def new():
-            led = open_ledger(run_dir, ledger_spec)
-            opened.append(led)
-            return led
-
-        yield new
-        for led in opened:
-            with contextlib.suppress(Exception):  # closed already, or lost
-                led.close()
+        with closing_all(lambda: open_ledger(run_dir, ledger_spec)) as new:
+            yield new
 
     @pytest.fixture
     def reopen(self, run_dir):
         """The ledger in ``run_dir`` opened again (its kind found from its files)."""
-        opened = []
-
-        def reopen(readonly: bool = False):
-            led = open_ledger(run_dir, readonly=readonly)
-            opened.append(led)
-            return led
-
-        yield reopen
-        for led in opened:
-            with contextlib.suppress(Exception):  # closed already, or lost
-                led.close()
+        with closing_all(lambda readonly=False: open_ledger(run_dir, readonly=readonly)) as reopen:
+            yield reopen
 
     # -- the contract ------------------------------------------------------------------
 
