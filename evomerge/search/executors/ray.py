@@ -177,7 +177,11 @@ class RayExecutor:
             strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
             refs[probe.options(scheduling_strategy=strategy).remote(paths)] = node
         for ref, node in refs.items():
-            host, missing = ray.get(ref)
+            try:
+                host, missing = ray.get(ref, timeout=120)
+            except Exception:  # noqa: BLE001 - a node that died or cannot run the probe holds no actor
+                ray.cancel(ref, force=True)
+                continue
             if missing:
                 raise EvomergeError(
                     f"executor (ray): node {node.get('NodeManagerAddress')} ({host}) cannot see "

@@ -80,6 +80,8 @@ def test_losing_a_worker_node_mid_search_loses_no_finished_evaluation(cluster, t
     assert len(before) >= 3, "the search never got going"
     c.remove_node(workers[1], allow_graceful=False)
     thread.join(timeout=600)
+    workers[1] = c.add_node(num_cpus=1, resources={"evomerge_slot": 1})  # the cluster heals, for later tests
+    c.wait_for_nodes()
     assert not thread.is_alive() and "error" not in box, box.get("error")
     result = box["result"]
     after = _complete(tmp_path / "lossy")
@@ -114,12 +116,15 @@ def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluste
         data["ledger"] = {"kind": "sql", "url": pg.url(), "password_env": "EVOMERGE_TEST_DB_PASSWORD"}
         cfg.write_text(yaml.safe_dump(data))
         run_dir = tmp_path / "killed-run"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir),
-             "--ray-address", c.address],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ), start_new_session=True)
+        log = tmp_path / "controller.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir),
+                 "--ray-address", c.address],
+                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True)
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and len(_safe_complete(run_dir)) < 4:
+            assert proc.poll() is None, f"the controller ended early:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
