@@ -180,7 +180,8 @@ class RayExecutor:
             try:
                 host, missing = ray.get(ref, timeout=120)
             except Exception:  # noqa: BLE001 - a node that died or cannot run the probe holds no actor
-                ray.cancel(ref, force=True)
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
                 continue
             if missing:
                 raise EvomergeError(
