@@ -42,8 +42,8 @@ test-browser: $(STAMP)
 	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install --quiet -e '.[browser]'
 	$(BIN)/python -m pytest -q -m browser
 
-## The Ray executor on a local Ray runtime and on a three-node loopback cluster (a few minutes:
-## Ray and its actors start slowly on 2 cores).
+## The Ray executor on a local Ray runtime and on a three-node loopback cluster, the quickstart
+## included (builds the toy zoo first if it is not cached; Ray and its actors start slowly on 2 cores).
 test-ray: $(STAMP)
 	$(BIN)/python -m pytest -q -m ray
 

@@ -140,3 +140,25 @@ def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluste
         assert {(e.trial, e.recipe_hash) for e in after} == {(e.trial, e.recipe_hash) for e in _complete(tmp_path / "whole")}
     finally:
         pg.stop()
+
+
+def test_the_quickstart_runs_on_the_cluster(cluster, tmp_path):
+    """runs/quickstart.yaml itself (the embedded zoo, built or taken from its cache), on the
+    cluster's two slots, with a smaller trial budget."""
+    from pathlib import Path
+
+    from evomerge.search.front import run_front
+    from evomerge.zoo.build import build_zoo, default_zoo_dir
+
+    root = Path(__file__).resolve().parents[3]
+    build_zoo(default_zoo_dir(), log=lambda s: None)
+    cfg = yaml.safe_load((root / "runs" / "quickstart.yaml").read_text())
+    cfg["space"] = str(root / "search_spaces" / "zoo_joint.yaml")
+    cfg["budget"]["trials"] = 27
+    cfg["executor"] = {"kind": "ray", "address": "auto", "workers": "auto", "resources": SLOT, "torch_threads": 1}
+    (tmp_path / "quickstart.yaml").write_text(yaml.safe_dump(cfg))
+    result = run_search(tmp_path / "quickstart.yaml", tmp_path / "out", log=lambda s: None)
+    assert result.trials == 27 and result.failed == 0
+    assert result.utilisation and result.utilisation["slot_utilisation"] > 0.5
+    objectives, front, _, hv = run_front(tmp_path / "out")
+    assert len(objectives) == 4 and front and hv is not None
