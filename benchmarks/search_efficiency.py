@@ -77,7 +77,8 @@ def _space(compact: bool, zoo: Path) -> dict:
 
 
 def run_controller(
-    optimizer: str, seed: int, budget: int, top: int, levels: list | None, zoo: Path, compact: bool = False
+    optimizer: str, seed: int, budget: int, top: int, levels: list | None, zoo: Path, compact: bool = False,
+    workers: int = 1,
 ) -> Trace:
     from evomerge.run import run_search
 
@@ -91,7 +92,11 @@ def run_controller(
         "space": "space.yaml",
         "objectives": [{"task": t} for t in TASKS],
         "scalarization": "weighted_sum",
-        "optimizer": {"name": optimizer, "options": {"popsize": 9} if optimizer == "cmaes" else {}},
+        # cmaes-async: CMA-ES that draws a point whenever a slot frees (no generation barrier)
+        "optimizer": {"name": optimizer.removesuffix("-async"),
+                      "options": {"popsize": 9, **({"asynchronous": True} if optimizer.endswith("-async") else {})}
+                      if optimizer.startswith("cmaes") else {}},
+        "executor": {"workers": workers, "torch_threads": 1 if workers > 1 else None},
         "budget": {"trials": budget},
         "seed": seed,
         "tracking": {"enabled": False},
@@ -159,10 +164,13 @@ def main() -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--top", type=int, default=256, help="examples per task at the top fidelity")
     p.add_argument("--levels", default="32,96", help="lower successive-halving levels (the top is --top)")
-    p.add_argument("--optimizers", default="random,cmaes,tpe,gp")
+    p.add_argument("--optimizers", default="random,cmaes,tpe,gp", help="also cmaes-async")
     p.add_argument("--compact", default="cmaes,tpe",
                    help="optimisers also run on the baseline's 6-gene space (global TIES weight, density)")
     p.add_argument("--zoo", type=Path, default=None)
+    p.add_argument("--workers", type=int, default=1, help="evaluation slots (a pool when above 1)")
+    p.add_argument("--no-mf", action="store_true", help="one fidelity only")
+    p.add_argument("--no-baseline", action="store_true", help="skip the mergekit-evolve-style runs")
     args = p.parse_args()
 
     from evomerge.zoo.build import default_zoo_dir
@@ -175,13 +183,14 @@ def main() -> int:
     traces: list[Trace] = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for opt in args.optimizers.split(","):
-            for mf in (None, levels):
+            for mf in (None,) if args.no_mf else (None, levels):
                 budget = args.budget if mf is None else int(args.budget * _mf_cost_ratio(levels))
-                traces.append(run_controller(opt, seed, budget, args.top, mf, zoo))
+                traces.append(run_controller(opt, seed, budget, args.top, mf, zoo, workers=args.workers))
                 t = traces[-1]
                 print(f"  ran {t.name} seed {seed}: best {t.best:.4f} in {t.seconds:.0f}s", file=sys.stderr)
-        traces.append(run_mergekit_evolve_style(seed, args.budget, args.top, zoo))
-        print(f"  ran mergekit-evolve-style seed {seed}: best {traces[-1].best:.4f}", file=sys.stderr)
+        if not args.no_baseline:
+            traces.append(run_mergekit_evolve_style(seed, args.budget, args.top, zoo))
+            print(f"  ran mergekit-evolve-style seed {seed}: best {traces[-1].best:.4f}", file=sys.stderr)
         for opt, mf in [(o, m) for o in args.compact.split(",") if o for m in (None, levels)]:
             budget = args.budget if mf is None else int(args.budget * _mf_cost_ratio(levels))
             traces.append(run_controller(opt, seed, budget, args.top, mf, zoo, compact=True))
