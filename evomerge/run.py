@@ -33,6 +33,7 @@ from evomerge.search.objectives import (
 from evomerge.search.progress import Progress
 from evomerge.search.rundir import (
     RUN_FILE,
+    RunLock,
     freeze_config,
     has_run,
     resolve_sources,
@@ -174,9 +175,15 @@ def run_search(
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     fresh_dir = not any(run_dir.iterdir())
-    ledger = open_ledger(run_dir, config.ledger, take_over=take_over)
+    lock = RunLock(run_dir)
+    try:
+        ledger = open_ledger(run_dir, config.ledger, take_over=take_over)
+    except BaseException:
+        lock.release()
+        raise
     if not resume and hasattr(ledger, "load_config") and ledger.load_config() is not None:
         ledger.close()
+        lock.release()
         if fresh_dir:
             import shutil
 
@@ -215,6 +222,7 @@ def run_search(
         if tracker is not None and tracker.close("FINISHED" if finished else "KILLED", summary) and finished:
             log(f"tracked in MLflow ({tracker.tracker.uri}); `evomerge ui {run_dir}` shows it")
         ledger.close()
+        lock.release()
     best = best_evaluation(complete, p.objectives) if complete else None
     sizes = [n for n in controller.sizes if n is not None]
     top_level = controller.rungs.levels[-1]

@@ -118,3 +118,17 @@ def test_a_device_that_is_not_cpu_or_cuda_is_refused_before_any_output(tmp_path,
     with pytest.raises(EvomergeError, match=r"device: String should match pattern"):
         run_search(_config(tmp_path, zoo, device="gpu"), tmp_path / "out", log=lambda s: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_controller_on_a_running_run_directory_is_refused(tmp_path, zoo):
+    from evomerge.run import resume_search
+    from evomerge.search.rundir import RunLock
+
+    run_search(_config(tmp_path, zoo), tmp_path / "out", trials=1, log=lambda s: None)
+    held = RunLock(tmp_path / "out")  # as if a controller were running it now
+    try:
+        with pytest.raises(EvomergeError, match=r"being searched by another controller \(pid \d+ on "):
+            resume_search(tmp_path / "out", log=lambda s: None)
+    finally:
+        held.release()
+    assert resume_search(tmp_path / "out", log=lambda s: None).evaluated == 1  # free again

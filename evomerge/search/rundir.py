@@ -20,6 +20,7 @@ from evomerge.search.ledgers import EvaluationRecord, find_ledger, open_ledger
 from evomerge.search.objectives import BoundObjective, bind_objectives
 
 RUN_FILE = "run.yaml"
+LOCK_FILE = "controller.lock"
 
 
 def top_rung(config: RunConfig) -> int:
@@ -77,3 +78,38 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[Evalu
     if not complete:
         raise EvomergeError(f"{run_dir} has no trial complete at the top fidelity yet.")
     return config, objectives, complete
+
+
+class RunLock:
+    """One controller per run directory on this host: an exclusive ``flock`` on
+    ``RUN_DIR/controller.lock``, which the OS releases when the process ends however it ends
+    (kill -9 included), so a resume after a crash is never refused. Shared ledgers (sql) also
+    hold a lease in their database, which covers controllers on other hosts."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+        import os
+
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise EvomergeError(
+                f"{run_dir} is being searched by another controller ({holder}); wait for it to "
+                f"finish or stop it, then `evomerge resume {run_dir}`."
+            ) from None
+        import socket
+
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
