@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from evomerge.errors import EvomergeError
-
-app = typer.Typer(
-    help="evomerge: search, apply and export model-merge recipes.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from evomerge.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    DiskFullError,
+    EvomergeError,
+    RunFailedError,
 )
-recipe_app = typer.Typer(help="Inspect and convert recipes.", no_args_is_help=True)
-app.add_typer(recipe_app, name="recipe")
 
 
 def _console(stderr: bool = False) -> Console:
@@ -34,9 +36,120 @@ console = _console()
 err_console = _console(stderr=True)
 
 
-def _fail(err: EvomergeError) -> None:
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, delivered like Ctrl-C so every ``finally`` runs (workers, locks)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Stopped(signum)
+
+
+class EvomergeGroup(TyperGroup):
+    """The one place where errors become messages and exit codes (README, "Exit codes").
+
+    ``--debug`` is accepted anywhere on the command line (users add it at the end of the
+    command that failed) and lets every traceback through.
+    """
+
+    debug = False
+
+    def parse_args(self, ctx, args):
+        end = args.index("--") if "--" in args else len(args)
+        EvomergeGroup.debug = "--debug" in args[:end]
+        args = [a for i, a in enumerate(args) if not (i < end and a == "--debug")]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        debug = EvomergeGroup.debug or os.environ.get("EVOMERGE_DEBUG", "") not in ("", "0")
+        handlers = {}
+        if _main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                handlers[sig] = signal.signal(sig, _raise_stopped)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException, SystemExit):  # usage errors: exit 2
+            raise
+        except EvomergeError as err:
+            if debug:
+                raise
+            _print_error(str(err))
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt as err:
+            if debug:
+                raise
+            signum = getattr(err, "signum", signal.SIGINT)
+            err_console.print(
+                f"interrupted ({signal.Signals(signum).name}); finished work is kept: "
+                "`evomerge resume RUN_DIR` goes on with a search", highlight=False)
+            raise typer.Exit(128 + signum if signum != signal.SIGINT else EXIT_INTERRUPTED) from None
+        except OSError as err:
+            if debug or err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                if debug:
+                    raise
+                _internal_error(err)
+            where = f" writing {err.filename}" if err.filename else ""
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                e: EvomergeError = DiskFullError(
+                    f"The disk filled up{where} ({err.strerror}). What was being written was "
+                    "discarded and finished results are kept; free space (or point --out "
+                    "elsewhere) and run the command again.")
+            else:
+                e = EvomergeError(
+                    f"Cannot write{where or ' the output'}: {err.strerror}. Choose a writable "
+                    "location (--out) or fix the directory's permissions.")
+            _print_error(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except Exception as err:  # noqa: BLE001 - a bug: one line here, the traceback in a file
+            if debug:
+                raise
+            _internal_error(err)
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+def _internal_error(err: BaseException) -> None:
+    fd, path = tempfile.mkstemp(prefix="evomerge-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exception(type(err), err, err.__traceback__, file=f)
+    _print_error(
+        f"unexpected {type(err).__name__}: {err}. This is a bug in evomerge, not in your input; "
+        f"the traceback is in {path} (or rerun with --debug). Please report it with that file.")
+    raise typer.Exit(EXIT_FAILED) from None
+
+
+app = typer.Typer(
+    cls=EvomergeGroup,
+    help="evomerge: search, apply and export model-merge recipes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+recipe_app = typer.Typer(help="Inspect and convert recipes.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks (also accepted after the command, or EVOMERGE_DEBUG=1).")] = False,
+) -> None:
+    if debug:
+        EvomergeGroup.debug = True
 
 
 def _parse_size(text: str) -> int:
@@ -95,36 +208,33 @@ def _merge(recipe_path, out, device, dtype, seed, force, allow_pickle, shard_siz
     from evomerge.merge.engine import merge_to_disk, with_overrides
     from evomerge.recipe import Recipe
 
-    try:
-        recipe = with_overrides(Recipe.load(recipe_path), dtype=dtype, seed=seed)
-        with Progress(
-            TextColumn("merging"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("[dim]{task.description}"),
-            console=err_console,
-            disable=quiet,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("", total=None)
+    recipe = with_overrides(Recipe.load(recipe_path), dtype=dtype, seed=seed)
+    with Progress(
+        TextColumn("merging"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.description}"),
+        console=err_console,
+        disable=quiet,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
 
-            def progress(done: int, total: int, name: str) -> None:
-                bar.update(task, completed=done, total=total, description=name)
+        def progress(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=name)
 
-            result = merge_to_disk(
-                recipe,
-                out,
-                device=device,
-                force=force,
-                allow_pickle=allow_pickle,
-                max_shard_bytes=_parse_size(shard_size),
-                search_dirs=[recipe_path.resolve().parent],
-                progress=progress,
-                prefill=prefill,
-            )
-    except EvomergeError as err:
-        _fail(err)
+        result = merge_to_disk(
+            recipe,
+            out,
+            device=device,
+            force=force,
+            allow_pickle=allow_pickle,
+            max_shard_bytes=_parse_size(shard_size),
+            search_dirs=[recipe_path.resolve().parent],
+            progress=progress,
+            prefill=prefill,
+        )
     for w in result.warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if not quiet:
@@ -146,11 +256,8 @@ def recipe_show(
     from evomerge.mergekit_compat import to_mergekit_yaml
     from evomerge.recipe import Recipe
 
-    try:
-        recipe = Recipe.load(recipe_path)
-        text = to_mergekit_yaml(recipe) if mergekit else recipe.to_yaml()
-    except EvomergeError as err:
-        _fail(err)
+    recipe = Recipe.load(recipe_path)
+    text = to_mergekit_yaml(recipe) if mergekit else recipe.to_yaml()
     console.print(f"# hash: {recipe.content_hash()}", highlight=False)
     sys.stdout.write(text)
 
@@ -164,10 +271,7 @@ def demo(
     """Merge tiny generated models with the recipes in runs/demo/ (no download)."""
     from evomerge.demo import run
 
-    try:
-        run(out, console)
-    except EvomergeError as err:
-        _fail(err)
+    run(out, console)
 
 
 zoo_app = typer.Typer(help="The embedded toy model zoo (trained locally, offline).", no_args_is_help=True)
@@ -187,10 +291,7 @@ def zoo_build(
     """Train the base model and the experts (cached: a second call returns at once)."""
     from evomerge.zoo.build import build_zoo, read_manifest
 
-    try:
-        path = build_zoo(out, force=force, log=lambda s: err_console.print(s, highlight=False))
-    except EvomergeError as err:
-        _fail(err)
+    path = build_zoo(out, force=force, log=lambda s: err_console.print(s, highlight=False))
     if report:
         manifest = read_manifest(path) or {}
         if "report" not in manifest:
@@ -230,7 +331,7 @@ def zoo_report_cmd(
 
     path = zoo or default_zoo_dir()
     if read_manifest(path) is None:
-        _fail(EvomergeError(f"No built zoo in {path}; run `evomerge zoo build` first."))
+        raise EvomergeError(f"No built zoo in {path}; run `evomerge zoo build` first.")
     _zoo_report(path)
 
 
@@ -246,7 +347,7 @@ def zoo_data(
 
     changed = write_task_data(evaluators_dir(), check=check)
     if check and changed:
-        _fail(EvomergeError(f"evaluators/ data differs from the generator: {', '.join(changed)}."))
+        raise RunFailedError(f"evaluators/ data differs from the generator: {', '.join(changed)}; run `evomerge zoo data` to regenerate it.")
     console.print(f"{len(changed)} file(s) {'differ' if check else 'written'}", highlight=False)
 
 
@@ -272,12 +373,9 @@ def eval_cmd(
     from evomerge.io.hf import load_causal_lm
     from evomerge.merge.engine import check_device, resolve_model_path
 
-    try:
-        evaluators = [load_task(t, split=split) for t in task]
-        dev = check_device(device)
-        model, tokenizer = load_causal_lm(resolve_model_path(str(model_dir)), device=dev)
-    except EvomergeError as err:
-        _fail(err)
+    evaluators = [load_task(t, split=split) for t in task]
+    dev = check_device(device)
+    model, tokenizer = load_causal_lm(resolve_model_path(str(model_dir)), device=dev)
     results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
@@ -322,15 +420,12 @@ def space_show(
 
     from evomerge.search.space import load_space
 
-    try:
-        space = load_space(space_path)
-        genes = space.genes()
-        rng = random.Random(seed)
-        point = [0.5] * len(genes) if seed is None else [rng.random() for _ in genes]
-        recipe = space.decode(point)
-        sources = space.source_models()
-    except EvomergeError as err:
-        _fail(err)
+    space = load_space(space_path)
+    genes = space.genes()
+    rng = random.Random(seed)
+    point = [0.5] * len(genes) if seed is None else [rng.random() for _ in genes]
+    recipe = space.decode(point)
+    sources = space.source_models()
     table = Table(title=f"{space_path} ({space.kind} space): {len(genes)} genes")
     table.add_column("#", justify="right")
     table.add_column("gene")
@@ -361,14 +456,11 @@ def search(
     from evomerge.run import run_search
     from evomerge.search.progress import ProgressPrinter
 
-    try:
-        result = run_search(
-            run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False),
-            progress=ProgressPrinter(err_console), take_over=take_over,
-            ray_address=_ray_address(ray_address),
-        )
-    except EvomergeError as err:
-        _fail(err)
+    result = run_search(
+        run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False),
+        progress=ProgressPrinter(err_console), take_over=take_over,
+        ray_address=_ray_address(ray_address),
+    )
     _print_search_result(result)
 
 
@@ -387,6 +479,15 @@ def _utilisation(result) -> str:
 
 
 def _print_search_result(result) -> None:
+    _print_search_summary(result)
+    if result.evaluated and result.best_trial is None and result.failed >= result.evaluated:
+        raise RunFailedError(
+            f"Every evaluation of {result.run_dir} failed ({result.failed} of {result.evaluated}); "
+            "the ledger holds each one's reason (`evomerge front` lists none). Check the sources "
+            "and tasks with `evomerge search --dry-run RUN.yaml`, fix the run config, and start again.")
+
+
+def _print_search_summary(result) -> None:
     best = "none" if result.best_fitness is None else f"trial {result.best_trial}, fitness {result.best_fitness:.4f}"
     saved = ""
     if result.examples_at_top and result.examples_scored < result.examples_at_top:
@@ -424,14 +525,11 @@ def resume(
     ledger = None
     if ledger_url is not None:
         ledger = {"url": ledger_url, "run": run, "password_env": password_env}
-    try:
-        result = resume_search(
-            run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False),
-            progress=ProgressPrinter(err_console), take_over=take_over,
-            ray_address=_ray_address(ray_address), ledger=ledger,
-        )
-    except EvomergeError as err:
-        _fail(err)
+    result = resume_search(
+        run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False),
+        progress=ProgressPrinter(err_console), take_over=take_over,
+        ray_address=_ray_address(ray_address), ledger=ledger,
+    )
     _print_search_result(result)
 
 
@@ -446,10 +544,7 @@ def export(
     """Write a trial of a search as a model: weights, recipe, mergekit YAML and a model card."""
     from evomerge.search.export import export_trial
 
-    try:
-        number, path = export_trial(run_dir, out, trial=trial, force=force, device=device)
-    except EvomergeError as err:
-        _fail(err)
+    number, path = export_trial(run_dir, out, trial=trial, force=force, device=device)
     console.print(f"trial {number} -> {path}", highlight=False)
 
 
@@ -460,10 +555,7 @@ def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
 
     from evomerge.search.front import run_front
 
-    try:
-        objectives, trials, _, hv = run_front(run_dir)
-    except EvomergeError as err:
-        _fail(err)
+    objectives, trials, _, hv = run_front(run_dir)
     table = Table(title=f"Pareto front of {run_dir}: {len(trials)} trial(s)")
     table.add_column("trial", justify="right")
     for o in objectives:
@@ -489,23 +581,20 @@ def ui(
     """Start the MLflow UI on a search run's tracking store and print its URL."""
     from evomerge.tracking.ui import start_ui, store_of, wait_until_up
 
-    try:
-        if run_dir is None:
-            runs = sorted((p.parent for p in Path("runs").glob("*/run.yaml")), key=lambda p: p.stat().st_mtime)
-            if not runs:
-                raise EvomergeError("No search run under runs/; give RUN_DIR.")
-            run_dir = runs[-1]
-        uri = store_of(run_dir)
-    except EvomergeError as err:
-        _fail(err)
+    if run_dir is None:
+        runs = sorted((p.parent for p in Path("runs").glob("*/run.yaml")), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise EvomergeError("No search run under runs/; give RUN_DIR.")
+        run_dir = runs[-1]
+    uri = store_of(run_dir)
     if host != "127.0.0.1":
         err_console.print(f"warning: the UI is reachable by anyone who can reach {host}", highlight=False)
     proc, url = start_ui(uri, host, port)
     try:
         wait_until_up(url, proc)
-    except EvomergeError as err:
+    except EvomergeError:
         proc.terminate()
-        _fail(err)
+        raise
     console.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", highlight=False)
     try:
         raise typer.Exit(proc.wait())
@@ -524,14 +613,11 @@ def track(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     from evomerge.search.space import load_space
     from evomerge.tracking.mlflow_tracker import MLflowTracker
 
-    try:
-        if not has_run(run_dir):
-            raise EvomergeError(f"{run_dir} is not a search run (no ledger).")
-        config = RunConfig.load(run_dir / RUN_FILE)
-        _, objectives = bind_objectives(config, run_dir / RUN_FILE)
-        space = load_space(config.space)
-    except EvomergeError as err:
-        _fail(err)
+    if not has_run(run_dir):
+        raise EvomergeError(f"{run_dir} is not a search run (no ledger).")
+    config = RunConfig.load(run_dir / RUN_FILE)
+    _, objectives = bind_objectives(config, run_dir / RUN_FILE)
+    space = load_space(config.space)
     ledger = open_ledger(run_dir, readonly=True)
     try:
         records = ledger.completions()
