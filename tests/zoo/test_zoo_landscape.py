@@ -7,7 +7,8 @@ import pytest
 from evomerge.zoo.build import build_zoo, default_zoo_dir
 from evomerge.zoo.report import zoo_report
 
-pytestmark = pytest.mark.slow
+# `landscape`: not in CI until the zoo is robust across seeds (the zoo issue); `make test-landscape`
+pytestmark = [pytest.mark.slow, pytest.mark.landscape]
 
 
 @pytest.fixture(scope="module")
