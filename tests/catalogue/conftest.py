@@ -49,3 +49,43 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
             st = p.stat()
             out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
+
+
+def assert_untouched(root: Path, before: dict) -> None:
+    """``root`` holds exactly what it held when ``before = snapshot(root)`` was taken."""
+    assert snapshot(root) == before, f"{root} was changed"
+
+
+def assert_only(folder: Path, *names: str) -> None:
+    """``folder`` holds just ``names``: no half-written output, no temporary directory beside it."""
+    assert sorted(p.name for p in Path(folder).iterdir()) == sorted(names)
+
+
+def invoke(*args):
+    """``evomerge ARGS`` in-process (stdout and stderr together in ``result.output``)."""
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A folder nothing can be written to: a read-only directory, or (as root, whom permissions
+    do not stop) ``/sys``; skips the test where there is neither."""
+    import os
+    import tempfile
+
+    import pytest
+
+    ro = tmp_path / "read-only"
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o555)
+    for folder in (ro, Path("/sys")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder)
+        except OSError:
+            return folder
+        os.close(fd)
+        os.unlink(probe)
+    pytest.skip("no unwritable folder here (root without a read-only /sys)")
