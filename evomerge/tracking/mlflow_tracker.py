@@ -86,9 +86,7 @@ class MLflowTracker:
     def _connect(self) -> None:
         if self.parent_id is not None:
             return
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = open_client(self.uri)
         name = self.settings.experiment or self.run_dir.name
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
@@ -345,6 +343,36 @@ class MLflowTracker:
             front_png(values, mask, labels, names, Path(tmp) / "front.png")
             front_html(values, mask, labels, names, summaries, Path(tmp) / "front.html")
             self.client.log_artifacts(self.parent_id, tmp, "front")
+
+
+def open_client(uri: str):
+    """An MlflowClient for ``uri``; a SQLite store that does not exist yet is made whole first.
+
+    MLflow makes a new database in seconds of schema migrations, not all in one transaction: a
+    controller killed in the middle leaves a store every later open refuses ("table ... already
+    exists"), and the run could never be tracked again. So a new store is made under a
+    temporary name and renamed into place once complete; a kill leaves only the temporary file,
+    which the next start makes again."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.creating")
+            for stale in (tmp, tmp.with_name(tmp.name + "-journal")):
+                stale.unlink(missing_ok=True)
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
+            store.engine.dispose()
+            os.replace(tmp, path)
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the rename itself survives a power cut
+            finally:
+                os.close(fd)
+    return MlflowClient(tracking_uri=uri)
 
 
 def _gene_value(gene, u: float) -> str:
