@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,29 +103,51 @@ class MLflowTracker:
         self.experiment_id = exp_id
         state = self.run_dir / STATE_FILE
         saved = json.loads(state.read_text()) if state.is_file() else {}
-        if saved.get("parent_run_id") and saved.get("tracking_uri") == self.uri:
+        if saved.get("tracking_uri") != self.uri:
+            saved = {}
+        if saved.get("parent_run_id"):
             self.parent_id = saved["parent_run_id"]
             self._read_back()
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
-            run = self.client.create_run(exp_id, run_name=self.run_dir.name, tags={
-                f"{_TAG}run_dir": str(self.run_dir),
-                f"{_TAG}optimizer": self.config.optimizer.name,
-                f"{_TAG}seed": str(self.config.seed),
-                f"{_TAG}objectives": ", ".join(
-                    f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique),
-                f"{_TAG}fidelity_levels": json.dumps(list(self.config.levels())),
-                "mlflow.note.content": (
-                    f"evomerge search in {self.run_dir}. Metric `hypervolume`: while the search "
-                    "runs, each point is measured from a provisional reference (per objective, its "
-                    "declared `reference`, else the worst value seen so far); when the search ends "
-                    "it is recomputed from the run's reference (declared, else the worst value over "
-                    "all finished trials), the number `evomerge front` prints."),
-            })
-            self.parent_id = run.info.run_id
-            atomic_write_text(state, json.dumps({"parent_run_id": self.parent_id, "tracking_uri": self.uri}))
+            self.parent_id = self._new_parent(state, saved.get("pending"))
         if not self.parent_ready:
             self._log_parent_config()
+
+    def _new_parent(self, state: Path, token: str | None) -> str:
+        """The parent run of a run not tracked yet. Its token goes to disk before the run is
+        made, so a controller killed between the two finds that run again instead of leaving an
+        empty parent behind and making another."""
+        if token is not None:
+            runs = self.client.search_runs(
+                [self.experiment_id], f"tags.`{_TAG}parent_token` = '{token}'", max_results=1)
+            if runs:
+                self.parent_id = runs[0].info.run_id
+                self._read_back()
+                return self._saved(state)
+        token = uuid.uuid4().hex
+        atomic_write_text(state, json.dumps({"pending": token, "tracking_uri": self.uri}))
+        run = self.client.create_run(self.experiment_id, run_name=self.run_dir.name, tags={
+            f"{_TAG}run_dir": str(self.run_dir),
+            f"{_TAG}parent_token": token,
+            f"{_TAG}optimizer": self.config.optimizer.name,
+            f"{_TAG}seed": str(self.config.seed),
+            f"{_TAG}objectives": ", ".join(
+                f"{o.key} ({'max' if o.sign > 0 else 'min'})" for o in self.unique),
+            f"{_TAG}fidelity_levels": json.dumps(list(self.config.levels())),
+            "mlflow.note.content": (
+                f"evomerge search in {self.run_dir}. Metric `hypervolume`: while the search "
+                "runs, each point is measured from a provisional reference (per objective, its "
+                "declared `reference`, else the worst value seen so far); when the search ends "
+                "it is recomputed from the run's reference (declared, else the worst value over "
+                "all finished trials), the number `evomerge front` prints."),
+        })
+        self.parent_id = run.info.run_id
+        return self._saved(state)
+
+    def _saved(self, state: Path) -> str:
+        atomic_write_text(state, json.dumps({"parent_run_id": self.parent_id, "tracking_uri": self.uri}))
+        return self.parent_id
 
     def _log_parent_config(self) -> None:
         from mlflow.entities import Param
