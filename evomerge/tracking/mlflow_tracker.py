@@ -184,6 +184,10 @@ class MLflowTracker:
                     self.pareto[cand] = tags["pareto"] == "true"
                 if tags.get(f"{_TAG}ready") == "1":
                     self.ready.add(cand)
+                if run.info.status == "RUNNING" and tags.get("state"):
+                    # Stopped between logging its evaluation and closing its run.
+                    self.client.set_terminated(
+                        run.info.run_id, "FINISHED" if tags["state"] == "complete" else "FAILED")
             token = page.token
             if not token:
                 break

@@ -86,3 +86,10 @@ def test_a_parent_run_made_just_before_a_kill_is_found_again(tmp_path, store, mo
     assert len(parents) == 1, [p.info.run_id for p in parents]
     assert json.loads((tmp_path / "tracking.json").read_text())["parent_run_id"] == parents[0].info.run_id
     assert sorted(int(c.data.tags["evomerge.trial"]) for c in children) == [0, 1, 2]
+
+
+def test_a_child_logged_but_not_closed_before_a_kill_is_closed_on_resume(tmp_path, store, monkeypatch):
+    _kill_at(monkeypatch, "set_terminated", after=False)  # the first child's scores are in
+    _, _, children = _killed_then_resumed(tmp_path, store, RECORDS)
+    assert len(children) == 3
+    assert {c.info.status for c in children} == {"FINISHED"}
