@@ -192,7 +192,10 @@ class MLflowTracker:
             if not token:
                 break
         parent = self.client.get_run(self.parent_id)
-        self.series_done = int(parent.data.tags.get(f"{_TAG}series_done", "0"))
+        # The series' last step, not only the tag: a controller stopped between logging points
+        # and the tag would otherwise log those points again.
+        steps = [m.step for m in self.client.get_metric_history(self.parent_id, "best_fitness")]
+        self.series_done = max([int(parent.data.tags.get(f"{_TAG}series_done", "0")), *steps])
         self.parent_ready = parent.data.tags.get(f"{_TAG}ready") == "1"
 
     # -- syncing -----------------------------------------------------------------------

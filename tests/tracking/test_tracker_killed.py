@@ -93,3 +93,12 @@ def test_a_child_logged_but_not_closed_before_a_kill_is_closed_on_resume(tmp_pat
     _, _, children = _killed_then_resumed(tmp_path, store, RECORDS)
     assert len(children) == 3
     assert {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_the_front_series_is_not_logged_twice_after_a_kill(tmp_path, store, monkeypatch):
+    # Killed after the parent's series points were logged, before the tag that counts them.
+    _kill_at(monkeypatch, "log_batch", after=False,
+             when=lambda run_id, metrics=(), params=(), tags=(): any(t.key == "evomerge.series_done" for t in tags))
+    client, parents, _ = _killed_then_resumed(tmp_path, store, RECORDS)
+    steps = [m.step for m in client.get_metric_history(parents[0].info.run_id, "best_fitness")]
+    assert sorted(steps) == [1, 2, 3]
