@@ -367,12 +367,30 @@ class MLflowTracker:
                 Metric("hypervolume", hv, int(time.time() * 1000) + 1, len(top))],
                 tags=[RunTag(f"{_TAG}hypervolume_reference", json.dumps(
                     {o.key: o.sign * float(v) for o, v in zip(self.unique, ref, strict=True)}))])
-        self.client.log_table(self.parent_id, front_only, "front/front.json")
-        self.client.log_table(self.parent_id, table, "front/all_trials.json")
+        self._log_table(front_only, "front/front.json")
+        self._log_table(table, "front/all_trials.json")
         with tempfile.TemporaryDirectory() as tmp:
             front_png(values, mask, labels, names, Path(tmp) / "front.png")
             front_html(values, mask, labels, names, summaries, Path(tmp) / "front.html")
             self.client.log_artifacts(self.parent_id, tmp, "front")
+
+
+    def _log_table(self, table: dict, artifact_file: str) -> None:
+        """``MlflowClient.log_table``, replacing the file: log_table appends to an existing one,
+        so a front logged again (a resume of a finished run, `evomerge track`) listed every
+        trial twice."""
+        import pandas as pd
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        folder, name = artifact_file.rsplit("/", 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            pd.DataFrame(table).to_json(Path(tmp) / name, orient="split", index=False)
+            self.client.log_artifact(self.parent_id, str(Path(tmp) / name), folder)
+        # The tag log_table sets: the UI shows the file as a table.
+        listed = json.loads(self.client.get_run(self.parent_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(self.parent_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
 
 
 def open_client(uri: str):

@@ -9,6 +9,7 @@ uninterrupted run logs: one parent, one child per trial, each result once.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -102,3 +103,17 @@ def test_the_front_series_is_not_logged_twice_after_a_kill(tmp_path, store, monk
     client, parents, _ = _killed_then_resumed(tmp_path, store, RECORDS)
     steps = [m.step for m in client.get_metric_history(parents[0].info.run_id, "best_fitness")]
     assert sorted(steps) == [1, 2, 3]
+
+
+def test_a_front_logged_again_replaces_its_tables(tmp_path, store):
+    assert _tracker(tmp_path, store).finish(RECORDS)
+    tracker = _tracker(tmp_path, store)  # a resume of the finished run, or `evomerge track`
+    assert tracker.finish(RECORDS)
+    client = MlflowClient(tracking_uri=store)
+    for name, trials in (("front.json", [1, 2]), ("all_trials.json", [0, 1, 2])):
+        path = client.download_artifacts(tracker.parent_id, f"front/{name}", str(tmp_path))
+        table = json.loads(Path(path).read_text())
+        column = table["columns"].index("trial")
+        assert sorted(row[column] for row in table["data"]) == trials
+    logged = json.loads(client.get_run(tracker.parent_id).data.tags["mlflow.loggedArtifacts"])
+    assert sorted(e["path"] for e in logged) == ["front/all_trials.json", "front/front.json"]
