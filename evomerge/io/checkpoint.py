@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from evomerge.errors import CheckpointError
+from evomerge.io.compat import check_finite_tensor
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -69,10 +70,15 @@ def read_config(path: Path) -> dict[str, Any]:
 class Checkpoint:
     """A model directory on disk, opened lazily (memory-mapped)."""
 
-    def __init__(self, path: str | Path, *, allow_pickle: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, allow_pickle: bool = False, check_finite: bool = False
+    ) -> None:
+        """``check_finite``: ``get`` refuses a tensor holding NaN or inf, naming it and this
+        directory (one reduction per tensor read; a merge's output would be broken anyway)."""
         self.path = Path(path)
         self.name = str(path)
         self.allow_pickle = allow_pickle
+        self.check_finite = check_finite
         self.config = read_config(self.path)
         self._files: dict[str, Path] = {}  # tensor name -> file
         self._handles: dict[Path, Any] = {}
@@ -88,16 +94,18 @@ class Checkpoint:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise CheckpointError(
-                    f"{index} is not a valid safetensors index (needs a `weight_map`)."
+                    f"{index} is not a valid safetensors index (it needs a `weight_map` of tensor "
+                    "name to shard file); re-download the checkpoint or regenerate the index."
                 ) from err
             for tensor, file in weight_map.items():
                 self._files[tensor] = self.path / file
             missing = sorted({str(f) for f in self._files.values() if not f.exists()})
             if missing:
                 raise CheckpointError(
-                    f"{index} lists shard files that do not exist: {', '.join(missing)}."
+                    f"{index} lists shard files that do not exist: {', '.join(missing)}. The "
+                    "download is incomplete: re-download the checkpoint (every shard the index names)."
                 )
         elif single.exists():
             self._add_safetensors(single)
@@ -115,8 +123,12 @@ class Checkpoint:
                     self._meta[tensor] = (tuple(sl.get_shape()), SAFETENSORS_DTYPES[sl.get_dtype()])
         absent = [t for t in self._files if t not in self._meta]
         if absent:
+            shown = ", ".join(f"{t} (in {self._files[t].name})" for t in absent[:5])
+            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
             raise CheckpointError(
-                f"{self.path}: the index names tensors its shards do not contain: {', '.join(absent[:5])}."
+                f"{self.path / 'model.safetensors.index.json'} names tensors its shards do not "
+                f"contain: {shown}{more}. The index and the shards come from different versions; "
+                "re-download the checkpoint (index and shards together)."
             )
 
     def _open(self, file: Path):
@@ -125,7 +137,8 @@ class Checkpoint:
                 self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
             except Exception as err:  # safetensors raises its own error types
                 raise CheckpointError(
-                    f"Cannot read {file}: {err}. The file may be truncated or not safetensors."
+                    f"Cannot read {file}: {_one_line(err)}. The file is truncated, corrupt or not "
+                    "safetensors; re-download or re-export the checkpoint."
                 ) from err
         return self._handles[file]
 
@@ -138,8 +151,9 @@ class Checkpoint:
         found += sorted(p for p in self.path.glob("*.bin") if p not in found)
         if not found:
             raise CheckpointError(
-                f"Model directory {self.path} has no weights: expected model.safetensors or "
-                "model.safetensors.index.json with its shards."
+                f"Model directory {self.path} has no weights: expected model.safetensors (or "
+                "model.safetensors.index.json with its shards). Copy or download the weights into "
+                "it, or point the recipe at the directory that holds them."
             )
         if not self.allow_pickle:
             raise CheckpointError(
@@ -157,7 +171,9 @@ class Checkpoint:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as err:
                 raise CheckpointError(
-                    f"Cannot load {file} with torch.load(weights_only=True): {err}. Convert it to safetensors."
+                    f"Cannot load {file} with torch.load(weights_only=True), which loads tensors "
+                    f"only and runs no code: {_one_line(err)[:300]}. Convert the checkpoint to "
+                    "safetensors where you trust it, or use a safetensors copy of the model."
                 ) from err
             self._pickled.update({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
         self._meta = {k: (tuple(v.shape), v.dtype) for k, v in self._pickled.items()}
@@ -180,8 +196,12 @@ class Checkpoint:
         if tensor not in self._meta:
             raise CheckpointError(f"Tensor {tensor!r} is not in model {self.path}.")
         if self._pickled is not None:
-            return self._pickled[tensor]
-        return self._open(self._files[tensor]).get_tensor(tensor)
+            value = self._pickled[tensor]
+        else:
+            value = self._open(self._files[tensor]).get_tensor(tensor)
+        if self.check_finite:
+            check_finite_tensor(self.path, tensor, value)
+        return value
 
     def close(self) -> None:
         self._handles.clear()
@@ -189,6 +209,11 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, {len(self._meta)} tensors)"
+
+
+def _one_line(err: BaseException) -> str:
+    """A library's error as one line (messages must stay one paragraph)."""
+    return " ".join(str(err).split()).rstrip(".")
 
 
 class StateDictSource:
