@@ -60,10 +60,17 @@ def resolve_model_path(ref: str, search_dirs: Sequence[Path] = ()) -> Path:
 
 
 def open_sources(
-    recipe: Recipe, search_dirs: Sequence[Path] = (), *, allow_pickle: bool = False
+    recipe: Recipe,
+    search_dirs: Sequence[Path] = (),
+    *,
+    allow_pickle: bool = False,
+    check_finite: bool = False,
 ) -> dict[str, Checkpoint]:
+    """The recipe's models, opened lazily; ``check_finite``: refuse NaN/inf as tensors are read."""
     return {
-        ref: Checkpoint(resolve_model_path(ref, search_dirs), allow_pickle=allow_pickle)
+        ref: Checkpoint(
+            resolve_model_path(ref, search_dirs), allow_pickle=allow_pickle, check_finite=check_finite
+        )
         for ref in recipe.referenced_models()
     }
 
@@ -117,7 +124,8 @@ def merge_to_disk(
     out = Path(out)
     dev = check_device(device)
     check_output_dir(out, force)  # before any compute
-    sources = open_sources(recipe, search_dirs, allow_pickle=allow_pickle)
+    # A NaN in a source is refused naming the model and tensor, as it is read.
+    sources = open_sources(recipe, search_dirs, allow_pickle=allow_pickle, check_finite=True)
     plan = build_plan(recipe, sources)
     specs = plan.specs()
     with CheckpointWriter(
