@@ -10,7 +10,11 @@ from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge
 
 @merge_method(
     "linear",
-    params=(Param("weight", float, Scope.PER_MODEL), Param("normalize", bool, default=True)),
+    params=(
+        Param("weight", float, Scope.PER_MODEL, low=0.0, bounded_by="normalize",
+              why="it divides by the sum of the weights"),
+        Param("normalize", bool, default=True),
+    ),
     base=BasePolicy.INPUT,
     reference="https://arxiv.org/abs/2203.05482",
 )

@@ -40,7 +40,8 @@ def nuslerp_tensors(
 @merge_method(
     "nuslerp",
     params=(
-        Param("weight", float, Scope.PER_MODEL),
+        Param("weight", float, Scope.PER_MODEL, low=0.0,
+              why="the interpolation point is one weight over their sum"),
         Param("nuslerp_flatten", bool, default=True),
         Param("nuslerp_row_wise", bool, default=False),
     ),

@@ -27,6 +27,7 @@ import torch
 
 from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import TensorSource
+from evomerge.io.compat import check_sources_fit, config_differences
 from evomerge.io.model_config import layer_count
 from evomerge.io.writer import TensorSpec
 from evomerge.merge.registry import BasePolicy, MethodSpec, Param, TensorGroup, get_method
@@ -264,9 +265,10 @@ def build_plan(
         raise RecipeError(
             f"The recipe references models that were not provided: {', '.join(missing)}."
         )
+    check_parameter_ranges(recipe)
+    _check_sources_fit(recipe, sources)
     layouts = {name: _layout(src) for name, src in sources.items()}
     counts = {name: _layer_count(sources[name], layouts[name]) for name in sources}
-    _check_architectures(recipe, sources)
 
     if recipe.models is not None:
         srcs = [
@@ -318,6 +320,15 @@ def build_plan(
                 per_model[p.name].append(
                     _resolve(p, scopes, names[src.model], t, f"{src.model}: {names[src.model]}")
                 )
+        if ctx.method.check is not None:
+            for i, src in enumerate(ctx.inputs):
+                values = {**shared, **{k: v[i] for k, v in per_model.items()}}
+                problem = ctx.method.check(values)
+                if problem:
+                    raise RecipeError(
+                        f"{ctx.method.name} parameters of {src.model} at tensor {names[src.model]}: "
+                        f"{problem} (in the recipe's `parameters:` for that model)."
+                    )
         op = TensorOp(
             name=out_name,
             method=ctx.method,
@@ -421,37 +432,89 @@ def _embedding_name(layout: _Layout) -> str | None:
     return next((n for n in layout.pre if "embed_tokens" in n or n.endswith("wte.weight")), None)
 
 
-def _check_architectures(recipe: Recipe, sources: Mapping[str, TensorSource]) -> None:
-    archs = {
-        m: tuple(
-            sources[m].config.get("architectures") or [sources[m].config.get("model_type", "?")]
+def _check_sources_fit(recipe: Recipe, sources: Mapping[str, TensorSource]) -> None:
+    """Architecture, vocabulary, shapes and (for a ``models:`` merge) depth, from the configs
+    (and tokenizers, for sources on disk): a clearer refusal than the tensors' shapes give."""
+    models = recipe.referenced_models()
+    configs = {m: sources[m].config for m in models}
+    paths = {m: p for m in models if (p := getattr(sources[m], "path", None)) is not None}
+    check_sources_fit(configs, paths, same_depth=recipe.models is not None, shapes=False,
+                      where="This `models:` recipe")
+
+
+def _parameter_scopes(recipe: Recipe):
+    """``(field path, parameters, methods they feed)`` for every ``parameters:`` of a recipe."""
+    top = [get_method(m) for m in recipe.methods_used()]
+    yield "parameters", recipe.parameters, top
+    for i, m in enumerate(recipe.models or []):
+        yield f"models[{i}].parameters", m.parameters, top[:1]
+    for j, s in enumerate(recipe.slices or []):
+        method = [get_method(s.merge_method or recipe.merge_method)]
+        yield f"slices[{j}].parameters", s.parameters, method
+        for k, src in enumerate(s.sources):
+            yield f"slices[{j}].sources[{k}].parameters", src.parameters, method
+
+
+def _numbers(setting: Any, path: str):
+    """Every number a setting holds, with its field path (gradient entries, filtered values)."""
+    if isinstance(setting, ConditionalParameter):
+        yield from _numbers(setting.value, f"{path}.value")
+    elif isinstance(setting, list):
+        for i, entry in enumerate(setting):
+            yield from _numbers(entry, f"{path}[{i}]")
+    else:
+        yield path, setting
+
+
+def _explicit_flag(recipe: Recipe, name: str, scopes: list[Parameters | None]) -> bool | None:
+    """A boolean parameter set as a plain value in the nearest of ``scopes`` that sets it."""
+    for scope in scopes:
+        if scope and name in scope:
+            value = scope[name]
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            return None  # filtered or a gradient: the default decides
+    return None
+
+
+def check_parameter_ranges(recipe: Recipe) -> None:
+    """Refuse a recipe whose parameters are out of their method's range (``density: 1.3``,
+    a negative weight where the method divides by the weights' sum), naming the field path:
+    ``models[1].parameters.density: 1.3 is outside [0, 1] ...``. Reads no model."""
+    slice_scope = {j: s.parameters for j, s in enumerate(recipe.slices or [])}
+    for path, scope, methods in _parameter_scopes(recipe):
+        for name, setting in (scope or {}).items():
+            for method in methods:
+                param = method.param(name)
+                if param is None or (param.low is None and param.high is None):
+                    continue
+                if param.bounded_by:
+                    slice_index = int(path[7:path.index("]")]) if path.startswith("slices[") else None
+                    chain = [scope, slice_scope.get(slice_index), recipe.parameters]
+                    flag = _explicit_flag(recipe, param.bounded_by, chain)
+                    if not (method.param(param.bounded_by).default if flag is None else flag):
+                        continue
+                for where, value in _numbers(setting, f"{path}.{name}"):
+                    if param.out_of_range(value):
+                        raise RecipeError(_range_message(where, value, param, method))
+
+
+def _range_message(where: str, value: Any, param: Param, method: MethodSpec) -> str:
+    why = f" ({param.why})" if param.why else ""
+    if param.bounded_by:
+        return (
+            f"{where}: {value} is below {param.low:g}, which {method.name} does not allow while "
+            f"{param.bounded_by} is on{why}. Use weights >= {param.low:g}, or set "
+            f"`{param.bounded_by}: false` in the recipe's parameters."
         )
-        for m in recipe.referenced_models()
-    }
-    if len(set(archs.values())) > 1:
-        listed = ", ".join(f"{m}: {'/'.join(a)}" for m, a in archs.items())
-        raise CheckpointError(
-            f"The source models have different architectures ({listed}). evomerge merges models of one architecture; "
-            "choose sources fine-tuned from the same base."
-        )
+    return (
+        f"{where}: {value} is outside {param.range_text()}, the range of {method.name}'s "
+        f"{param.name!r}{why}. Set a value in {param.range_text()}."
+    )
 
 
 def _config_differences(recipe: Recipe, sources: Mapping[str, TensorSource]) -> str:
-    keys = (
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "tie_word_embeddings",
-    )
-    diffs = []
-    models = recipe.referenced_models()
-    for key in keys:
-        values = {m: sources[m].config.get(key) for m in models}
-        if len(set(map(str, values.values()))) > 1:
-            diffs.append(
-                f"{key} differs (" + ", ".join(f"{m}={v}" for m, v in values.items()) + ")"
-            )
+    diffs = config_differences({m: sources[m].config for m in recipe.referenced_models()})
     return ("Config: " + "; ".join(diffs) + ". ") if diffs else ""

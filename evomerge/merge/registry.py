@@ -35,14 +35,37 @@ _REQUIRED = object()
 
 @dataclass(frozen=True)
 class Param:
+    """A method parameter. ``low``/``high``: the values it may take (inclusive; None: unbounded),
+    checked when a recipe is planned, before any compute. ``bounded_by``: the bounds hold only
+    while this boolean parameter is true (weights must be >= 0 only where a method divides by
+    their sum, i.e. while ``normalize`` is on). ``why``: what the bounds protect, for the message."""
+
     name: str
     type: type
     scope: Scope = Scope.SHARED
     default: Any = _REQUIRED
+    low: float | None = None
+    high: float | None = None
+    bounded_by: str | None = None
+    why: str = ""
 
     @property
     def required(self) -> bool:
         return self.default is _REQUIRED
+
+    def range_text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"[{self.low:g}, {self.high:g}]"
+        return f">= {self.low:g}" if self.low is not None else f"<= {self.high:g}"
+
+    def out_of_range(self, value: Any) -> bool:
+        """Whether a number lies outside the parameter's bounds (non-numbers are ``coerce``'s)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        v = float(value)
+        if v != v or v in (float("inf"), float("-inf")):
+            return True
+        return (self.low is not None and v < self.low) or (self.high is not None and v > self.high)
 
     def coerce(self, value: Any) -> Any:
         if self.type is bool:
@@ -91,6 +114,9 @@ class MethodSpec:
     max_inputs: int | None = None
     randomized: bool = False
     reference: str = ""
+    # Checks that involve several parameters of one input (DELLA's density and epsilon):
+    # given that input's resolved values by name, a message saying what is wrong, or None.
+    check: Callable[[dict[str, Any]], str | None] | None = None
     _by_name: dict[str, Param] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -120,13 +146,14 @@ def merge_method(
     max_inputs: int | None = None,
     randomized: bool = False,
     reference: str = "",
+    check: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(group: TensorGroup, **params) -> Tensor`` as merge method ``name``."""
 
     def wrap(fn: MergeFn) -> MergeFn:
         METHODS.register(
             name,
-            MethodSpec(name, fn, params, base, min_inputs, max_inputs, randomized, reference),
+            MethodSpec(name, fn, params, base, min_inputs, max_inputs, randomized, reference, check),
         )
         return fn
 

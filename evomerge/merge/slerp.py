@@ -42,7 +42,7 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
 
 @merge_method(
     "slerp",
-    params=(Param("t", float),),
+    params=(Param("t", float, low=0.0, high=1.0, why="it runs from the base (0) to the other model (1)"),),
     base=BasePolicy.REQUIRED,
     min_inputs=1,
     max_inputs=1,

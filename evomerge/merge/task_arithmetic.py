@@ -277,19 +277,24 @@ def _register(
     name: str, sparsification: str | None, consensus: bool, normalize: bool, rescale: bool, ref: str
 ):
     params = [
-        Param("weight", float, Scope.PER_MODEL),
-        Param("density", float, Scope.PER_MODEL, default=1.0),
+        Param("weight", float, Scope.PER_MODEL, low=0.0, bounded_by="normalize",
+              why="it divides by the sum of the weights"),
+        Param("density", float, Scope.PER_MODEL, default=1.0, low=0.0, high=1.0,
+              why="it is the fraction of each task vector kept"),
         Param("normalize", bool, default=normalize),
         Param("rescale", bool, default=rescale),
-        Param("lambda", float, default=1.0),
+        Param("lambda", float, default=1.0, low=0.0,
+              why="it scales the merged task vector; subtract a model with a negative weight instead"),
         Param(
             "int8_mask", bool, default=False
         ),  # accepted for mergekit compatibility; no effect on results
     ]
     if sparsification == "magnitude_outliers":
-        params.append(Param("gamma", float, Scope.PER_MODEL, default=0.01))
+        params.append(Param("gamma", float, Scope.PER_MODEL, default=0.01, low=0.0, high=1.0,
+                            why="it is the fraction of largest entries dropped"))
     if sparsification == "della_magprune":
-        params.append(Param("epsilon", float, Scope.PER_MODEL, default=0.15))
+        params.append(Param("epsilon", float, Scope.PER_MODEL, default=0.15, low=0.0, high=1.0,
+                            why="it is the spread of keep probabilities around density"))
 
     def method(group: TensorGroup, **p) -> torch.Tensor:
         p.pop("int8_mask", None)
@@ -305,7 +310,20 @@ def _register(
         min_inputs=0,
         randomized=sparsification in ("random", "della_magprune"),
         reference=ref,
+        check=_della_window if sparsification == "della_magprune" else None,
     )(method)
+
+
+def _della_window(p: dict) -> str | None:
+    """DELLA keeps entries with probabilities density - epsilon .. density + epsilon."""
+    density, epsilon = p["density"], p["epsilon"]
+    if 0 < density < 1 and (density - epsilon <= 0 or density + epsilon >= 1):
+        return (
+            f"density {density:g} and epsilon {epsilon:g} put a keep probability outside (0, 1) "
+            f"(density - epsilon .. density + epsilon); lower epsilon below "
+            f"{min(density, 1 - density):g} or move density away from 0 and 1"
+        )
+    return None
 
 
 for _args in (
