@@ -11,6 +11,7 @@ an interrupted write leaves no half-written model behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
@@ -25,8 +26,9 @@ from typing import Any, BinaryIO
 
 import torch
 
-from evomerge.errors import CheckpointError, OutputExistsError
+from evomerge.errors import CheckpointError, DiskFullError, OutputExistsError
 from evomerge.io.checkpoint import SAFETENSORS_DTYPES
+from evomerge.io.compat import check_writable
 from evomerge.io.prefill import OutputPrefill
 
 _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
@@ -57,6 +59,7 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise OutputExistsError(
             f"Output {out} exists and is not a directory; remove it or choose another --out."
         )
+    check_writable(out)
 
 
 class _Shard:
@@ -227,12 +230,29 @@ class CheckpointWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self._abort()
+            self._raise_if_disk_full(exc)
             return
         try:
             self._commit()
-        except BaseException:
+        except BaseException as err:
             self._abort()
+            self._raise_if_disk_full(err)
             raise
+
+    def _raise_if_disk_full(self, err: BaseException) -> None:
+        """A full disk (or quota) becomes one message naming the file of the output being
+        written, not the temporary path the OS reported."""
+        if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return
+        name = Path(err.filename).name if err.filename else "a file"
+        total = sum(s.nbytes for s in self.specs)
+        size = f"{total / 1e9:.2f} GB" if total >= 1e8 else f"{total / 1e6:.1f} MB"
+        kept = f" {self.out} was left as it was." if self.out.exists() else ""
+        raise DiskFullError(
+            f"The disk filled up while writing {name} of {self.out} ({err.strerror}); the "
+            f"partial output was removed.{kept} Its weights need {size}; free space "
+            f"on {self.out.absolute().parent} (or choose another --out) and run the command again."
+        ) from err
 
     def _commit(self) -> None:
         self._flush()
