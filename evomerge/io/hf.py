@@ -1,8 +1,10 @@
 """Loading a Hugging Face causal LM: the one place evomerge calls ``from_pretrained``.
 
 Weights are read from safetensors only (pickle checkpoints can run code when
-loaded), a model's own code runs only when asked for, and the model comes back
-in eval mode on the device it is wanted on.
+loaded), a model's own code runs only when asked for (a config with ``auto_map``
+is refused without ``trust_remote_code``), a directory without a tokenizer is
+refused before any weight is read, and the model comes back in eval mode on the
+device it is wanted on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 
 from evomerge.errors import CheckpointError
+from evomerge.io.compat import check_remote_code, check_tokenizer
 
 
 def load_causal_lm(
@@ -25,6 +28,7 @@ def load_causal_lm(
     """``(model, tokenizer)`` of the model directory ``path`` (the model as ``load_model`` gives it)."""
     from transformers import AutoTokenizer
 
+    check_tokenizer(path)  # before the weights load: a missing tokenizer is found at once
     model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     return model, tokenizer
@@ -42,6 +46,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
+    check_remote_code(path, trust_remote_code)
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(
             f"{path} has no .safetensors weights; evomerge loads models from safetensors only "
