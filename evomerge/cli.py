@@ -363,6 +363,8 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="search or test.")] = "test",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        help="Run the Python code a model directory ships (config.json `auto_map`); read it first.")] = False,
 ) -> None:
     """Score a model directory on one or more tasks and print a table."""
     import json
@@ -375,7 +377,8 @@ def eval_cmd(
 
     evaluators = [load_task(t, split=split) for t in task]
     dev = check_device(device)
-    model, tokenizer = load_causal_lm(resolve_model_path(str(model_dir)), device=dev)
+    model, tokenizer = load_causal_lm(
+        resolve_model_path(str(model_dir)), device=dev, trust_remote_code=trust_remote_code)
     results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
