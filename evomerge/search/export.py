@@ -34,7 +34,8 @@ def export_trial(
             numbers = ", ".join(str(t.trial) for t in complete[:20])
             raise EvomergeError(
                 f"Trial {trial} is not a complete trial of {run_dir}; complete ones: {numbers}"
-                f"{' ...' if len(complete) > 20 else ''}."
+                f"{' ...' if len(complete) > 20 else ''}. Pass one of them to --trial (`evomerge "
+                f"front {run_dir}` lists the best), or leave --trial out to export the best."
             )
     recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.trial}")
     # The ledger keeps the recipe as searched (paths relative to the space file's folder, which

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
+from evomerge.io.compat import check_writable
 
 ZOO_FORMAT = 1  # bump when the build changes what a given config produces
 
@@ -239,6 +240,7 @@ def build_zoo(
 
     config = config or ZooConfig()
     out = Path(out or default_zoo_dir())
+    check_writable(out, "--out")  # before minutes of training, not after
     for name in list(config.base_mixture) + [e.skill for e in config.experts]:
         SKILLS.get(name)  # unknown skill names fail before any training
     if not force and is_built(out, config):
