@@ -174,7 +174,7 @@ class RunPlan:
     executor: str  # kind and workers, in words
     parallel: float
     storage: list[tuple[str, str]]  # (what, where and its state)
-    centre: str  # the timed recipe, in words
+    timed_recipe: str  # the recipe timed, in words
     estimate: Estimate | None = None
     timing: Timing | None = None
     not_timed: str | None = None  # why there is no estimate
@@ -251,7 +251,7 @@ def print_plan(plan: RunPlan, console) -> None:
     timed = ", ".join(f"{secs:.2f} s at {'all' if lv is None else lv} examples per task"
                       for lv, secs in t.seconds.items())
     out(f"[bold]wall time: about {duration(e.seconds)}[/]{cap}, an estimate: a worker loaded in "
-        f"{t.load_seconds:.1f} s and {escape(plan.centre)} took {timed} (its first evaluation, warm-up "
+        f"{t.load_seconds:.1f} s and {escape(plan.timed_recipe)} took {timed} (its first evaluation, warm-up "
         f"included, {t.first_seconds:.2f} s), extrapolated over {s.evaluations} evaluations, "
         f"{e.parallel:g} at a time.", highlight=False)
     out("it assumes: " + "; ".join(e.assumptions) + ".", highlight=False)

@@ -33,6 +33,8 @@ def _nearest_folder(path: Path, what: str, fix: str) -> Path:
         raise EvomergeError(f"{what} {path} cannot be created: {p} is a file, not a folder; {fix}.")
     if not os.access(p, os.W_OK | os.X_OK):
         raise EvomergeError(f"{what} {path} cannot be created: {p} is not writable by this user; {fix}.")
+    if os.statvfs(p).f_flag & os.ST_RDONLY:  # os.access says yes to root even there
+        raise EvomergeError(f"{what} {path} cannot be created: {p} is on a read-only file system; {fix}.")
     return p
 
 
