@@ -28,6 +28,7 @@ def load_causal_lm(
     """``(model, tokenizer)`` of the model directory ``path`` (the model as ``load_model`` gives it)."""
     from transformers import AutoTokenizer
 
+    _check_weights(Path(path))
     check_tokenizer(path)  # before the weights load: a missing tokenizer is found at once
     model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
@@ -47,12 +48,16 @@ def load_model(
 
     path = Path(path)
     check_remote_code(path, trust_remote_code)
+    _check_weights(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    return model.to(device).eval()
+
+
+def _check_weights(path: Path) -> None:
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(
             f"{path} has no .safetensors weights; evomerge loads models from safetensors only "
             f"(convert the checkpoint, or merge it with `evomerge merge --allow-pickle`)."
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    return model.to(device).eval()
