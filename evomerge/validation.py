@@ -9,6 +9,8 @@ user-facing error stays one paragraph. pydantic is imported here, not by
 
 from __future__ import annotations
 
+import difflib
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -32,15 +34,57 @@ def _is_member_tag(part: Any, tags: set[str]) -> bool:
     )
 
 
-def problems(err, tags: set[str] | frozenset[str] = frozenset()) -> str:
+def problems(err, tags: set[str] | frozenset[str] = frozenset(), model: type[BaseModel] | None = None) -> str:
     """A pydantic ``ValidationError`` as ``field.path: message; ...``: one entry per field (the
     first message of union members that all report the same bad value). ``tags``: extra
-    discriminator tags that are not field names."""
+    discriminator tags that are not field names. ``model``: the validated class, so that an
+    unknown field gets "did you mean" from the fields of the model it sits in."""
     seen: dict[str, str] = {}
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not _is_member_tag(p, set(tags)))
+        path = [p for p in e["loc"] if not _is_member_tag(p, set(tags))]
+        loc = ".".join(str(p) for p in path)
         msg = e["msg"].removeprefix("Value error, ").rstrip(".")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
+            close = difflib.get_close_matches(str(path[-1]), _fields_at(model, path[:-1]), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? Else remove it" if close else "remove it or check its spelling"
+            msg = f"unknown field; {hint}"
         seen.setdefault(loc, f"{loc}: {msg}" if loc else msg)
     return "; ".join(seen.values())
+
+
+def _fields_at(model: Any, path: list) -> list[str]:
+    """The field names of the model found by following ``path`` (field names and list indices)
+    from ``model`` through its annotations; [] where the path leaves the models."""
+    for part in path:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        model = _model_in(fields[part].annotation)
+    fields = getattr(model, "model_fields", None) or {}
+    return [f.alias or name for name, f in fields.items()]
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation holds (itself, or inside Optional, list, dict or a union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def yaml_problem(err: Exception) -> str:
+    """A PyYAML error as one line that names where it is: ``line 4, column 3: expected <block
+    end>, but found '<block mapping start>' (while parsing a block collection)``."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None)
+    context = getattr(err, "context", None)
+    if problem is None:
+        return " ".join(str(err).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    also = f" ({context})" if context else ""
+    return f"{where}{problem}{also}"

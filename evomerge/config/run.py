@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.config.tracking import TrackingConfig
 from evomerge.errors import EvomergeError
-from evomerge.validation import StrictModel, problems
+from evomerge.validation import StrictModel, problems, yaml_problem
 
 
 class RunConfigError(EvomergeError):
@@ -184,8 +184,19 @@ class RunConfig(StrictModel):
     def load(cls, path: Path) -> RunConfig:
         try:
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise RunConfigError(
+                f"{path}: not valid YAML at {yaml_problem(e)}; fix the file there "
+                "(runs/quickstart.yaml is a working example)."
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunConfigError(f"{path}: cannot read the run config ({e}); check the path.") from None
+        if not isinstance(raw, dict):
+            raise RunConfigError(
+                f"{path}: a run config is a mapping of fields (space, objectives, ...), not "
+                f"{type(raw).__name__}; runs/quickstart.yaml is a working example."
+            )
+        try:
             return cls.model_validate(raw)
-        except (OSError, yaml.YAMLError) as e:
-            raise RunConfigError(f"{path}: cannot read the run config ({e}).") from None
         except ValidationError as e:
-            raise RunConfigError(f"{path}: invalid run config: {problems(e)}.") from None
+            raise RunConfigError(f"{path}: invalid run config: {problems(e, model=cls)}.") from None

@@ -34,27 +34,38 @@ def split_path(root: Path, pattern: str, split: str, *, field: str = "data") -> 
 def read_jsonl(path: Path, required: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
     """Rows of a JSONL file; each must have ``required`` keys of the given types."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskDataError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
-            if not isinstance(row, dict):
-                raise TaskDataError(f"{path}:{lineno}: expected a JSON object per line.")
-            for key, typ in required.items():
-                if key not in row:
-                    raise TaskDataError(f"{path}:{lineno}: missing field {key!r}.")
-                if not isinstance(row[key], typ):
-                    raise TaskDataError(
-                        f"{path}:{lineno}: field {key!r} should be {_type_name(typ)}, "
-                        f"got {type(row[key]).__name__}."
-                    )
-            rows.append(row)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise TaskDataError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a task's data is JSON lines in "
+            f"UTF-8: regenerate or re-save the file."
+        ) from None
+    except OSError as e:
+        raise TaskDataError(f"{path}: cannot read the task data ({e.strerror}); check the file.") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskDataError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
+        if not isinstance(row, dict):
+            raise TaskDataError(f"{path}:{lineno}: expected a JSON object per line.")
+        for key, typ in required.items():
+            if key not in row:
+                raise TaskDataError(f"{path}:{lineno}: missing field {key!r}.")
+            if not isinstance(row[key], typ):
+                raise TaskDataError(
+                    f"{path}:{lineno}: field {key!r} should be {_type_name(typ)}, "
+                    f"got {type(row[key]).__name__}."
+                )
+        rows.append(row)
     if not rows:
-        raise TaskDataError(f"{path}: no examples.")
+        raise TaskDataError(
+            f"{path}: no examples (the file is empty); a task needs one JSON object per line, e.g. "
+            f"{{\"prompt\": ..., \"answer\": ...}}: fill it, or fix `data:` in the task config."
+        )
     return rows
 
 

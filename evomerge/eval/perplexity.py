@@ -39,9 +39,14 @@ class Perplexity(Evaluator):
     @cached_property
     def text(self) -> str:
         path = split_path(self.root, self.config.data, self.split)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise TaskDataError(
+                f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); re-save the file as UTF-8."
+            ) from None
         if not text.strip():
-            raise TaskDataError(f"{path}: empty text.")
+            raise TaskDataError(f"{path}: empty text; fill it, or fix `data:` in the task config.")
         return text
 
     def windows(self, tokenizer) -> list[list[int]]:

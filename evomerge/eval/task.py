@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from evomerge.errors import EvomergeError
 from evomerge.eval.base import EVALUATORS, Evaluator
-from evomerge.validation import problems
+from evomerge.validation import problems, yaml_problem
 
 SPLITS = ("search", "test")
 
@@ -79,14 +79,20 @@ def load_task(
     if fitness and split == "test" and not allow_test_split:
         raise SplitLeakError(
             f"Task {name_or_path!r}: the 'test' split is held out for reporting and cannot be a "
-            f"search's fitness. Optimise on 'search', or pass --allow-test-split if you really "
-            f"mean to tune on the test split (its scores then no longer measure generalisation)."
+            f"search's fitness. Optimise on 'search' (split: search in the run config), or set "
+            f"`allow_test_split: true` in the run config if you really mean to tune on the test "
+            f"split (its scores then no longer measure generalisation)."
         )
     path = find_task(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise TaskConfigError(f"{path}: not valid YAML ({e}).") from None
+        raise TaskConfigError(
+            f"{path}: not valid YAML at {yaml_problem(e)}; fix the file there "
+            "(evaluators/tasks/ holds working examples)."
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskConfigError(f"{path}: cannot read the task config ({e}); check the path.") from None
     if not isinstance(raw, dict) or "type" not in raw:
         raise TaskConfigError(
             f"{path}: a task config is a mapping with a `type` field "
@@ -98,7 +104,9 @@ def load_task(
     try:
         config = cls.Config.model_validate(raw)
     except ValidationError as e:
-        raise TaskConfigError(f"{path}: invalid {raw['type']} task config: {problems(e)}.") from None
+        raise TaskConfigError(
+            f"{path}: invalid {raw['type']} task config: {problems(e, model=cls.Config)}."
+        ) from None
     evaluator = cls(config, name=config.name or path.stem, split=split, root=path.parent)
     if validate:
         evaluator.validate()

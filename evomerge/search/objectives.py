@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evomerge.config.run import RunConfig, RunConfigError
+from evomerge.errors import EvomergeError
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,13 @@ def bind_objectives(config: RunConfig, config_path: Path):
 
     tasks: dict[str, object] = {}
     objectives = []
-    for spec in config.objectives:
-        task = tasks.get(spec.task) or load_task(
-            spec.task, split=config.split, fitness=True, allow_test_split=config.allow_test_split
-        )
+    for i, spec in enumerate(config.objectives):
+        try:
+            task = tasks.get(spec.task) or load_task(
+                spec.task, split=config.split, fitness=True, allow_test_split=config.allow_test_split
+            )
+        except EvomergeError as e:  # name the run config and the field that led there
+            raise RunConfigError(f"{config_path}: objectives[{i}].task: {e}") from None
         tasks[spec.task] = task
         names = {o.name: o for o in task.objectives()}
         metric = spec.metric or next(iter(names))

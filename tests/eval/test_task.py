@@ -19,7 +19,7 @@ def test_the_shipped_tasks_all_load_on_both_splits():
 
 
 def test_test_split_as_fitness_is_refused_without_the_flag():
-    with pytest.raises(SplitLeakError, match="allow-test-split"):
+    with pytest.raises(SplitLeakError, match="allow_test_split: true"):
         load_task("addition", split="test", fitness=True)
     assert load_task("addition", split="test", fitness=True, allow_test_split=True).split == "test"
     assert load_task("addition", split="search", fitness=True).split == "search"

@@ -67,7 +67,7 @@ def test_identical_recipes_are_evaluated_once(tmp_path, zoo):
 
 def test_test_split_fitness_is_refused(tmp_path, zoo):
     cfg = _run(tmp_path, zoo, split="test")
-    with pytest.raises(EvomergeError, match="allow-test-split"):
+    with pytest.raises(EvomergeError, match="allow_test_split: true"):
         run_search(cfg, tmp_path / "out", log=lambda s: None)
     assert not (tmp_path / "out").exists()
 

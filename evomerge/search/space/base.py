@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, mod
 from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe
 from evomerge.registry import Registry
-from evomerge.validation import StrictModel, problems
+from evomerge.validation import StrictModel, problems, yaml_problem
 
 
 class SearchSpaceError(EvomergeError):
@@ -83,8 +83,16 @@ class Range(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
+        if self.low == self.high:
+            raise ValueError(
+                f"the range is empty (low = high = {self.low:g}); give high a larger value, or "
+                f"leave the parameter out of the search"
+            )
         if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            raise ValueError(
+                f"low ({self.low:g}) must be below high ({self.high:g}); swap them"
+                if self.low > self.high else f"low and high must be finite numbers (got {self.low}, {self.high})"
+            )
         return self
 
 
@@ -151,10 +159,18 @@ class Space(StrictModel):
         try:
             space = cls.model_validate(raw, context={"load": ctx})
         except ValidationError as e:
-            raise SearchSpaceError(f"{path}: invalid search space: {problems(e, UNION_TAGS)}.") from None
+            raise SearchSpaceError(
+                f"{path}: invalid search space: {problems(e, UNION_TAGS, model=cls)}."
+            ) from None
         problem = space.check_standalone()
         if problem:
             raise SearchSpaceError(f"{path}: invalid search space: {problem}.")
+        if resolve and space.dimension == 0:
+            raise SearchSpaceError(
+                f"{path}: the search space has no genes: every choice is fixed, so there is nothing "
+                f"to search. Give it a range, a method choice or a layer path to search (search_spaces/ "
+                f"holds working examples), or merge the one recipe it describes with `evomerge merge`."
+            )
         return space
 
 
@@ -184,8 +200,13 @@ def register_space(cls: type[S]) -> type[S]:
 def read_space_file(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise SearchSpaceError(f"{path}: cannot read the search space ({e}).") from None
+    except yaml.YAMLError as e:
+        raise SearchSpaceError(
+            f"{path}: not valid YAML at {yaml_problem(e)}; fix the file there "
+            "(search_spaces/ holds working examples)."
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SearchSpaceError(f"{path}: cannot read the search space ({e}); check the path.") from None
     if not isinstance(raw, dict):
         raise SearchSpaceError(f"{path}: a search space is a mapping of fields.")
     return raw

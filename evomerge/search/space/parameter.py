@@ -15,6 +15,7 @@ mergekit's interpolated gradients cannot express); filters become
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
@@ -51,6 +52,20 @@ METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
     "della": ("weight", "density", "epsilon"),
     "della_linear": ("weight", "density", "epsilon"),
 }
+
+# The values a searched parameter may take: a range outside them decodes to recipes the methods
+# refuse (or, worse, silently clip), so the space is refused when it is read. Weights may be
+# negative (task negation).
+PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {
+    "density": (0.0, 1.0),  # the fraction of each task vector kept
+    "gamma": (0.0, 1.0),  # breadcrumbs: the fraction of the largest entries dropped
+    "epsilon": (0.0, 1.0),  # della: the spread of keep probabilities around density
+}
+
+
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @register_space
@@ -90,15 +105,31 @@ class ParameterSpace(Space):
         unknown = [m for m in self.methods if m not in METHOD_PARAMETERS]
         if unknown:
             raise ValueError(
-                f"methods {unknown} cannot be searched in parameter space; "
-                f"choose from {', '.join(METHOD_PARAMETERS)}"
+                f"methods: {unknown[0]!r}{_did_you_mean(unknown[0], METHOD_PARAMETERS)} cannot be "
+                f"searched in parameter space; choose from {', '.join(METHOD_PARAMETERS)}"
             )
         if "weight" not in self.parameters:
             raise ValueError("parameters needs a 'weight' range")
         used = {p for m in self.methods for p in METHOD_PARAMETERS[m]}
+        known = {p for ps in METHOD_PARAMETERS.values() for p in ps}
+        for name in sorted(set(self.parameters) - known):
+            raise ValueError(
+                f"parameters.{name}: no method takes a parameter {name!r}{_did_you_mean(name, used)}; "
+                f"the methods {self.methods} take {', '.join(sorted(used))}"
+            )
         idle = sorted(set(self.parameters) - used)
         if idle:
-            raise ValueError(f"parameters {idle} are taken by none of the methods {self.methods}")
+            raise ValueError(
+                f"parameters {idle} are taken by none of the methods {self.methods}; remove them "
+                f"or add a method that takes them"
+            )
+        for name, (low, high) in PARAMETER_BOUNDS.items():
+            r = self.parameters.get(name)
+            if r is not None and (r.low < low or r.high > high):
+                raise ValueError(
+                    f"parameters.{name}: the range [{r.low:g}, {r.high:g}] goes outside [{low:g}, {high:g}], "
+                    f"the values {name} can take; narrow it to lie within [{low:g}, {high:g}]"
+                )
         if len(set(self.models)) != len(self.models) or self.base_model in self.models:
             raise ValueError("models must be distinct and must not include base_model")
         if self.granularity.layers_per_group and self.num_layers is None:
