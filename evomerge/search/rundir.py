@@ -66,11 +66,15 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[Evalu
     """A run's config, objectives and complete evaluations at its top fidelity (one per trial)."""
     config_path = Path(run_dir) / RUN_FILE
     if not has_run(run_dir) or not config_path.is_file():
-        raise EvomergeError(f"{run_dir} is not a search run (no ledger.db or ledger.jsonl, or no run.yaml).")
+        raise EvomergeError(
+            f"{run_dir} is not a search run (no ledger.db or ledger.jsonl, or no run.yaml); give "
+            f"the directory an `evomerge search --out` wrote."
+        )
     config = RunConfig.load(config_path)
     _, objectives = bind_objectives(config, config_path)
     ledger = open_ledger(run_dir, readonly=True)
     try:
+        check_ledger_fits(run_dir, ledger, objectives)
         top = top_rung(config)
         complete = [e for e in ledger.evaluations("complete") if e.scores and e.rung == top]
     finally:
@@ -78,6 +82,45 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[Evalu
     if not complete:
         raise EvomergeError(f"{run_dir} has no trial complete at the top fidelity yet.")
     return config, objectives, complete
+
+
+def check_ledger_fits(run_dir: Path, ledger, objectives: list[BoundObjective],
+                      sources: list[str] | None = None) -> None:
+    """Refuse a ledger that another run wrote (copied in, or a run directory reused by hand):
+    its evaluations lack this run's objectives, or (``sources``: the space's model references)
+    the recipes it recorded merge none of this run's models. A ledger of this run whose config
+    was edited between sessions passes, as long as every recorded score can still be read.
+    The recipes of the first and last few evaluations are read; scores are checked for all."""
+    from evomerge.recipe import Recipe
+
+    where = getattr(ledger, "path", None) or run_dir
+    records = ledger.evaluations()
+    keys = {o.key for o in objectives}
+    for e in records:
+        missing = sorted(keys - set(e.scores or {})) if e.state == "complete" else []
+        if missing:
+            raise EvomergeError(
+                f"{where}: evaluation {e.id} (trial {e.trial}) has no score for {missing[0]}, an "
+                f"objective of this run: the ledger was written by another run, or the run's "
+                f"objectives changed since it was recorded (scores: {', '.join(sorted(e.scores))}). "
+                f"Put back this run's own ledger, or start a new run with `evomerge search`."
+            )
+    if not sources or not records:
+        return
+    known = set(sources)
+    sample = records[:3] + records[-3:] if len(records) > 6 else records
+    used: set[str] = set()
+    for e in sample:
+        try:
+            used |= set(Recipe.from_yaml(e.recipe, f"{where}, evaluation {e.id}").referenced_models())
+        except EvomergeError:
+            continue  # a recipe this version cannot read says nothing about whose run it is
+    if used and not used & known:
+        raise EvomergeError(
+            f"{where}: the ledger's evaluations merge {', '.join(sorted(used)[:3])}, none of which "
+            f"is a source of this run's space ({', '.join(sorted(known)[:3])}): it is another run's "
+            f"ledger. Put back this run's own ledger, or start a new run with `evomerge search`."
+        )
 
 
 class RunLock:

@@ -13,6 +13,8 @@ import hashlib
 import re
 from pathlib import Path
 
+import pytest
+
 from evomerge.errors import EXIT_BAD_INPUT
 
 
@@ -89,3 +91,34 @@ def unwritable_dir(tmp_path: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     pytest.skip("no unwritable folder here (root without a read-only /sys)")
+
+
+# -- search side: a mini zoo, a run config over it, a finished run to resume -----------------
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> Path:
+    """The tests' mini zoo (base, add, rev): trains in seconds, built once per session."""
+    from evomerge.testing import mini_zoo_config
+    from evomerge.zoo.build import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("catalogue-zoo"), mini_zoo_config(), log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def finished_run(zoo, tmp_path_factory) -> Path:
+    """A finished two-trial search over the mini zoo (copy it before changing anything)."""
+    from run_helpers import write_run
+
+    root = tmp_path_factory.mktemp("catalogue-run")
+    config = write_run(root, zoo, budget={"trials": 2})
+    result = invoke("search", config, "--out", root / "out")
+    assert result.exit_code == 0, result.output
+    return root / "out"
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of ``run_dir`` under ``tmp_path`` (its run.yaml still names the original space)."""
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))

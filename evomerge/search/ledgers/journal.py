@@ -37,6 +37,13 @@ class JournalLedger:
             lines = data.splitlines(keepends=True)
             for i, line in enumerate(lines):
                 if not line.endswith(b"\n"):
+                    if line[:5] != b'{"op"'[: len(line[:5])]:  # not a line of ours cut short
+                        raise EvomergeError(
+                            f"{self.path}: line {i + 1} is not a journal line (it does not start "
+                            f'with {{"op"); the file is not an evomerge ledger or is damaged, and '
+                            f"nothing was changed. Put back the run's own ledger.jsonl, or start a "
+                            f"new run with `evomerge search` and another --out."
+                        )
                     break  # the last line, torn by a crash mid-write (or being written now)
                 try:
                     self._apply(json.loads(line))

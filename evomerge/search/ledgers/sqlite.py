@@ -60,9 +60,25 @@ class SQLiteLedger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions
+        # What the file is, read before anything is written to it (WAL mode rewrites the header).
+        try:
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise EvomergeError(
+                f"{self.path} is not a readable SQLite database ({e}), so the run's ledger is "
+                "damaged or was replaced; nothing was changed. Put back a copy of the run's "
+                "ledger.db, or start a new run with `evomerge search` and another --out."
+            ) from None
+        if tables and not tables & {"evaluations", "trials"}:
+            self._db.close()
+            raise EvomergeError(
+                f"{self.path} is a SQLite database but not an evomerge ledger (its tables: "
+                f"{', '.join(sorted(tables))}); nothing was changed. Put back the run's own "
+                "ledger.db, or start a new run with `evomerge search` and another --out."
+            )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "trials" in tables and "evaluations" not in tables:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(trials)")}
             if "seq" not in columns:
