@@ -520,6 +520,9 @@ def resume(
     run: Annotated[Optional[str], typer.Option(help="The run's name in that database.")] = None,
     password_env: Annotated[Optional[str], typer.Option(
         help="The environment variable holding the database password.")] = None,
+    allow_changed_sources: Annotated[bool, typer.Option(
+        "--allow-changed-sources", help="Resume although a source model's files changed since the "
+        "run started (its recorded scores are then of the old weights).")] = False,
 ) -> None:
     """Continue an interrupted search: finished trials are kept, never run again."""
     from evomerge.run import resume_search
@@ -532,6 +535,7 @@ def resume(
         run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False),
         progress=ProgressPrinter(err_console), take_over=take_over,
         ray_address=_ray_address(ray_address), ledger=ledger,
+        allow_changed_sources=allow_changed_sources,
     )
     _print_search_result(result)
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from evomerge.config.run import RunConfig, RunConfigError
 from evomerge.errors import EvomergeError
+from evomerge.search import fingerprints
 from evomerge.search.controller import Controller
 from evomerge.search.executors import TaskSpec, WorkerSpec, executor_class, open_executor
 from evomerge.search.ledgers import LEDGERS, find_ledger, open_ledger
@@ -34,6 +35,7 @@ from evomerge.search.progress import Progress
 from evomerge.search.rundir import (
     RUN_FILE,
     RunLock,
+    check_ledger_fits,
     freeze_config,
     has_run,
     resolve_sources,
@@ -121,8 +123,12 @@ def _warm_point(space, point: dict, index: int, config_path: Path) -> np.ndarray
     genes = {g.name: g for g in space.genes()}
     unknown = sorted(set(point) - set(genes))
     if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(genes), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise RunConfigError(
-            f"{config_path}: warm_start[{index}]: unknown gene(s) {unknown}; "
+            f"{config_path}: warm_start[{index}]: unknown gene(s) {unknown}.{hint} "
             f"`evomerge space show` lists this space's genes."
         )
     x = np.full(len(genes), 0.5)
@@ -145,11 +151,14 @@ def run_search(
     progress: Callable[[Progress], None] | None = None,
     take_over: bool = False,
     ray_address: str | None = None,
+    allow_changed_sources: bool = False,
 ) -> SearchResult:
     """Start a run in ``run_dir``, or with ``resume`` continue the one there.
 
     ``take_over``: take the run's lease from a controller that is gone (shared ledgers).
-    ``ray_address``: run on Ray at this address (``auto``: the running cluster)."""
+    ``ray_address``: run on Ray at this address (``auto``: the running cluster).
+    ``allow_changed_sources``: resume although a source model changed since the run started."""
+    check_trials(trials)
     config = RunConfig.load(config_path)
     if ray_address is not None:
         executor = config.executor.model_dump()
@@ -163,8 +172,13 @@ def run_search(
             f"or choose another --out."
         )
     if resume and not exists:
-        raise EvomergeError(f"{run_dir} holds no run to resume (no ledger.db or ledger.jsonl).")
+        raise EvomergeError(
+            f"{run_dir} holds no run to resume (no ledger.db or ledger.jsonl); give the directory "
+            f"an `evomerge search --out` wrote, or start the run with `evomerge search`."
+        )
     sources = resolve_sources(p.space, config, config_path)
+    prints, record_prints = preflight(run_dir, config, config_path, p, sources, resume=resume,
+                                      allow_changed_sources=allow_changed_sources, log=log)
     worker = WorkerSpec(
         sources=sources,
         base=p.space.source_models()[0],
@@ -196,6 +210,8 @@ def run_search(
         freeze_config(config, config_path, run_dir)
         if hasattr(ledger, "save_config"):  # a shared ledger keeps the run's config too
             ledger.save_config((run_dir / RUN_FILE).read_text())
+    if record_prints:  # what resume compares the sources with (search/fingerprints.py)
+        fingerprints.record(run_dir, prints)
     executor = tracker = controller = None
     finished = False
     summary: dict[str, float] = {}
@@ -207,7 +223,7 @@ def run_search(
         executor = open_executor(config.executor, worker, tasks=p.tasks)
         controller = Controller(
             config, p.space, [t.size() for t in p.tasks], p.objectives, p.optimizer, executor, ledger,
-            budget=trials or config.budget.trials, log=log, progress=progress,
+            budget=trials if trials is not None else config.budget.trials, log=log, progress=progress,
             on_record=tracker.add if tracker is not None else None,
         )
         controller.run(ledger.completions())
@@ -241,6 +257,40 @@ def run_search(
     )
 
 
+def check_trials(trials: int | None) -> None:
+    """``--trials`` is a number of trials: at least one (0 used to mean "the config's budget")."""
+    if trials is not None and trials < 1:
+        raise RunConfigError(
+            f"--trials {trials}: a budget is at least 1 trial; give a positive number, or leave "
+            f"--trials out to use the run config's budget.trials."
+        )
+
+
+def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
+              sources: dict[str, Path], *, resume: bool, allow_changed_sources: bool,
+              log: Callable[[str], None]) -> tuple[dict, bool]:
+    """What must hold before a run directory is written or a resumed run goes on: the ledger is
+    this run's (resume), the sources did not change since the run started (resume), and they
+    can be merged (``preflight.check_sources``; the weights are scanned for NaN once, when the
+    run starts or its sources changed). Returns the sources' fingerprints and whether to record
+    them. Nothing is written here."""
+    from evomerge.search.preflight import check_sources
+
+    scan, write = True, True
+    if resume:
+        ledger = open_ledger(run_dir, readonly=True)
+        try:
+            check_ledger_fits(run_dir, ledger, p.objectives, p.space.source_models())
+        finally:
+            ledger.close()
+        prints, scan = fingerprints.check_unchanged(run_dir, sources, allow_changed=allow_changed_sources, log=log)
+        write = scan
+    else:
+        prints = fingerprints.fingerprint_sources(sources)
+    check_sources(p.space, sources, where=space_path(config, config_path), scan_weights=scan)
+    return prints, write
+
+
 def start_tracking(run_dir: Path, space, objectives, ledger, log):
     """The run's MLflow tracker on a background thread, or None when tracking is off."""
     config = RunConfig.load(run_dir / RUN_FILE)  # the frozen config: what gets logged
@@ -256,7 +306,7 @@ def start_tracking(run_dir: Path, space, objectives, ledger, log):
 def resume_search(
     run_dir: Path, *, trials: int | None = None, log: Callable[[str], None] = print,
     progress: Callable[[Progress], None] | None = None, take_over: bool = False,
-    ray_address: str | None = None, ledger: dict | None = None,
+    ray_address: str | None = None, ledger: dict | None = None, allow_changed_sources: bool = False,
 ) -> SearchResult:
     """Continue the run in ``run_dir``. ``ledger``: the options of a shared (sql) ledger, to
     resume on a machine that has no copy of the run directory: its config comes from the
@@ -265,9 +315,13 @@ def resume_search(
         fetch_run(run_dir, ledger)
     config_path = run_dir / RUN_FILE
     if not config_path.is_file():
-        raise EvomergeError(f"{run_dir} holds no run to resume (no run.yaml).")
+        raise EvomergeError(
+            f"{run_dir} holds no run to resume (no run.yaml); give the directory an `evomerge "
+            f"search --out` wrote (a run kept in a database: --ledger-url and --run)."
+        )
     return run_search(config_path, run_dir, trials=trials, resume=True, log=log, progress=progress,
-                      take_over=take_over, ray_address=ray_address)
+                      take_over=take_over, ray_address=ray_address,
+                      allow_changed_sources=allow_changed_sources)
 
 
 def fetch_run(run_dir: Path, options: dict) -> None:
