@@ -9,7 +9,8 @@ replaced and its evaluation re-queued up to ``max_retries`` times, then failed
 with the reason; an evaluation past ``timeout`` seconds has its worker killed
 and replaced and fails. A worker that cannot even start (a bad device, missing
 models) stops the search with its reason, since every replacement would fail
-the same way.
+the same way; one killed while starting is replaced, unless its slot's workers
+die before they are up three times in a row.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import signal
 import time
 import traceback
 from collections import deque
@@ -26,13 +26,11 @@ from dataclasses import dataclass
 from evomerge.search.executors import NoOptions, Outcome, WorkerLost, WorkerSpec
 
 _READY = "ready"
+_START_TRIES = 3  # a slot whose worker dies this many times in a row before it is up stops the search
 
 
 def _serve(spec: WorkerSpec, conn) -> None:
     """A worker process: build the worker, then evaluate jobs until the pipe closes."""
-    # Ctrl-C reaches the terminal's whole process group; the controller answers it and closes
-    # the pool, so a worker's own KeyboardInterrupt would only print a traceback per worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from evomerge.recipe import Recipe
         from evomerge.search.executors.worker import Worker
@@ -95,6 +93,7 @@ class PoolExecutor:
         self._done: deque = deque()
         self.deaths = 0
         self._ready_at: dict[int, float] = {}  # slot -> when its first worker was up
+        self._start_deaths = [0] * self.slots  # per slot: workers in a row that died before they were up
 
     # -- the executor contract ---------------------------------------------------------
 
@@ -173,6 +172,7 @@ class PoolExecutor:
         if tag == _READY:
             slot.ready = True
             self._ready_at.setdefault(self._slots.index(slot), time.monotonic())
+            self._start_deaths[self._slots.index(slot)] = 0
             return
         job = slot.job
         slot.job = None
@@ -187,11 +187,16 @@ class PoolExecutor:
         code = slot.process.exitcode
         job = slot.job
         if not slot.ready and job is None:
-            self.close()
-            raise WorkerLost(
-                f"a search worker process died while starting (exit code {code}); check memory "
-                f"and the device, then continue with `evomerge resume RUN_DIR`."
-            )
+            # Killed once while loading (by an operator, or memory pressure that passed): bad
+            # luck, start another. Again and again: the machine cannot hold a worker.
+            self._start_deaths[i] += 1
+            if self._start_deaths[i] >= _START_TRIES:
+                self.close()
+                raise WorkerLost(
+                    f"a search worker process died while starting, {_START_TRIES} times in a row "
+                    f"(last exit code {code}); check memory and the device, then continue with "
+                    f"`evomerge resume RUN_DIR`."
+                )
         self.deaths += 1
         slot.kill()
         self._slots[i] = _Slot(self._ctx, self.spec)
