@@ -8,6 +8,7 @@ batched answer equal the answer the prompt gets alone.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -54,8 +55,15 @@ def greedy_generate(
     return out
 
 
+def _cache_name(model) -> str:
+    """The forward's KV-cache argument and output field: ``cache`` from transformers 5 on
+    (``past_key_values`` still works there but warns on every run), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _decode_batch(model, tokenizer, ids, mask, max_new_tokens, stop, eos) -> list[str]:
     n = ids.shape[0]
+    cache_name = _cache_name(model)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     generated: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
@@ -67,13 +75,13 @@ def _decode_batch(model, tokenizer, ids, mask, max_new_tokens, stop, eos) -> lis
             input_ids=step_ids,
             attention_mask=mask,
             position_ids=step_pos,
-            past_key_values=past,
             use_cache=True,
+            **{cache_name: past},
         )
         logits = res.logits[:, -1, :]
         check_finite(logits)
         nxt = logits.argmax(-1)
-        past = res.past_key_values
+        past = getattr(res, cache_name)
         for r, tok in enumerate(nxt.tolist()):
             if done[r]:
                 continue

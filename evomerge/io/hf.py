@@ -9,6 +9,7 @@ device it is wanted on.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,26 @@ def load_model(
     path = Path(path)
     check_remote_code(path, trust_remote_code)
     _check_weights(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    with _no_progress_bar():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     return model.to(device).eval()
+
+
+@contextmanager
+def _no_progress_bar():
+    """transformers draws a "Loading weights" bar per load: noise in `evomerge eval` and one
+    bar per worker at the start of every search."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _check_weights(path: Path) -> None:

@@ -31,3 +31,11 @@ def test_refuses_a_directory_without_safetensors(tmp_path):
 def test_load_model_needs_no_tokenizer(untied_family):
     model = load_model(untied_family["base"], dtype=torch.float64)
     assert not model.training and next(model.parameters()).dtype == torch.float64
+
+
+def test_loading_draws_no_progress_bar_and_leaves_the_setting_alone(untied_family, capfd):
+    from transformers.utils import logging as hf_logging
+
+    load_model(untied_family["base"])
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
