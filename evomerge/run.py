@@ -57,6 +57,14 @@ class SearchResult:
     examples_at_top: float = 0.0  # what scoring every trial at the top level would cost
     ledger: str | None = None  # the ledger's kind
     utilisation: dict[str, float] | None = None  # slot busy time / wall time, this session
+    succeeded: int = 0  # evaluations of the run scored at the top fidelity: what front and export use
+    first_error: str | None = None  # the reason of the run's first failed evaluation, if any
+
+    @property
+    def all_failed(self) -> bool:
+        """The run has trials and not one of them was scored at the top fidelity: nothing to
+        show on a front or to export, whatever the count of finished evaluations says."""
+        return self.trials > 0 and self.succeeded == 0
 
 
 @dataclass
@@ -182,7 +190,7 @@ def run_search(
     worker = WorkerSpec(
         sources=sources,
         base=p.space.source_models()[0],
-        tasks=tuple(TaskSpec(t.name, config.split, config.allow_test_split) for t in p.tasks),
+        tasks=tuple(TaskSpec(t.ref or t.name, config.split, config.allow_test_split) for t in p.tasks),
         device=config.device,
         torch_threads=config.executor.torch_threads,
         dtype=config.dtype,
@@ -232,6 +240,7 @@ def run_search(
         s = controller.s
         top = top_rung(config)
         complete = [e for e in ledger.evaluations("complete") if e.scores and e.rung == top]
+        failures = ledger.evaluations("failed")
     finally:
         if executor is not None:
             executor.close()
@@ -254,6 +263,8 @@ def run_search(
         examples_at_top=s.trials * sum(controller.rungs.cost(top_level, n) for n in sizes),
         ledger=find_ledger(run_dir),
         utilisation=summary or None,
+        succeeded=len(complete),
+        first_error=failures[0].error if failures else None,
     )
 
 

@@ -69,6 +69,7 @@ class Evaluator(ABC):
     """One task. Subclasses set ``Config`` and implement ``objectives`` and ``_score``."""
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
+    ref: str | None = None  # what ``load_task`` loads it by again (set by it): a name or a path
 
     def __init__(self, config: TaskConfig, *, name: str, split: str, root: Path) -> None:
         self.config = config
@@ -110,7 +111,7 @@ class Evaluator(ABC):
         t0 = time.perf_counter()
         try:
             values, n = self._score(model, tokenizer, fidelity)
-            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            bad = [f"{k} ({v})" for k, v in values.items() if not math.isfinite(v)]
             if bad:
                 raise EvaluationFailure(f"non-finite value for {', '.join(bad)}")
             missing = [o.name for o in self.objectives() if o.name not in values]

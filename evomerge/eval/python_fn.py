@@ -7,8 +7,11 @@ what to optimise before the function ever runs. A function that accepts a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import numbers
+import reprlib
 import sys
 from collections.abc import Callable
 from functools import cached_property
@@ -91,11 +94,26 @@ class PythonFunction(Evaluator):
         values = fn(model, tokenizer, **kwargs)
         if not isinstance(values, dict):
             raise EvaluationFailure(
-                f"{self.config.function} returned {type(values).__name__}, not a dict of values"
+                f"{self.config.function} returned {type(values).__name__} ({reprlib.repr(values)}), "
+                f"not a dict of values such as {{'{next(iter(self.config.objectives))}': 0.5}}"
             )
-        try:
-            values = {str(k): float(v) for k, v in values.items()}
-        except (TypeError, ValueError) as e:
-            raise EvaluationFailure(f"{self.config.function} returned a non-number: {e}") from None
+        values = {str(k): _number(self.config.function, str(k), v) for k, v in values.items()}
         n = self.size() or 0
         return values, (n if fidelity is None else min(n, fidelity))
+
+
+def _number(function: str, key: str, value) -> float:
+    """A returned value as a float: a real number, or a one-element tensor or array.
+
+    Strictly: ``float()`` would also take the string ``"0.5"``, which is a bug in the
+    function more often than a score, and its error for ``None`` names no objective.
+    """
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, numbers.Real):
+        with contextlib.suppress(ValueError, RuntimeError):  # more than one element
+            value = item()  # a 0-d tensor or array, or one of one element
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise EvaluationFailure(
+        f"{function} returned {type(value).__name__} for {key!r} ({reprlib.repr(value)}), not a number"
+    )

@@ -108,6 +108,10 @@ def load_task(
             f"{path}: invalid {raw['type']} task config: {problems(e, model=cls.Config)}."
         ) from None
     evaluator = cls(config, name=config.name or path.stem, split=split, root=path.parent)
+    # How a worker in another process loads this task again: by name (from its own
+    # evaluators/), or by the absolute path of a YAML given as a path.
+    given = Path(name_or_path)
+    evaluator.ref = str(path) if given.suffix in (".yaml", ".yml") or given.is_file() else name_or_path
     if validate:
         evaluator.validate()
     return evaluator

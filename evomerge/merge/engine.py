@@ -5,7 +5,9 @@ it and streams the result into the output shards, so memory is bounded by a
 few tensors whatever the model size. ``InMemoryMerger`` is what a search
 calls thousands of times: it keeps the source weights resident (on the chosen
 device) and writes each candidate into the same output tensors, touching no
-disk.
+disk. Either way a merged tensor that holds NaN or inf is refused, naming it
+(``NonFiniteMergeError``): on disk before its bytes are written, in memory as the
+candidate's failure.
 """
 
 from __future__ import annotations
@@ -84,6 +86,43 @@ def with_overrides(recipe: Recipe, dtype: str | None = None, seed: int | None = 
     return Recipe.from_dict(data, "recipe with command-line overrides")
 
 
+class NonFiniteMergeError(RecipeError):
+    """A merged tensor holds NaN or inf: a model written from it would be silently broken."""
+
+    @classmethod
+    def at(cls, name: str, tensor: torch.Tensor | None) -> NonFiniteMergeError:
+        what = "non-finite values"
+        if tensor is not None:
+            nan = int(torch.isnan(tensor).sum())
+            inf = int(torch.isinf(tensor).sum())
+            what = ", ".join(p for p in (f"{nan} NaN" if nan else "", f"{inf} inf" if inf else "") if p)
+            what = f"non-finite values ({what} of {tensor.numel()})"
+        return cls(
+            f"merge produced {what} in tensor {name}. A source holds NaN/inf there, or the recipe's "
+            f"weights push values past what the dtype can hold: check the sources' weights, lower "
+            f"the weights (or scale), or merge in a wider dtype."
+        )
+
+
+def finite_flag(t: torch.Tensor) -> torch.Tensor | None:
+    """A 0-d bool on ``t``'s device: whether every value is finite (None: nothing to check).
+
+    One reduction and no mask the size of the tensor (``isfinite(t)`` would allocate
+    one): NaN propagates through min and max, and inf shows as one of them.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(t)
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise ``NonFiniteMergeError`` naming ``name`` if ``t`` holds NaN or inf."""
+    flag = finite_flag(t)
+    if flag is not None and not bool(flag):
+        raise NonFiniteMergeError.at(name, t)
+
+
 def check_device(device: str) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -137,6 +176,7 @@ def merge_to_disk(
                 if progress:
                     progress(i, len(plan.ops), op.name)
                 merged = plan.run_op(op, lambda m, t: sources[m].get(t), dev)
+                check_finite(op.name, merged)  # before its bytes reach the output
                 buf = pool.settle(merged)
                 writer.write(
                     op.name, merged, done=None if buf is None else partial(pool.release, buf)
@@ -244,11 +284,12 @@ class InMemoryMerger:
             target = {}
         else:
             target = into
+        finite: list[tuple[str, torch.Tensor]] = []
         for op in plan.ops:
             merged = plan.run_op(op, lambda m, t: self.sources[m].tensors[t], self.device)
             existing = target.get(op.name)
             if existing is not None and existing.shape == merged.shape:
-                existing.copy_(merged)
+                existing.copy_(merged)  # a narrower dtype there can overflow: checked as stored
             elif isinstance(into, torch.nn.Module):
                 found = "no such tensor" if existing is None else f"shape {list(existing.shape)}"
                 raise CheckpointError(
@@ -257,4 +298,11 @@ class InMemoryMerger:
                 )
             else:
                 target[op.name] = merged
+            flag = finite_flag(target[op.name])
+            if flag is not None:
+                finite.append((op.name, flag))
+        # One device sync per candidate, not one per tensor; the tensor is named only on failure.
+        if finite and not bool(torch.stack([f for _, f in finite]).all()):
+            name = next(n for n, f in finite if not bool(f))
+            raise NonFiniteMergeError.at(name, target.get(name))
         return target

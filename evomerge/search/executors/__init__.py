@@ -51,7 +51,7 @@ class Outcome:
 class TaskSpec:
     """How a worker loads a task itself (workers in other processes cannot share ours)."""
 
-    name: str
+    name: str  # a task name, or the absolute path of a task YAML given as a path
     split: str
     allow_test_split: bool
 
@@ -67,6 +67,12 @@ class WorkerSpec:
     torch_threads: int | None = None
     dtype: str | None = None  # sources and resident model (None: sources as stored, model float32)
     extra: dict = field(default_factory=dict)
+
+
+def worker_died(attempts: int, reason: str) -> str:
+    """Why an evaluation failed whose worker died on each of its ``attempts``."""
+    times = {1: "once", 2: "twice"}.get(attempts, f"{attempts} times")
+    return f"worker died {times}: {reason}"
 
 
 class WorkerLost(EvomergeError):

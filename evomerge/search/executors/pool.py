@@ -23,7 +23,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass
 
-from evomerge.search.executors import NoOptions, Outcome, WorkerLost, WorkerSpec
+from evomerge.search.executors import NoOptions, Outcome, WorkerLost, WorkerSpec, worker_died
 
 _READY = "ready"
 _START_TRIES = 3  # a slot whose worker dies this many times in a row before it is up stops the search
@@ -210,8 +210,7 @@ class PoolExecutor:
             job.attempt += 1
             self._queue.appendleft(job)
             return
-        times = "once" if job.attempt == 0 else f"{job.attempt + 1} times"
-        self._done.append((job.job, Outcome(None, f"worker died {times}: {reason}",
+        self._done.append((job.job, Outcome(None, worker_died(job.attempt + 1, reason),
                                             time.monotonic() - job.started)))
 
     def _next_deadline(self) -> float | None:

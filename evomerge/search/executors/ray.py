@@ -35,7 +35,7 @@ from pathlib import Path
 from pydantic import Field
 
 from evomerge.errors import EvomergeError
-from evomerge.search.executors import Outcome, WorkerSpec
+from evomerge.search.executors import Outcome, WorkerSpec, worker_died
 from evomerge.validation import StrictModel
 
 
@@ -291,9 +291,8 @@ class RayExecutor:
             run.attempt += 1
             self._queue.appendleft(run)
             return
-        times = "once" if run.attempt == 0 else f"{run.attempt + 1} times"
         self._done.append((run.job, Outcome(
-            None, f"worker died {times}: {_reason(err)}", time.monotonic() - run.started)))
+            None, worker_died(run.attempt + 1, _reason(err)), time.monotonic() - run.started)))
 
     def _next_deadline(self) -> float | None:
         if self.timeout is None or not self._running:
