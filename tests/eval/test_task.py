@@ -74,6 +74,7 @@ def test_evaluator_types_are_listed_without_importing_them():
     assert names == str(["cost", "exact_match", "lm_eval", "loglikelihood", "perplexity", "python"])
     assert loaded == str(["evomerge.eval.base", "evomerge.eval.task"])
 
+
 def test_a_task_knows_how_a_worker_process_loads_it_again(tmp_path, monkeypatch):
     # Pool and Ray workers load the run's tasks themselves: by name from their own
     # evaluators/, and a task given as a path by its absolute path (not by its file's stem).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from collections import deque
@@ -31,6 +32,9 @@ _START_TRIES = 3  # a slot whose worker dies this many times in a row before it 
 
 def _serve(spec: WorkerSpec, conn) -> None:
     """A worker process: build the worker, then evaluate jobs until the pipe closes."""
+    # Ctrl-C reaches the terminal's whole process group; the controller answers it and closes
+    # the pool, so a worker's own KeyboardInterrupt would only print a traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from evomerge.recipe import Recipe
         from evomerge.search.executors.worker import Worker
