@@ -99,7 +99,7 @@ class EvomergeGroup(TyperGroup):
                     "elsewhere) and run the command again.")
             else:
                 e = EvomergeError(
-                    f"Cannot write{where or ' the output'}: {err.strerror}. Choose a writable "
+                    f"Cannot write {err.filename or 'the output'}: {err.strerror}. Choose a writable "
                     "location (--out) or fix the directory's permissions.")
             _print_error(str(e))
             raise typer.Exit(e.exit_code) from None
@@ -447,18 +447,31 @@ def space_show(
 @app.command()
 def search(
     run_config: Annotated[Path, typer.Argument(metavar="RUN.yaml", help="A run config (see runs/).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (ledger, run.yaml).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (ledger, run.yaml); "
+                                                "required unless --dry-run.")] = None,
     trials: Annotated[Optional[int], typer.Option(help="Override the trial budget.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Run the evaluations on Ray: auto (the running cluster), ray://HOST:PORT, or local "
         "(start Ray here). Sets executor.kind to ray.")] = None,
     take_over: Annotated[bool, typer.Option(
         help="Take the run's lease from a controller that is gone (shared ledgers).")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check everything the run needs, print its plan and a wall-time estimate "
+        "(one timed evaluation); write nothing.")] = False,
 ) -> None:
     """Search a space for merge recipes; progress on stderr, a summary on stdout."""
     from evomerge.run import run_search
     from evomerge.search.progress import ProgressPrinter
 
+    if dry_run:
+        from evomerge.run import dry_run as plan_run
+        from evomerge.search.plan import print_plan
+
+        print_plan(plan_run(run_config, out, trials=trials, ray_address=_ray_address(ray_address)), console)
+        return
+    if out is None:
+        raise EvomergeError("search needs --out RUN_DIR, the run directory its ledger and config go to "
+                            "(only --dry-run goes without it).")
     result = run_search(
         run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False),
         progress=ProgressPrinter(err_console), take_over=take_over,
@@ -483,11 +496,11 @@ def _utilisation(result) -> str:
 
 def _print_search_result(result) -> None:
     _print_search_summary(result)
-    if result.evaluated and result.best_trial is None and result.failed >= result.evaluated:
+    if result.all_failed:
         raise RunFailedError(
-            f"Every evaluation of {result.run_dir} failed ({result.failed} of {result.evaluated}); "
-            "the ledger holds each one's reason (`evomerge front` lists none). Check the sources "
-            "and tasks with `evomerge search --dry-run RUN.yaml`, fix the run config, and start again.")
+            f"No trial of {result.run_dir} was scored: all {result.failed} evaluations failed, the "
+            f"first with: {result.first_error}. Check the sources and tasks with `evomerge search "
+            "--dry-run RUN.yaml`, fix the run config, and start a new run.")
 
 
 def _print_search_summary(result) -> None:
