@@ -147,6 +147,7 @@ def worker_spec(config: RunConfig, p: Prepared, sources: dict[str, Path]) -> Wor
         device=config.device,
         torch_threads=config.executor.torch_threads,
         dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
     )
 
 
@@ -285,10 +286,9 @@ def dry_run(config_path: Path, run_dir: Path | None = None, *, trials: int | Non
     """Check everything ``run_search`` would need, cheapest first and models last, and return
     the plan with a wall-time estimate from one typical recipe timed on a loaded worker.
     Writes nothing: no run directory, ledger or MLflow run (a sql ledger is only connected to)."""
-    from evomerge.io.compat import check_tokenizer
     from evomerge.search.executors.worker import Worker
     from evomerge.search.plan import estimate, schedule, time_recipe
-    from evomerge.search.preflight import check_sources
+    from evomerge.search.preflight import check_base, check_sources
     from evomerge.search.resources import check_executor, check_run_dir, check_tracking
 
     check_trials(trials)
@@ -297,7 +297,7 @@ def dry_run(config_path: Path, run_dir: Path | None = None, *, trials: int | Non
     sources = resolve_sources(p.space, config, config_path)
     where = space_path(config, config_path)
     check_sources(p.space, sources, where=where)  # headers, fit, NaN/inf: no model is built
-    check_tokenizer(sources[p.space.source_models()[0]])  # every worker loads the base's
+    check_base(sources[p.space.source_models()[0]], trust_remote_code=config.trust_remote_code)
     timed, timed_words = _typical_recipe(p.space, config.seed)
     _check_plans(timed, sources, where)
     ledger = "not checked (give --out)" if run_dir is None else check_run_dir(run_dir, config.ledger.kind)
@@ -416,7 +416,7 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
     can be merged (``preflight.check_sources``; the weights are scanned for NaN once, when the
     run starts or its sources changed). Returns the sources' fingerprints and whether to record
     them. Nothing is written here."""
-    from evomerge.search.preflight import check_sources
+    from evomerge.search.preflight import check_base, check_sources
 
     scan, write = True, True
     if resume:
@@ -430,6 +430,7 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
     else:
         prints = fingerprints.fingerprint_sources(sources)
     check_sources(p.space, sources, where=space_path(config, config_path), scan_weights=scan)
+    check_base(sources[p.space.source_models()[0]], trust_remote_code=config.trust_remote_code)
     return prints, write
 
 

@@ -155,6 +155,9 @@ class RunConfig(StrictModel):
     )
     split: Literal["search", "test"] = "search"
     allow_test_split: bool = False
+    trust_remote_code: bool = Field(
+        False, description="Let the base model's own Python code load (config.json `auto_map`); "
+        "off by default: a search never runs a model's code unless the run config says so.")
     executor: ExecutorSpec = ExecutorSpec()
     ledger: LedgerSpec = LedgerSpec()
     tracking: TrackingConfig = TrackingConfig()

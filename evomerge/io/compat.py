@@ -93,7 +93,8 @@ def needs_remote_code(config: Mapping[str, Any]) -> bool:
     return bool(config.get("auto_map")) or bool((config.get("text_config") or {}).get("auto_map"))
 
 
-def check_remote_code(path: str | Path, trust_remote_code: bool = False) -> None:
+def check_remote_code(path: str | Path, trust_remote_code: bool = False, *,
+                      flag: str = "--trust-remote-code") -> None:
     """Refuse a model whose config needs its own code unless ``--trust-remote-code`` was given."""
     path = Path(path)
     config = _read_json(path / "config.json")
@@ -103,7 +104,7 @@ def check_remote_code(path: str | Path, trust_remote_code: bool = False) -> None
     raise CheckpointError(
         f"Model {path} needs its own Python code to load (config.json `auto_map`: "
         f"{classes or 'text_config.auto_map'}); evomerge does not run a model's code by default. "
-        "Read the code in that directory first; if you trust it, pass --trust-remote-code."
+        f"Read the code in that directory first; if you trust it, allow it with {flag}."
     )
 
 

@@ -24,7 +24,19 @@ from pathlib import Path
 
 from evomerge.errors import CheckpointError
 from evomerge.io.checkpoint import Checkpoint
-from evomerge.io.compat import check_finite_tensor, check_sources_fit
+from evomerge.io.compat import (
+    check_finite_tensor,
+    check_remote_code,
+    check_sources_fit,
+    check_tokenizer,
+)
+
+
+def check_base(path: Path, *, trust_remote_code: bool = False) -> None:
+    """The base becomes every worker's resident model: it must load without code the user did
+    not allow, and have the tokenizer every task scores with."""
+    check_remote_code(path, trust_remote_code, flag="the run config's `trust_remote_code: true`")
+    check_tokenizer(path)
 
 
 def whole_model_sources(space) -> list[str]:

@@ -237,3 +237,42 @@ def test_truncated_source_is_refused_at_start(tmp_path, zoo):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     config = _space_over(tmp_path, zoo, rev)
     assert_refused(_search(tmp_path, config), tmp_path / "space.yaml", weights)
+
+
+def _space_with_base(tmp_path: Path, zoo: Path, base: Path) -> Path:
+    config = write_run(tmp_path, zoo)
+    data = yaml.safe_load((tmp_path / "space.yaml").read_text())
+    data["base_model"] = str(base)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(data))
+    return config
+
+
+def test_a_base_without_a_tokenizer_is_refused_at_start(tmp_path, zoo):
+    # It used to end in a raw transformers traceback from the first worker.
+    base = Path(shutil.copytree(zoo / "base", tmp_path / "base-copy"))
+    for f in base.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            f.unlink()
+    config = _space_with_base(tmp_path, zoo, base)
+    assert_refused(_search(tmp_path, config), str(base), "no tokenizer", "tokenizer_source")
+
+
+def test_a_base_that_needs_its_own_code_is_refused_without_the_run_config_switch(tmp_path, zoo):
+    import json
+
+    base = Path(shutil.copytree(zoo / "base", tmp_path / "base-copy"))
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (base / "config.json").write_text(json.dumps(cfg))
+    config = _space_with_base(tmp_path, zoo, base)
+    assert_refused(_search(tmp_path, config), str(base), "modeling_evil.EvilForCausalLM",
+                   "trust_remote_code: true")
+    # The switch reaches every worker's model loader (the check then lets it through).
+    from evomerge.config.run import RunConfig
+    from evomerge.run import prepare, worker_spec
+
+    data = yaml.safe_load(config.read_text())
+    data["trust_remote_code"] = True
+    config.write_text(yaml.safe_dump(data))
+    run = RunConfig.load(config)
+    assert worker_spec(run, prepare(run, config), {"base": base}).trust_remote_code is True

@@ -66,6 +66,7 @@ class WorkerSpec:
     device: str = "cpu"
     torch_threads: int | None = None
     dtype: str | None = None  # sources and resident model (None: sources as stored, model float32)
+    trust_remote_code: bool = False  # the run config's: the base model's own code may load
     extra: dict = field(default_factory=dict)
 
 

@@ -31,7 +31,8 @@ class Worker:
         dtype = getattr(torch, spec.dtype) if spec.dtype else None
         self.merger = InMemoryMerger(spec.sources, device=spec.device, dtype=dtype)
         self.model, self.tokenizer = load_causal_lm(spec.sources[spec.base], device=spec.device,
-                                                    dtype=dtype or torch.float32)
+                                                    dtype=dtype or torch.float32,
+                                                    trust_remote_code=spec.trust_remote_code)
 
     def _release_memory(self) -> None:
         import torch
