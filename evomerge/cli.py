@@ -56,10 +56,12 @@ class EvomergeGroup(TyperGroup):
     """
 
     debug = False
+    interrupt_hint = ""  # what to run next after Ctrl-C, set by the command that knows it
 
     def parse_args(self, ctx, args):
         end = args.index("--") if "--" in args else len(args)
         EvomergeGroup.debug = "--debug" in args[:end]
+        EvomergeGroup.interrupt_hint = ""
         args = [a for i, a in enumerate(args) if not (i < end and a == "--debug")]
         return super().parse_args(ctx, args)
 
@@ -82,9 +84,8 @@ class EvomergeGroup(TyperGroup):
             if debug:
                 raise
             signum = getattr(err, "signum", signal.SIGINT)
-            err_console.print(
-                f"interrupted ({signal.Signals(signum).name}); finished work is kept: "
-                "`evomerge resume RUN_DIR` goes on with a search", highlight=False)
+            err_console.print(f"interrupted ({signal.Signals(signum).name}){EvomergeGroup.interrupt_hint}",
+                              highlight=False)
             raise typer.Exit(128 + signum if signum != signal.SIGINT else EXIT_INTERRUPTED) from None
         except OSError as err:
             if debug or err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
@@ -472,6 +473,7 @@ def search(
     if out is None:
         raise EvomergeError("search needs --out RUN_DIR, the run directory its ledger and config go to "
                             "(only --dry-run goes without it).")
+    EvomergeGroup.interrupt_hint = f"; finished trials are kept: `evomerge resume {out}` goes on"
     result = run_search(
         run_config, out, trials=trials, log=lambda s: err_console.print(s, highlight=False),
         progress=ProgressPrinter(err_console), take_over=take_over,
@@ -544,6 +546,7 @@ def resume(
     ledger = None
     if ledger_url is not None:
         ledger = {"url": ledger_url, "run": run, "password_env": password_env}
+    EvomergeGroup.interrupt_hint = f"; finished trials are kept: `evomerge resume {run_dir}` goes on"
     result = resume_search(
         run_dir, trials=trials, log=lambda s: err_console.print(s, highlight=False),
         progress=ProgressPrinter(err_console), take_over=take_over,
