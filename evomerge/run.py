@@ -129,6 +129,16 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
     return Prepared(space, tasks, objectives, optimizer)
 
 
+def _undo_start(run_dir: Path, fresh_dir: bool) -> None:
+    """A run refused while starting leaves the directory as it found it."""
+    if fresh_dir:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        (run_dir / RUN_FILE).unlink(missing_ok=True)
+
+
 def with_ray_address(config: RunConfig, ray_address: str | None) -> RunConfig:
     """``--ray-address``: the run's executor becomes Ray at that address (``""``: start Ray here)."""
     if ray_address is None:
@@ -212,25 +222,24 @@ def run_search(
     fresh_dir = not any(run_dir.iterdir())
     lock = RunLock(run_dir)
     try:
+        if not resume:  # the config before the ledger: killed in between, the directory holds no
+            freeze_config(config, config_path, run_dir)  # run and `search` starts it again
         ledger = open_ledger(run_dir, config.ledger, take_over=take_over)
     except BaseException:
         lock.release()
+        if not resume:
+            _undo_start(run_dir, fresh_dir)
         raise
     if not resume and hasattr(ledger, "load_config") and ledger.load_config() is not None:
         ledger.close()
         lock.release()
-        if fresh_dir:
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)
+        _undo_start(run_dir, fresh_dir)
         raise EvomergeError(
             f"the ledger database already holds a run named {ledger.run!r}; continue it with "
             f"`evomerge resume`, or name this one differently (ledger.run)."
         )
-    if not resume:
-        freeze_config(config, config_path, run_dir)
-        if hasattr(ledger, "save_config"):  # a shared ledger keeps the run's config too
-            ledger.save_config((run_dir / RUN_FILE).read_text())
+    if not resume and hasattr(ledger, "save_config"):  # a shared ledger keeps the run's config too
+        ledger.save_config((run_dir / RUN_FILE).read_text())
     if record_prints:  # what resume compares the sources with (search/fingerprints.py)
         fingerprints.record(run_dir, prints)
     executor = tracker = controller = None

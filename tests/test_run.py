@@ -132,3 +132,27 @@ def test_a_second_controller_on_a_running_run_directory_is_refused(tmp_path, zoo
     finally:
         held.release()
     assert resume_search(tmp_path / "out", log=lambda s: None).evaluated == 1  # free again
+
+
+def test_a_search_killed_before_its_ledger_existed_starts_again(tmp_path, zoo):
+    # Killed between writing run.yaml and creating the ledger: no trial can have finished, and
+    # `search` (not `resume`) is what goes on; before, both refused the directory.
+    from evomerge.search.rundir import RUN_FILE, freeze_config
+
+    config = _config(tmp_path, zoo)
+    (tmp_path / "out").mkdir()
+    freeze_config(RunConfig.load(config), config, tmp_path / "out")
+    assert run_search(config, tmp_path / "out", log=lambda s: None).trials == 2
+    assert (tmp_path / "out" / RUN_FILE).is_file()
+
+
+def test_a_search_refused_while_opening_its_ledger_leaves_no_run_behind(tmp_path, zoo, monkeypatch):
+    import evomerge.run as run_module
+
+    def refuse(*args, **kwargs):
+        raise EvomergeError("cannot open the ledger")
+
+    monkeypatch.setattr(run_module, "open_ledger", refuse)
+    with pytest.raises(EvomergeError, match="cannot open the ledger"):
+        run_search(_config(tmp_path, zoo), tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out").exists()
