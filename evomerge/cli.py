@@ -601,8 +601,11 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="Port (default: a free one).")] = None,
 ) -> None:
-    """Start the MLflow UI on a search run's tracking store and print its URL."""
-    from evomerge.tracking.ui import start_ui, store_of, wait_until_up
+    """Start the MLflow UI on a search run's tracking store and print the link to its runs table.
+
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the server's whole process tree."""
+    from evomerge.tracking.ui import find_search, start_ui, stop_group, store_of, wait_until_up
+    from evomerge.tracking.view import FRONT_HTML, FRONT_PLOT, artifact_url, runs_table_url
 
     if run_dir is None:
         runs = sorted((p.parent for p in Path("runs").glob("*/run.yaml")), key=lambda p: p.stat().st_mtime)
@@ -610,20 +613,33 @@ def ui(
             raise EvomergeError("No search run under runs/; give RUN_DIR.")
         run_dir = runs[-1]
     uri = store_of(run_dir)
+    try:
+        search = find_search(uri, run_dir)
+    except Exception as err:  # noqa: BLE001 - the links are a convenience; the UI still starts
+        err_console.print(f"warning: could not find the search in {uri} ({type(err).__name__}: {err}); "
+                          "the link opens MLflow's home page", highlight=False)
+        search = None
     if host != "127.0.0.1":
         err_console.print(f"warning: the UI is reachable by anyone who can reach {host}", highlight=False)
     proc, url = start_ui(uri, host, port)
-    try:
+    try:  # every way out (server exit, error, Ctrl-C, SIGTERM, SIGHUP) ends the server's group
         wait_until_up(url, proc)
-    except EvomergeError:
-        proc.terminate()
-        raise
-    console.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", highlight=False)
-    try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+        if search is None:
+            console.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", highlight=False)
+        else:
+            link = runs_table_url(url, search.experiment_id, search.view)
+            console.print(f"MLflow UI for {run_dir}, trials nested under run '{search.run_name}': {link}  "
+                          "(Ctrl-C stops it)", highlight=False, soft_wrap=True)
+            where = f"front plot: run '{search.run_name}', artifact {FRONT_PLOT} (interactive: {FRONT_HTML})"
+            if search.front_logged:
+                plot = artifact_url(url, search.experiment_id, search.parent_id, FRONT_PLOT)
+                console.print(f"{where}: {plot}", highlight=False, soft_wrap=True)
+            else:
+                console.print(f"{where}, logged when the search ends", highlight=False, soft_wrap=True)
+        code = proc.wait()
+    finally:
+        stop_group(proc)
+    raise typer.Exit(code)
 
 
 @app.command()

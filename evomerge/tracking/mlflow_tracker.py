@@ -35,6 +35,7 @@ from evomerge.search.ledgers import EvaluationRecord
 from evomerge.search.objectives import fitness, unique_objectives
 from evomerge.search.pareto import hypervolume, objective_points, pareto_mask, reference_point
 from evomerge.search.rundir import top_rung
+from evomerge.tracking.view import save_runs_view
 
 STATE_FILE = "tracking.json"  # the parent run's id, next to the ledger
 _TAG = "evomerge."
@@ -94,7 +95,8 @@ class MLflowTracker:
             artifacts = None
             if self.uri.startswith("sqlite:///") and self.settings.uri is None:
                 artifacts = (self.run_dir / "mlartifacts").as_uri()  # beside the store, not in the cwd
-            # A model-training experiment: the UI opens on the runs table, not the GenAI views.
+            # A model-training experiment, for UIs that read this tag; MLflow 3.17 goes by the
+            # link's workflowType instead (tracking/view.py).
             exp_id = self.client.create_experiment(
                 name, artifact_location=artifacts, tags={"mlflow.experimentKind": "custom_model_development"}
             )
@@ -161,6 +163,9 @@ class MLflowTracker:
             if space.is_file():
                 (Path(tmp) / "space.yaml").write_text(space.read_text())
             self.client.log_artifacts(self.parent_id, tmp, "config")
+        # The runs table with the objectives as columns, the view `evomerge ui` links to.
+        save_runs_view(self.client, self.experiment_id, self.parent_id, self.run_dir.name,
+                       [o.key for o in self.unique])
         self.client.set_tag(self.parent_id, f"{_TAG}ready", "1")
         self.parent_ready = True
 

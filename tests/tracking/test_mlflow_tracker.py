@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -77,6 +79,10 @@ def test_a_search_logs_a_parent_and_a_child_per_trial(tmp_path, zoo):
     front_files = {a.path for a in client.list_artifacts(parent.info.run_id, "front")}
     assert {"front/front.png", "front/front.html", "front/front.json", "front/all_trials.json"} <= front_files
     assert len(client.get_metric_history(parent.info.run_id, "best_fitness")) == 4
+    # The runs-table view `evomerge ui` links to: the objectives as columns.
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[
+        f"mlflow.sharedViewState.evomerge-{parent.info.run_id}"])
+    assert "metrics.`reversal/exact_match`" in json.loads(view["state"])["selectedColumns"]
 
 
 def test_resume_continues_the_parent_and_adds_no_duplicate_children(tmp_path, zoo):

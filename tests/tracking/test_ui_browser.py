@@ -1,14 +1,20 @@
 """The MLflow UI in a real headless browser (marker ``browser``; `make test-browser`).
 
-After a tiny search, ``evomerge ui``'s server is opened in Debian's Chromium driven by
-Playwright: the runs table lists every trial under the search's parent run with its
-objectives, and the parent run holds the front plot. Screenshots go to test-artifacts/.
+After a tiny search, ``evomerge ui`` is started as a person starts it and the link it prints
+is opened in Debian's Chromium driven by Playwright: it lands on the runs table (not MLflow's
+GenAI overview) with the objectives as columns and every trial nested under the search's
+parent run; the front plot's link shows the plot. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,18 +50,24 @@ def tracked_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ui(tracked_run):
-    from evomerge.tracking.ui import start_ui, store_of, wait_until_up
-
-    proc, url = start_ui(store_of(tracked_run))
+def ui(tracked_run, tmp_path_factory):
+    """``evomerge ui`` itself, as a person starts it: yields what it printed (the runs-table
+    link, the front plot line); SIGTERM stops it at the end."""
+    out = tmp_path_factory.mktemp("ui-out") / "out.txt"
+    entry = Path(sys.executable).with_name("evomerge")
+    command = [str(entry)] if entry.exists() else [sys.executable, "-m", "evomerge.cli"]
+    with out.open("w") as o, out.with_suffix(".err").open("w") as e:
+        proc = subprocess.Popen([*command, "ui", str(tracked_run)], stdout=o, stderr=e, start_new_session=True)
     try:
-        wait_until_up(url, proc)
-    except Exception:
-        proc.terminate()
-        raise
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+        deadline = time.monotonic() + 300  # MLflow's server starts slowly on a busy machine
+        while "front plot:" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.with_suffix(".err").read_text()[-3000:]
+            time.sleep(0.5)
+        yield out.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    assert code == 128 + signal.SIGTERM
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +85,7 @@ def browser():
         b.close()
 
 
-def test_runs_table_lists_every_trial_with_objectives_and_the_parent_holds_the_front(tracked_run, ui, browser):
+def test_the_printed_link_opens_the_runs_table_with_objectives_and_trials_nested(tracked_run, ui, browser):
     from mlflow import MlflowClient
 
     from evomerge.tracking.ui import store_of
@@ -85,48 +97,56 @@ def test_runs_table_lists_every_trial_with_objectives_and_the_parent_holds_the_f
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert len(children) >= 5 and all(name.startswith("trial-") for name in children)
     shown = dict(sorted(children.items())[-8:])  # the newest trials: on the table's first page
+    objectives = [k.rsplit(" (", 1)[0] for k in parent.data.tags["evomerge.objectives"].split(", ")]
+    link = re.search(r"(http://\S+/#/experiments/\S+/runs\?\S+)", ui).group(1)
+    plot_line = next(line for line in ui.splitlines() if line.startswith("front plot:"))
+    assert f"run '{parent.info.run_name}'" in plot_line and "front/front.png" in plot_line
+    plot_url = re.search(r"(http://\S+)$", plot_line).group(1)
     ARTIFACTS.mkdir(exist_ok=True)
 
     page = browser.new_page(viewport={"width": 1800, "height": 1000})
-    page.goto(f"{ui}/#/experiments/{exp.experiment_id}/runs")
-    link = page.locator(f"a[href*='{parent.info.run_id}']").first
-    link.wait_for(timeout=60_000)
-    # Trials are nested under the search's parent run: expand it.
-    page.locator("div[role='row']", has=link).locator("button[data-component-id*='runnamecellrenderer']").click()
+    page.goto(link)
+    parent_link = page.locator(f"a[href*='{parent.info.run_id}']").first
+    parent_link.wait_for(timeout=120_000)
+    # The objectives are columns without touching the column picker (the saved view applies
+    # once the experiment's tags have loaded).
+    for column in (*objectives, "fitness", "hypervolume", "pareto"):
+        page.locator("div.ag-header", has_text=column).first.wait_for(timeout=60_000)
+    total = len(children) + 1  # every trial and the parent; the UI loads 100 at a time
+    page.get_by_text(f"{total} matching runs" if total <= 100 else "Load more").first.wait_for(timeout=60_000)
+    # The runs table, not the GenAI overview a bare experiment link lands on in MLflow 3.17.
+    assert f"/experiments/{exp.experiment_id}/runs" in page.url and "/overview" not in page.url
+    body = page.inner_text("body")
+    assert "Token Usage" not in body and "Observability" not in body, body[:2000]
+    # Nested: the trials are rows under the parent, shown when it is expanded.
+    assert page.locator("a", has_text="trial-").count() == 0
+    page.locator("div[role='row']", has=parent_link).locator(
+        "button[data-component-id*='runnamecellrenderer']").click()
     for name in shown:
         page.locator("a", has_text=name).first.wait_for(timeout=30_000)
-    # Show the objectives as columns.
-    page.get_by_role("button", name="Columns").click()
-    for column in ("addition/exact_match", "reversal/exact_match", "Dataset", "Source", "Models"):
-        page.get_by_text(column, exact=True).last.click()  # objectives on, empty attributes off
-    page.keyboard.press("Escape")
     close_assistant(page)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "mlflow_runs_table.png"))
-    header = page.inner_text("div.ag-header")
-    assert "addition/exact_match" in header and "reversal/exact_match" in header
-    body = page.inner_text("body")
-    total = len(children) + 1  # every trial and the parent; the UI loads 100 at a time
-    assert f"{total} matching runs" in body or (total > 100 and "Load more" in body)
     for name, child in shown.items():
         # ag-grid renders pinned and scrolling columns as separate rows with one row-id.
         row_id = page.locator("div[role='row']", has=page.locator("a", has_text=name)).first.get_attribute("row-id")
-        for metric in ("addition/exact_match", "reversal/exact_match"):
+        for metric in objectives:
             cell = page.locator(f"div[role='row'][row-id='{row_id}'] div[role='gridcell'][col-id*='{metric}']").first
-            shown = cell.inner_text().strip()
-            assert shown not in ("", "-"), f"{name}: no {metric} in the table"
-            assert abs(float(shown) - child.data.metrics[metric]) < 1e-3
+            value = cell.inner_text().strip()
+            assert value not in ("", "-"), f"{name}: no {metric} in the table"
+            assert abs(float(value) - child.data.metrics[metric]) < 1e-3
 
     # A front member's run page shows its pareto tag.
     member = next(c for c in children.values() if c.data.tags.get("pareto") == "true")
-    page.goto(f"{ui}/#/experiments/{exp.experiment_id}/runs/{member.info.run_id}")
+    base = link.split("/#/")[0]
+    page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{member.info.run_id}")
     page.get_by_text("pareto", exact=True).first.wait_for(timeout=60_000)
     close_assistant(page)
     page.screenshot(path=str(ARTIFACTS / "mlflow_front_member.png"))
     tags = page.locator("div", has=page.get_by_text("pareto", exact=True)).last.inner_text()
     assert "true" in tags
 
-    page.goto(f"{ui}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/front/front.png")
+    page.goto(plot_url)  # the front plot's link `evomerge ui` printed
     img = page.locator("img[src^='blob:']").first  # the artifact preview
     img.wait_for(timeout=60_000)
     assert img.evaluate("i => i.naturalWidth") > 300  # the rendered plot, not an icon
