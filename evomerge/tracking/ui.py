@@ -61,7 +61,7 @@ def start_group(command: list[str], **popen) -> subprocess.Popen:
     return subprocess.Popen(command, start_new_session=True, **popen)
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """End every process in the server's group: SIGTERM, and SIGKILL after ``grace`` seconds.
 
     Signals that arrive meanwhile (a second Ctrl-C, SIGHUP after SIGTERM from a closing
