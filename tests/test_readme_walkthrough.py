@@ -9,8 +9,9 @@ starting in the directory and with the exported environment the block before it 
 Markers, as a comment line inside a block (output blocks, ```console / ```text, are not run):
 
 - `# walkthrough: background until "TEXT"` -- a block that keeps running (a server). The test
-  waits for TEXT in its output, requests every http:// URL the output holds (each must answer
-  200), then presses Ctrl-C (SIGINT to the block's process group); the block must end.
+  waits for TEXT in its output, requests every http://127.0.0.1 (or localhost) URL the output
+  holds (each must answer 200), then presses Ctrl-C (SIGINT to the block's process group); the
+  block must end.
 - `# walkthrough: interrupt after "TEXT"` -- when TEXT appears in the output, the test presses
   Ctrl-C; the block must then end as interrupted (exit code 130).
 
@@ -189,7 +190,8 @@ def run_block(term: Terminal, block: Block, n: int, env: dict[str, str]) -> str:
             if not out.wait_for(block.background_until, proc, BLOCK_TIMEOUT):
                 pytest.fail(_failure(block, f"never printed {block.background_until!r}", out.text))
             time.sleep(2)  # the rest of what it prints once up (more links)
-            for url in re.findall(r"https?://[^\s)'\"]+", out.text):
+            # the links evomerge prints (the server's own log may name docs on the internet)
+            for url in re.findall(r"http://(?:127\.0\.0\.1|localhost)[^\s)'\"]+", out.text):
                 with urllib.request.urlopen(url, timeout=30) as response:
                     assert response.status == 200, _failure(block, f"{url} answered {response.status}", out.text)
             if not _stop(proc, signal.SIGINT, STOP_TIMEOUT):
