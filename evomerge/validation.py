@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -88,3 +89,17 @@ def yaml_problem(err: Exception) -> str:
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     also = f" ({context})" if context else ""
     return f"{where}{problem}{also}"
+
+
+def read_yaml_file(path, *, what: str, examples: str, error: type[Exception]):
+    """The content of the YAML file ``path`` (a ``what``: "run config", ...), or ``error`` naming
+    the file and the line when it is malformed, or why it cannot be read; ``examples`` says where
+    working ones are."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML at {yaml_problem(e)}; fix the file there ({examples}).") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read the {what} ({e}); check the path.") from None

@@ -101,12 +101,18 @@ def test_a_missing_source_is_refused_before_any_model_loads(tmp_path, zoo, no_mo
     assert not (tmp_path / "out").exists()
 
 
-def test_sources_that_do_not_fit_together_are_refused_before_any_model_loads(tmp_path, zoo, no_model_loads):
-    other = make_family(tmp_path / "other", tied=False, n_experts=0, hidden=48)["base"]  # another shape
+def _run_with_second_model(tmp_path, zoo, model):
+    """The tests' run, with ``model`` in place of the space's second source."""
     cfg = write_run(tmp_path, zoo)
     space = yaml.safe_load((tmp_path / "space.yaml").read_text())
-    space["models"][1] = str(other)
+    space["models"][1] = str(model)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    return cfg
+
+
+def test_sources_that_do_not_fit_together_are_refused_before_any_model_loads(tmp_path, zoo, no_model_loads):
+    other = make_family(tmp_path / "other", tied=False, n_experts=0, hidden=48)["base"]  # another shape
+    cfg = _run_with_second_model(tmp_path, zoo, other)
     result = _dry(cfg, "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
@@ -121,10 +127,7 @@ def test_a_source_with_nan_is_refused_before_any_model_loads(tmp_path, zoo, no_m
     name = next(n for n in tensors if "layers.0.mlp.down_proj" in n)
     tensors[name][0, 0] = float("nan")
     save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
-    cfg = write_run(tmp_path, zoo)
-    space = yaml.safe_load((tmp_path / "space.yaml").read_text())
-    space["models"][1] = str(broken)
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    cfg = _run_with_second_model(tmp_path, zoo, broken)
     result = _dry(cfg, "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     assert "rev_nan" in result.output and "NaN" in result.output and "down_proj" in result.output

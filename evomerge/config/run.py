@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.config.tracking import TrackingConfig
 from evomerge.errors import EvomergeError
-from evomerge.validation import StrictModel, problems, yaml_problem
+from evomerge.validation import StrictModel, problems, read_yaml_file
 
 
 class RunConfigError(EvomergeError):
@@ -185,15 +184,8 @@ class RunConfig(StrictModel):
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise RunConfigError(
-                f"{path}: not valid YAML at {yaml_problem(e)}; fix the file there "
-                "(runs/quickstart.yaml is a working example)."
-            ) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise RunConfigError(f"{path}: cannot read the run config ({e}); check the path.") from None
+        raw = read_yaml_file(path, what="run config", examples="runs/quickstart.yaml is a working example",
+                             error=RunConfigError)
         if not isinstance(raw, dict):
             raise RunConfigError(
                 f"{path}: a run config is a mapping of fields (space, objectives, ...), not "

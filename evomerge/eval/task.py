@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from evomerge.errors import EvomergeError
 from evomerge.eval.base import EVALUATORS, Evaluator
-from evomerge.validation import problems, yaml_problem
+from evomerge.validation import problems, read_yaml_file
 
 SPLITS = ("search", "test")
 
@@ -84,15 +83,8 @@ def load_task(
             f"split (its scores then no longer measure generalisation)."
         )
     path = find_task(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise TaskConfigError(
-            f"{path}: not valid YAML at {yaml_problem(e)}; fix the file there "
-            "(evaluators/tasks/ holds working examples)."
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskConfigError(f"{path}: cannot read the task config ({e}); check the path.") from None
+    raw = read_yaml_file(path, what="task config", examples="evaluators/tasks/ holds working examples",
+                         error=TaskConfigError)
     if not isinstance(raw, dict) or "type" not in raw:
         raise TaskConfigError(
             f"{path}: a task config is a mapping with a `type` field "

@@ -122,3 +122,18 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+NOT_A_RUN = ["missing", "empty", "other files", "config only"]
+
+
+def not_a_run(tmp_path: Path, finished_run: Path, make: str) -> Path:
+    """A directory that holds no run, made as ``make`` (one of NOT_A_RUN) says."""
+    d = tmp_path / "d"
+    if make != "missing":
+        d.mkdir()
+    if make == "other files":
+        (d / "notes.txt").write_text("hello")
+    if make == "config only":
+        (d / "run.yaml").write_text((finished_run / "run.yaml").read_text())
+    return d

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import assert_refused, copy_run, invoke, snapshot
+from conftest import NOT_A_RUN, assert_refused, copy_run, invoke, not_a_run, snapshot
 from run_helpers import write_run
 
 
@@ -76,15 +76,9 @@ def test_another_runs_journal_is_refused(zoo, finished_run, tmp_path, command):
     assert_refused(_reader(command, run, tmp_path), run / "ledger.jsonl", "another run")
 
 
-@pytest.mark.parametrize("make", ["missing", "empty", "other files", "config only"])
+@pytest.mark.parametrize("make", NOT_A_RUN)
 def test_a_directory_that_is_not_a_run_is_refused(finished_run, tmp_path, make):
-    d = tmp_path / "d"
-    if make != "missing":
-        d.mkdir()
-    if make == "other files":
-        (d / "notes.txt").write_text("hello")
-    if make == "config only":
-        (d / "run.yaml").write_text((finished_run / "run.yaml").read_text())
+    d = not_a_run(tmp_path, finished_run, make)
     before = snapshot(d)
     assert_refused(invoke("front", d), d, "not a search run", "evomerge search --out")
     assert snapshot(d) == before and d.exists() == (make != "missing")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_refused, copy_run, invoke, snapshot
+from conftest import NOT_A_RUN, assert_refused, copy_run, invoke, not_a_run, snapshot
 from run_helpers import evaluations, write_run
 
 from evomerge.search import fingerprints
@@ -168,15 +168,9 @@ def test_a_second_controller_is_refused(finished_run, tmp_path):
     assert len(evaluations(run)) == 2
 
 
-@pytest.mark.parametrize("make", ["missing", "empty", "other files", "config only"])
+@pytest.mark.parametrize("make", NOT_A_RUN)
 def test_a_directory_that_is_not_a_run_is_refused(finished_run, tmp_path, make):
-    d = tmp_path / "d"
-    if make != "missing":
-        d.mkdir()
-    if make == "other files":
-        (d / "notes.txt").write_text("hello")
-    if make == "config only":
-        (d / "run.yaml").write_text((finished_run / "run.yaml").read_text())
+    d = not_a_run(tmp_path, finished_run, make)
     before = snapshot(d)
     assert_refused(invoke("resume", d), d, "no run to resume", "evomerge search")
     assert snapshot(d) == before and (d.exists() == (make != "missing"))

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
 
 from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe
 from evomerge.registry import Registry
-from evomerge.validation import StrictModel, problems, yaml_problem
+from evomerge.validation import StrictModel, problems, read_yaml_file
 
 
 class SearchSpaceError(EvomergeError):
@@ -198,15 +197,8 @@ def register_space(cls: type[S]) -> type[S]:
 
 
 def read_space_file(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise SearchSpaceError(
-            f"{path}: not valid YAML at {yaml_problem(e)}; fix the file there "
-            "(search_spaces/ holds working examples)."
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SearchSpaceError(f"{path}: cannot read the search space ({e}); check the path.") from None
+    raw = read_yaml_file(path, what="search space", examples="search_spaces/ holds working examples",
+                         error=SearchSpaceError)
     if not isinstance(raw, dict):
         raise SearchSpaceError(f"{path}: a search space is a mapping of fields.")
     return raw
