@@ -78,6 +78,10 @@ class MLflowTracker:
         self.series_done = 0  # top-level results already in the parent's series
         self.child_evals: dict[int, list[int]] = {}  # trial -> evaluation ids logged on it
         self.ready: set[int] = set()  # trials whose child has its params and artifacts
+        # Children found in MLflow at start: a controller stopped inside log_batch may have left
+        # an evaluation's metrics there without the tag that lists it (MLflow writes metrics and
+        # tags in separate transactions), so their metric steps are checked before logging.
+        self.inherited: set[int] = set()
         self.failures = 0
         self.parent_ready = False
         self._next_try = 0.0
@@ -182,6 +186,7 @@ class MLflowTracker:
                 # `evomerge.candidate`: the tag's name before trials were called trials.
                 cand = int(tags.get(f"{_TAG}trial", tags.get(f"{_TAG}candidate")))
                 self.children[cand] = run.info.run_id
+                self.inherited.add(cand)
                 numbers = [int(n) for n in tags.get(f"{_TAG}evaluations", "").split(",") if n]
                 self.child_evals[cand] = numbers
                 self.logged |= set(numbers)
@@ -267,6 +272,8 @@ class MLflowTracker:
         if rec.scores:
             metrics = [Metric(k, float(v), now, step) for k, v in rec.scores.items()]
             metrics.append(Metric("fitness", fitness(rec.scores, self.objectives), now, step))
+            if rec.trial in self.inherited and self._has_step(child, step):
+                metrics = []  # landed before the stop; only its tag is missing
         done = [*self.child_evals.get(rec.trial, []), rec.id]
         tags = [
             RunTag("state", rec.state),
@@ -280,6 +287,10 @@ class MLflowTracker:
         self.client.set_terminated(child, "FINISHED" if rec.state == "complete" else "FAILED")
         self.logged.add(rec.id)
         self.child_evals[rec.trial] = done
+
+    def _has_step(self, child: str, step: int) -> bool:
+        # A trial is evaluated once per fidelity, so a fitness point at this step is this evaluation.
+        return any(m.step == step for m in self.client.get_metric_history(child, "fitness"))
 
     def _top_records(self, completions: list[EvaluationRecord]) -> list[EvaluationRecord]:
         return [r for r in completions if r.rung == self.top and r.scores]

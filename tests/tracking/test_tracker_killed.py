@@ -105,6 +105,27 @@ def test_the_front_series_is_not_logged_twice_after_a_kill(tmp_path, store, monk
     assert sorted(steps) == [1, 2, 3]
 
 
+def test_an_evaluation_whose_metrics_landed_before_a_kill_is_not_logged_twice(tmp_path, store, monkeypatch):
+    # MLflow's log_batch writes metrics and tags in separate transactions: killed between them,
+    # the child holds the scores but not the tag that lists the evaluation.
+    real = MlflowClient.log_batch
+
+    def metrics_then_killed(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        if not any(t.key == "evomerge.evaluations" for t in tags):
+            return real(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+        monkeypatch.setattr(MlflowClient, "log_batch", real)
+        real(self, run_id, metrics=metrics)
+        raise Killed
+
+    monkeypatch.setattr(MlflowClient, "log_batch", metrics_then_killed)
+    client, _, children = _killed_then_resumed(tmp_path, store, RECORDS)
+    assert len(children) == 3
+    for child in children:
+        for key in ("o/a", "o/b", "fitness"):
+            assert len(client.get_metric_history(child.info.run_id, key)) == 1, (child.data.tags, key)
+        assert child.data.tags["evomerge.evaluations"] in {"1", "2", "3"}
+
+
 def test_a_front_logged_again_replaces_its_tables(tmp_path, store):
     assert _tracker(tmp_path, store).finish(RECORDS)
     tracker = _tracker(tmp_path, store)  # a resume of the finished run, or `evomerge track`
