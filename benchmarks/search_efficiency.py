@@ -130,9 +130,12 @@ def run_mergekit_evolve_style(seed: int, budget: int, top: int, zoo: Path) -> Tr
     def objective(x) -> float:
         nonlocal best
         x = [min(1.0, max(0.0, float(v))) for v in x]
+        # Genes in the order of the compact space's (density, then weight, per expert), so that for
+        # one seed this run and "cmaes (6 genes)" draw the same points: pycma is the same optimiser
+        # either way, and a permuted order would only make the two runs unpaired (seed noise).
         models = [
-            {"model": str(zoo / n), "parameters": {"weight": round(1.2 * x[2 * i], 6),
-                                                   "density": round(0.2 + 0.8 * x[2 * i + 1], 6)}}
+            {"model": str(zoo / n), "parameters": {"weight": round(1.2 * x[2 * i + 1], 6),
+                                                   "density": round(0.2 + 0.8 * x[2 * i], 6)}}
             for i, n in enumerate(names)
         ]
         recipe = Recipe.from_dict({"merge_method": "ties", "base_model": str(zoo / "base"), "models": models,
