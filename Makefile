@@ -48,13 +48,13 @@ test-ray: $(STAMP)
 	$(BIN)/python -m pytest -q -m ray
 
 ## Slower tests, kept out of the default suite and run by CI: every optimiser against random search
-## and the quickstart on the real toy zoo (built first if it is not cached), the crash drill's
-## short form, the README walk-through on a fresh copy.
+## and the quickstart on the real toy zoo (built first if it is not cached), every shipped task on a
+## zoo model, the crash drill's short form, the README walk-through on a fresh copy.
 test-slow: $(STAMP)
 	$(BIN)/evomerge zoo build --no-report
 	$(BIN)/python -m pytest -q -m "slow and not landscape and not ray and not browser"
 
-## The zoo's landscape checks (experts specialise, a tuned merge pays): not in CI yet.
+## The zoo's landscape checks: not in CI until they hold on every build of benchmarks/zoo_robustness.py.
 test-landscape: $(STAMP)
 	$(BIN)/python -m pytest -q -m landscape
 

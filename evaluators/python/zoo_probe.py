@@ -7,7 +7,7 @@ prompts, a cheap proxy for "the model knows answers here are numbers".
 
 import torch
 
-PROMPTS = ["add:12+34=", "add:5+99=", "add:310+7=", "add:88+88="]
+PROMPTS = ["add:210+430=", "add:500+990=", "add:013+700=", "add:880+880="]  # the zoo's format: backwards
 
 
 @torch.inference_mode()

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,16 +45,25 @@ class Stage(BaseModel):
     lr: float = Field(gt=0)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
+    warmup: int = Field(default=30, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+
+    def data_seed(self, zoo_seed: int) -> int:
+        # The zoo's seed moves every stage's data order too, not only the init.
+        return self.seed + 1000 * zoo_seed
 
 
 class ExpertSpec(Stage):
     name: str
     skill: str
+    warmup: int = Field(default=20, ge=0)
     # Share of each batch drawn from the base's easy skills: experts keep the
     # format and the basics, as real fine-tunes do, and their task vectors are
     # about their skill rather than about forgetting.
     replay: float = Field(default=0.0, ge=0.0, lt=1.0)
     replay_hard: bool = False
+    # Parameters (name prefixes) the expert leaves as the base has them.
+    frozen: tuple[str, ...] = ()
 
 
 class ZooConfig(BaseModel):
@@ -77,7 +87,7 @@ class ZooConfig(BaseModel):
         ExpertSpec(name="reversal", skill="reversal", steps=300, lr=1e-3, seed=12),
         ExpertSpec(name="sorting", skill="sorting", steps=300, lr=1e-3, seed=13),
     )
-    workers: int = Field(default=2, ge=1, description="Expert trainings run side by side.")
+    workers: int = Field(default=3, ge=1, description="Expert trainings run side by side (on 2+ threads).")
 
     def content_hash(self) -> str:
         from evomerge.zoo.data import task_data
@@ -164,7 +174,8 @@ def expert_mixture(spec: ExpertSpec, base_mixture: dict[str, float]):
 
 
 def train_expert(
-    base_dir: Path, out_dir: Path, spec: ExpertSpec, base_mixture: dict[str, float], threads: int
+    base_dir: Path, out_dir: Path, spec: ExpertSpec, base_mixture: dict[str, float], threads: int,
+    zoo_seed: int = 0,
 ) -> dict:
     """One expert: continue from the base on one skill (run in its own process)."""
     import torch
@@ -176,19 +187,21 @@ def train_expert(
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     model, tokenizer = load_causal_lm(base_dir)  # train() puts it in training mode
+    for name, param in model.named_parameters():
+        param.requires_grad_(not name.startswith(spec.frozen))
     loss = train(
         model,
         tokenizer,
-        expert_mixture(spec, base_mixture).sampler(spec.seed, eval_prompts()),
-        TrainSchedule(spec.steps, spec.lr, spec.batch_size, warmup=20),
-        seed=spec.seed,
+        expert_mixture(spec, base_mixture).sampler(spec.data_seed(zoo_seed), eval_prompts()),
+        TrainSchedule(spec.steps, spec.lr, spec.batch_size, warmup=spec.warmup, optimizer=spec.optimizer),
+        seed=spec.data_seed(zoo_seed),
     )
     _save(model, tokenizer, out_dir)
     return {"name": spec.name, "loss": loss, "seconds": time.perf_counter() - t0}
 
 
 def _run_experts(
-    base: Path, out: Path, experts, base_mixture: dict, workers: int, threads: int, log
+    base: Path, out: Path, experts, base_mixture: dict, workers: int, threads: int, log, zoo_seed: int = 0
 ) -> None:
     """Experts side by side in child processes (``python -m evomerge.zoo.expert``).
 
@@ -202,7 +215,7 @@ def _run_experts(
         while pending and len(running) < workers:
             spec = pending.pop(0)
             cmd = [sys.executable, "-m", "evomerge.zoo.expert", str(base), str(out / spec.name),
-                   spec.model_dump_json(), json.dumps(base_mixture), str(threads)]
+                   spec.model_dump_json(), json.dumps(base_mixture), str(threads), str(zoo_seed)]
             # Output to files, not pipes: a child filling an unread pipe would stall.
             logf = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed after the child ends)
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True)
@@ -260,9 +273,10 @@ def build_zoo(
     loss = train(
         model,
         tokenizer,
-        Mixture(config.base_mixture).sampler(config.base.seed, exclude),
-        TrainSchedule(config.base.steps, config.base.lr, config.base.batch_size),
-        seed=config.base.seed,
+        Mixture(config.base_mixture).sampler(config.base.data_seed(config.seed), exclude),
+        TrainSchedule(config.base.steps, config.base.lr, config.base.batch_size, warmup=config.base.warmup,
+                      optimizer=config.base.optimizer),
+        seed=config.base.data_seed(config.seed),
         log=lambda step, lo: log(f"  base step {step}: loss {lo:.3f}"),
     )
     _save(model, tokenizer, out / "base")
@@ -270,14 +284,18 @@ def build_zoo(
     log(f"base done in {timings['base']:.0f}s (final loss {loss:.3f})")
 
     # Experts are independent: side by side, one thread each, beats one at a time on 2 threads.
-    workers = max(1, min(config.workers, len(config.experts), threads))
+    # All experts at once, one thread each, even with fewer cores than experts: the cores stay busy
+    # to the end (3 experts on 2 cores: 1.5 expert-times instead of 2). One thread each, whatever
+    # the count, so an expert comes out the same either way.
+    workers = max(1, min(config.workers, len(config.experts))) if threads > 1 else 1
     if workers == 1:  # no child processes: what tests and single-core machines want
         for spec in config.experts:
-            r = train_expert(out / "base", out / spec.name, spec, config.base_mixture, threads)
+            r = train_expert(out / "base", out / spec.name, spec, config.base_mixture, threads, config.seed)
             log(f"expert {r['name']} done in {r['seconds']:.0f}s (final loss {r['loss']:.3f})")
     else:
         _run_experts(
-            out / "base", out, config.experts, config.base_mixture, workers, threads // workers, log
+            out / "base", out, config.experts, config.base_mixture, workers, max(1, threads // workers), log,
+            zoo_seed=config.seed,
         )
     timings["experts"] = time.perf_counter() - t_start - timings["base"]
     timings["total"] = time.perf_counter() - t_start

@@ -31,14 +31,14 @@ def skill_splits(name: str, n: int = EXAMPLES_PER_SPLIT) -> dict[str, list[Examp
 def _mc_rows(examples: list[Example], rng: random.Random) -> list[dict]:
     rows = []
     for ex in examples:
-        right = int(ex.answer[::-1])  # sums are written backwards
+        right = int(ex.answer[::-1])  # sums are written backwards, 4 digits
         wrong: list[int] = []
         for delta in rng.sample([1, -1, 10, -10, 100, -100, 2, -2], 8):
             if len(wrong) == 3:
                 break
-            if right + delta >= 0 and right + delta not in wrong:
+            if 0 <= right + delta <= 9999 and right + delta not in wrong:
                 wrong.append(right + delta)
-        choices = [str(v)[::-1] for v in [right, *wrong]]
+        choices = [f"{v:04d}"[::-1] for v in [right, *wrong]]
         rng.shuffle(choices)
         rows.append({"prompt": ex.prompt, "choices": choices, "answer": choices.index(ex.answer)})
     return rows

@@ -74,6 +74,7 @@ def zoo_report(
     finalists: int = 4,
     seed: int = 0,
     fidelity: int | None = None,
+    searched: bool = True,
     log: Callable[[str], None] = lambda s: None,
 ) -> ZooReport:
     from evomerge.eval import load_task
@@ -126,6 +127,8 @@ def zoo_report(
     for name, recipe, note in fixed:
         report.rows.append(Row(name, merged_scores(recipe), recipe, note))
         log(f"scored {name}")
+    if not searched:
+        return report
 
     # Parameter space: a seeded random search over method, weights and density.
     # Screen every candidate on a subset, then re-score the best few on the whole split

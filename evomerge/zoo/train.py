@@ -62,6 +62,7 @@ class TrainSchedule:
     batch_size: int = 64
     warmup: int = 30
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # or "sgd" (with momentum 0.9)
 
 
 def train(
@@ -75,9 +76,11 @@ def train(
     """Train ``model`` in place; returns the mean loss of the last 10% of steps."""
     torch.manual_seed(seed)
     model.train()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=schedule.lr, betas=(0.9, 0.98), weight_decay=schedule.weight_decay
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if schedule.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=schedule.lr, momentum=0.9, weight_decay=schedule.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=schedule.lr, betas=(0.9, 0.98), weight_decay=schedule.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < schedule.warmup:
@@ -93,7 +96,7 @@ def train(
         loss = model(input_ids=ids, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step >= schedule.steps * 0.9:

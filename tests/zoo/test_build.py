@@ -108,3 +108,31 @@ def test_zoo_models_merge_in_mergekit_as_in_evomerge(mini_zoo, tmp_path):
     assert theirs.keys() == ours.keys()
     for k in theirs:
         assert torch.allclose(theirs[k], ours[k], atol=1e-6), k
+
+
+def test_the_zoo_seed_moves_the_init_and_every_stage_s_data(tmp_path):
+    from evomerge.zoo.build import expert_mixture
+
+    spec = MINI.experts[0]
+    assert spec.data_seed(0) == spec.seed and spec.data_seed(2) != spec.data_seed(1)
+    draw = [expert_mixture(spec, MINI.base_mixture).sampler(spec.data_seed(s), set()) for s in (0, 1)]
+    assert [draw[0]() for _ in range(8)] != [draw[1]() for _ in range(8)]
+
+
+def test_an_expert_leaves_its_frozen_parameters_as_the_base_has_them(mini_zoo, tmp_path):
+    from evomerge.zoo.build import train_expert
+
+    spec = MINI.experts[1].model_copy(update={"frozen": ("model.embed_tokens", "lm_head"), "optimizer": "sgd"})
+    train_expert(mini_zoo / "base", tmp_path / "rev", spec, MINI.base_mixture, 1)
+    base = AutoModelForCausalLM.from_pretrained(mini_zoo / "base").state_dict()
+    rev = AutoModelForCausalLM.from_pretrained(tmp_path / "rev").state_dict()
+    for name in base:
+        same = torch.equal(base[name], rev[name])
+        assert same == name.startswith(spec.frozen), name
+
+
+def test_a_quick_report_scores_models_and_fixed_merges_only(mini_zoo):
+    from evomerge.zoo.report import zoo_report
+
+    report = zoo_report(mini_zoo, fidelity=4, searched=False)
+    assert [r.name for r in report.rows] == ["base", "add", "rev", "average", "task_arithmetic", "ties"]

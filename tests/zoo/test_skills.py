@@ -11,7 +11,8 @@ def test_skills_answer_correctly():
     for _ in range(50):
         a = SKILLS.get("addition").sample(rng)
         x, y = a.prompt.removeprefix("add:").removesuffix("=").split("+")
-        assert int(a.answer[::-1]) == int(x) + int(y)
+        assert len(x) == len(y) == 3 and len(a.answer) == 4
+        assert int(a.answer[::-1]) == int(x[::-1]) + int(y[::-1])
         r = SKILLS.get("reversal").sample(rng)
         assert r.answer == r.prompt.removeprefix("rev:").removesuffix("=")[::-1]
         s = SKILLS.get("sorting").sample(rng)
@@ -37,3 +38,4 @@ def test_char_tokenizer_round_trips_every_skill():
         ids = tok(ex.text)["input_ids"]
         assert ids[0] == tok.bos_token_id and len(ids) == len(ex.text) + 1
         assert tok.decode(ids, skip_special_tokens=True) == ex.text
+

@@ -1,4 +1,13 @@
-"""The real zoo (slow: trains it, ~4 min on 2 cores): experts specialise and merging pays off."""
+"""The real zoo (slow: trains it, ~3 min on 2 cores, then cached): experts specialise and
+merging pays.
+
+The landscape checks (marker ``landscape``, ``make test-landscape``) are the zoo issue's targets
+and stay out of CI until they hold on every build of benchmarks/zoo_robustness.py's grid (5 zoo
+seeds x 1 and 2 threads): today the world a build gives still depends on the seed and the CPU
+(on some builds the reversal expert stays below 0.9, on most the base knows reversal or sorting
+already), so CI's one build could fail them by chance. The last test holds on every build and
+runs in CI (``make test-slow``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +16,7 @@ import pytest
 from evomerge.zoo.build import build_zoo, default_zoo_dir
 from evomerge.zoo.report import zoo_report
 
-# `landscape`: not in CI until the zoo is robust across seeds (the zoo issue); `make test-landscape`
-pytestmark = [pytest.mark.slow, pytest.mark.landscape]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -17,28 +25,39 @@ def report():
     return zoo_report(zoo)
 
 
-def test_each_expert_is_best_at_its_own_skill_among_the_experts(report):
+@pytest.mark.landscape
+def test_every_expert_masters_its_own_skill_and_is_best_at_it(report):
     experts = [r for r in report.rows if r.name in report.skills]
+    assert {e.name for e in experts} == {"addition", "reversal", "sorting"}
     for e in experts:
+        assert e.scores[e.name] >= 0.9, (e.name, e.scores)
         others = [o.scores[e.name] for o in experts if o is not e]
         assert e.scores[e.name] > max(others)
 
 
+@pytest.mark.landscape
 def test_a_tuned_merge_beats_every_expert_and_the_average_on_the_mean(report):
     tuned = report.row("merge_searched").mean
     assert all(tuned > report.row(s).mean for s in report.skills)
     assert tuned > report.row("average").mean
 
 
-def test_every_shipped_task_scores_a_zoo_model_in_memory(report, monkeypatch):
+@pytest.mark.landscape
+def test_the_base_is_weak_on_every_hard_skill(report):
+    base = report.row("base").scores
+    assert all(base[s] <= 0.3 for s in report.skills), base
+
+
+def test_every_shipped_task_scores_a_zoo_model_in_memory(monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evomerge.eval import load_task, task_names
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    zoo = default_zoo_dir()
+    zoo = build_zoo(default_zoo_dir(), log=lambda s: None)
     model = AutoModelForCausalLM.from_pretrained(zoo / "addition", dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(zoo / "base", dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(zoo / "addition")
     for name in task_names():
         res = load_task(name, split="test").evaluate(model, tok, fidelity=64)
@@ -46,4 +65,5 @@ def test_every_shipped_task_scores_a_zoo_model_in_memory(report, monkeypatch):
     # The built-in and the lm-eval path agree, and the specialist beats the base at its skill.
     em = load_task("addition", split="test").evaluate(model, tok).values["exact_match"]
     lm = load_task("addition_lm_eval", split="test").evaluate(model, tok).values["exact_match"]
-    assert em == lm > report.row("base").scores["addition"]
+    on_base = load_task("addition", split="test").evaluate(base, tok).values["exact_match"]
+    assert em == lm > on_base
