@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search clean
+.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search bench-zoo clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench: $(STAMP)
 bench-search: $(STAMP)
 	$(BIN)/evomerge zoo build --no-report
 	$(BIN)/python benchmarks/search_efficiency.py
+
+## The zoo over 5 seeds x 1 and 2 threads (10 builds, ~35 min on 2 cores).
+bench-zoo: $(STAMP)
+	$(BIN)/python benchmarks/zoo_robustness.py
 
 clean:
 	rm -rf $(VENV) runs/demo-output $(QS_OUT) benchmarks/_work
