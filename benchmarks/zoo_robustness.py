@@ -6,9 +6,8 @@ each model's exact match on the test split and the build time.
 
 A build with 2 threads is the default build on a 2-core machine (base on 2 threads, the experts
 side by side on 1 thread each); with 1 thread everything runs on one thread, one model after
-another. Builds
-with 1 thread run two at a time (one per core), so their times are not the quiet figure; the
-2-thread builds run alone. ``--config`` overrides fields of the default ZooConfig (a JSON object,
+another. Builds with 1 thread run two at a time (one per core), so their times are not the quiet
+figure; the 2-thread builds run alone. ``--config`` overrides fields of the default ZooConfig (a JSON object,
 merged one level deep) to compare alternatives.
 
 Checks printed at the end (the zoo issue's targets): every expert >= 0.9 on its own skill, the

@@ -52,6 +52,11 @@ class Stage(BaseModel):
         # The zoo's seed moves every stage's data order too, not only the init.
         return self.seed + 1000 * zoo_seed
 
+    def schedule(self):
+        from evomerge.zoo.train import TrainSchedule
+
+        return TrainSchedule(self.steps, self.lr, self.batch_size, warmup=self.warmup, optimizer=self.optimizer)
+
 
 class ExpertSpec(Stage):
     name: str
@@ -182,7 +187,7 @@ def train_expert(
 
     from evomerge.io.hf import load_causal_lm
     from evomerge.zoo.data import eval_prompts
-    from evomerge.zoo.train import TrainSchedule, train
+    from evomerge.zoo.train import train
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -193,7 +198,7 @@ def train_expert(
         model,
         tokenizer,
         expert_mixture(spec, base_mixture).sampler(spec.data_seed(zoo_seed), eval_prompts()),
-        TrainSchedule(spec.steps, spec.lr, spec.batch_size, warmup=spec.warmup, optimizer=spec.optimizer),
+        spec.schedule(),
         seed=spec.data_seed(zoo_seed),
     )
     _save(model, tokenizer, out_dir)
@@ -249,7 +254,7 @@ def build_zoo(
     from evomerge.zoo.data import eval_prompts
     from evomerge.zoo.skills import ALPHABET, SKILLS
     from evomerge.zoo.tokenizer import build_tokenizer
-    from evomerge.zoo.train import Mixture, TrainSchedule, train
+    from evomerge.zoo.train import Mixture, train
 
     config = config or ZooConfig()
     out = Path(out or default_zoo_dir())
@@ -274,8 +279,7 @@ def build_zoo(
         model,
         tokenizer,
         Mixture(config.base_mixture).sampler(config.base.data_seed(config.seed), exclude),
-        TrainSchedule(config.base.steps, config.base.lr, config.base.batch_size, warmup=config.base.warmup,
-                      optimizer=config.base.optimizer),
+        config.base.schedule(),
         seed=config.base.data_seed(config.seed),
         log=lambda step, lo: log(f"  base step {step}: loss {lo:.3f}"),
     )
