@@ -287,6 +287,7 @@ class MLflowTracker:
         self.client.set_terminated(child, "FINISHED" if rec.state == "complete" else "FAILED")
         self.logged.add(rec.id)
         self.child_evals[rec.trial] = done
+        self.inherited.discard(rec.trial)  # its later evaluations are this process's own: no check
 
     def _has_step(self, child: str, step: int) -> bool:
         # A trial is evaluated once per fidelity, so a fitness point at this step is this evaluation.
