@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search bench-zoo clean
+.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search bench-zoo bench-landscape clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench-search: $(STAMP)
 ## The zoo over 5 seeds x 1 and 2 threads (10 builds, ~35 min on 2 cores).
 bench-zoo: $(STAMP)
 	$(BIN)/python benchmarks/zoo_robustness.py
+
+## The quickstart's best recipe against the average, task arithmetic and random recipes, per zoo
+## seed (a build and a quickstart search per seed, ~9 min each on 2 cores).
+bench-landscape: $(STAMP)
+	$(BIN)/python benchmarks/zoo_landscape.py
 
 clean:
 	rm -rf $(VENV) runs/demo-output $(QS_OUT) benchmarks/_work

@@ -1,0 +1,173 @@
+"""Does search matter on the toy zoo? The zoo issue's landscape, over zoo seeds.
+
+For each zoo seed: build the zoo, run the quickstart search on it (runs/quickstart.yaml, its
+space pointed at this build), and score on the test split (1024 prompts per skill): the base,
+each expert, the equal-weight average, plain task arithmetic (weights 1), the quickstart's best
+recipe, and ``--random`` recipes drawn uniformly from the quickstart's space (their median).
+
+    python benchmarks/zoo_landscape.py [--seeds 0 1 2 3 4] [--trials 360] [--random 20]
+
+Checks printed per seed and over all (the zoo issue's targets): the best recipe keeps >= 0.7 of
+each expert's own skill score on every skill, beats the average and task arithmetic by >= 0.05
+on the mean, and the random recipes' median is >= 0.1 below it. Results in
+benchmarks/_work/zoo_landscape/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(__file__).parent / "_work" / "zoo_landscape"
+SKILLS = ("addition", "reversal", "sorting")
+
+
+def _prepare(zoo: Path, work: Path, trials: int | None) -> Path:
+    """The quickstart's run config and space, pointed at ``zoo`` (absolute paths)."""
+    import yaml
+
+    run = yaml.safe_load((ROOT / "runs" / "quickstart.yaml").read_text())
+    space_src = (ROOT / "runs" / run["space"]).resolve()
+    space = space_src.read_text().replace("../zoo/", f"{zoo}/")
+    (work / space_src.name).write_text(space)
+    run["space"] = space_src.name
+    if trials:
+        run["budget"] = {"trials": trials}
+    (work / "quickstart.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    return work / "quickstart.yaml"
+
+
+def _recipe(method: str, zoo: Path, weights: float) -> dict:
+    data = {
+        "merge_method": method,
+        "models": [{"model": str(zoo / s), "parameters": {"weight": weights}} for s in SKILLS],
+        "dtype": "float32",
+    }
+    if method != "linear":
+        data["base_model"] = str(zoo / "base")
+    return data
+
+
+def landscape(seed: int, trials: int | None, n_random: int) -> dict:
+    import torch
+
+    from evomerge.eval import load_task
+    from evomerge.io.hf import load_causal_lm
+    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.resident import fit_layers
+    from evomerge.recipe import Recipe
+    from evomerge.search.objectives import best_evaluation
+    from evomerge.search.rundir import load_run
+    from evomerge.search.space.base import load_space
+    from evomerge.zoo.build import ZooConfig, build_zoo
+
+    work = WORK / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    zoo = (work / "zoo").resolve()
+    t0 = time.perf_counter()
+    build_zoo(zoo, ZooConfig(seed=seed), log=lambda s: None)  # cached per seed
+    build_s = time.perf_counter() - t0
+    config = _prepare(zoo, work, trials)
+    out = work / "search"
+    t0 = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)  # a search of an earlier build must not be read as this one's
+    cmd = [str(Path(sys.executable).parent / "evomerge"), "search", str(config), "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=work, stdout=subprocess.DEVNULL)
+    search_s = time.perf_counter() - t0
+    _, objectives, complete = load_run(out)
+    best = Recipe.from_yaml(best_evaluation(complete, objectives).recipe, "best trial")
+
+    torch.set_num_threads(2)
+    names = ["base", *SKILLS]
+    merger = InMemoryMerger({str(zoo / n): zoo / n for n in names})
+    model, tokenizer = load_causal_lm(zoo / "base")
+    tasks = {s: load_task(s, split="test") for s in SKILLS}
+
+    def score(m) -> dict[str, float]:
+        return {s: tasks[s].evaluate(m, tokenizer).values["exact_match"] for s in SKILLS}
+
+    def merged(recipe: Recipe) -> dict[str, float]:
+        plan = merger.plan(recipe)
+        if plan.num_layers != model.config.num_hidden_layers:
+            fit_layers(model, plan.num_layers)
+        merger.merge(recipe, into=model, plan=plan)
+        return score(model)
+
+    rows = {n: score(load_causal_lm(zoo / n)[0]) for n in names}
+    rows["average"] = merged(Recipe.from_dict(_recipe("linear", zoo, 1.0)))
+    rows["task_arithmetic"] = merged(Recipe.from_dict(_recipe("task_arithmetic", zoo, 1.0)))
+    rows["quickstart_best"] = merged(best)
+    space = load_space(config.parent / _space_name(config))
+    rng = random.Random(seed)
+    randoms = [_mean(merged(space.decode([rng.random() for _ in space.genes()]))) for _ in range(n_random)]
+    return {"seed": seed, "rows": rows, "random_means": randoms, "best_recipe": best.to_dict(),
+            "build_seconds": build_s, "search_seconds": search_s}
+
+
+def _space_name(config: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(config.read_text())["space"]
+
+
+def _mean(scores: dict[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
+
+
+def checks(r: dict) -> dict[str, bool]:
+    rows = r["rows"]
+    best = rows["quickstart_best"]
+    return {
+        "keeps >= 0.7 of each expert": all(best[s] >= 0.7 * rows[s][s] for s in SKILLS),
+        "beats average by >= 0.05": _mean(best) >= _mean(rows["average"]) + 0.05,
+        "beats task arithmetic by >= 0.05": _mean(best) >= _mean(rows["task_arithmetic"]) + 0.05,
+        "random median >= 0.1 below": statistics.median(r["random_means"]) <= _mean(best) - 0.1,
+    }
+
+
+def _table(results: list[dict]) -> None:
+    names = list(results[0]["rows"])
+    print(f"{'model / merge':18}" + "".join(f"{s:>22}" for s in (*SKILLS, "mean")))
+    for n in names:
+        cells = []
+        for col in (*SKILLS, "mean"):
+            vals = [r["rows"][n][col] if col != "mean" else _mean(r["rows"][n]) for r in results]
+            cells.append(f"{statistics.median(vals):.3f} ({min(vals):.3f}-{max(vals):.3f})")
+        print(f"{n:18}" + "".join(f"{c:>22}" for c in cells))
+    meds = [statistics.median(r["random_means"]) for r in results]
+    print(f"{'random median':18}{'':66}{statistics.median(meds):.3f} ({min(meds):.3f}-{max(meds):.3f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--trials", type=int, default=None, help="the quickstart's trial budget (default: its own)")
+    ap.add_argument("--random", type=int, default=20)
+    args = ap.parse_args()
+    results = []
+    for seed in args.seeds:
+        r = landscape(seed, args.trials, args.random)
+        results.append(r)
+        print(f"seed {seed}: build {r['build_seconds']:.0f}s, search {r['search_seconds']:.0f}s")
+        _table([r])
+        for name, ok in checks(r).items():
+            print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\nover seeds {args.seeds}: median (min-max)")
+    _table(results)
+    for name in checks(results[0]):
+        held = [r["seed"] for r in results if checks(r)[name]]
+        print(f"  {name}: holds on {len(held)}/{len(results)} seeds {held}")
+
+
+if __name__ == "__main__":
+    main()
