@@ -30,8 +30,8 @@ WORK = Path(__file__).parent / "_work" / "zoo_landscape"
 SKILLS = ("addition", "reversal", "sorting")
 
 
-def _prepare(zoo: Path, work: Path, trials: int | None) -> Path:
-    """The quickstart's run config and space, pointed at ``zoo`` (absolute paths)."""
+def _prepare(zoo: Path, work: Path, trials: int | None) -> tuple[Path, Path]:
+    """The quickstart's run config and space, pointed at ``zoo`` (absolute paths): their paths."""
     import yaml
 
     run = yaml.safe_load((ROOT / "runs" / "quickstart.yaml").read_text())
@@ -42,18 +42,7 @@ def _prepare(zoo: Path, work: Path, trials: int | None) -> Path:
     if trials:
         run["budget"] = {"trials": trials}
     (work / "quickstart.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
-    return work / "quickstart.yaml"
-
-
-def _recipe(method: str, zoo: Path, weights: float) -> dict:
-    data = {
-        "merge_method": method,
-        "models": [{"model": str(zoo / s), "parameters": {"weight": weights}} for s in SKILLS],
-        "dtype": "float32",
-    }
-    if method != "linear":
-        data["base_model"] = str(zoo / "base")
-    return data
+    return work / "quickstart.yaml", work / space_src.name
 
 
 def landscape(seed: int, trials: int | None, n_random: int) -> dict:
@@ -68,6 +57,7 @@ def landscape(seed: int, trials: int | None, n_random: int) -> dict:
     from evomerge.search.rundir import load_run
     from evomerge.search.space.base import load_space
     from evomerge.zoo.build import ZooConfig, build_zoo
+    from evomerge.zoo.report import merge_recipe
 
     work = WORK / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
@@ -75,7 +65,7 @@ def landscape(seed: int, trials: int | None, n_random: int) -> dict:
     t0 = time.perf_counter()
     build_zoo(zoo, ZooConfig(seed=seed), log=lambda s: None)  # cached per seed
     build_s = time.perf_counter() - t0
-    config = _prepare(zoo, work, trials)
+    config, space_file = _prepare(zoo, work, trials)
     out = work / "search"
     t0 = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)  # a search of an earlier build must not be read as this one's
@@ -102,20 +92,15 @@ def landscape(seed: int, trials: int | None, n_random: int) -> dict:
         return score(model)
 
     rows = {n: score(load_causal_lm(zoo / n)[0]) for n in names}
-    rows["average"] = merged(Recipe.from_dict(_recipe("linear", zoo, 1.0)))
-    rows["task_arithmetic"] = merged(Recipe.from_dict(_recipe("task_arithmetic", zoo, 1.0)))
+    experts = [str(zoo / s) for s in SKILLS]
+    rows["average"] = merged(merge_recipe("linear", str(zoo / "base"), experts, [1.0] * len(SKILLS)))
+    rows["task_arithmetic"] = merged(merge_recipe("task_arithmetic", str(zoo / "base"), experts, [1.0] * len(SKILLS)))
     rows["quickstart_best"] = merged(best)
-    space = load_space(config.parent / _space_name(config))
+    space = load_space(space_file)
     rng = random.Random(seed)
     randoms = [_mean(merged(space.decode([rng.random() for _ in space.genes()]))) for _ in range(n_random)]
     return {"seed": seed, "rows": rows, "random_means": randoms, "best_recipe": best.to_dict(),
             "build_seconds": build_s, "search_seconds": search_s}
-
-
-def _space_name(config: Path) -> str:
-    import yaml
-
-    return yaml.safe_load(config.read_text())["space"]
 
 
 def _mean(scores: dict[str, float]) -> float:

@@ -31,14 +31,15 @@ def skill_splits(name: str, n: int = EXAMPLES_PER_SPLIT) -> dict[str, list[Examp
 def _mc_rows(examples: list[Example], rng: random.Random) -> list[dict]:
     rows = []
     for ex in examples:
-        right = int(ex.answer[::-1])  # sums are written backwards, 4 digits
+        right = int(ex.answer[::-1])  # sums are written backwards, at the skill's fixed width
+        width = len(ex.answer)
         wrong: list[int] = []
         for delta in rng.sample([1, -1, 10, -10, 100, -100, 2, -2], 8):
             if len(wrong) == 3:
                 break
-            if 0 <= right + delta <= 9999 and right + delta not in wrong:
+            if 0 <= right + delta < 10**width and right + delta not in wrong:
                 wrong.append(right + delta)
-        choices = [f"{v:04d}"[::-1] for v in [right, *wrong]]
+        choices = [f"{v:0{width}d}"[::-1] for v in [right, *wrong]]
         rng.shuffle(choices)
         rows.append({"prompt": ex.prompt, "choices": choices, "answer": choices.index(ex.answer)})
     return rows

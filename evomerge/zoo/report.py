@@ -55,7 +55,8 @@ class ZooReport:
         }
 
 
-def _recipe(method: str, base: str, experts: list[str], weights, **params) -> Recipe:
+def merge_recipe(method: str, base: str, experts: list[str], weights, **params) -> Recipe:
+    """One ``method`` over ``experts`` with a weight each (``base`` as base model unless linear)."""
     models = [
         {"model": e, "parameters": {"weight": float(w), **params}}
         for e, w in zip(experts, weights, strict=True)
@@ -112,15 +113,15 @@ def zoo_report(
 
     k = len(experts)
     fixed = [
-        ("average", _recipe("linear", "base", experts, [1.0] * k), "equal-weight linear"),
+        ("average", merge_recipe("linear", "base", experts, [1.0] * k), "equal-weight linear"),
         (
             "task_arithmetic",
-            _recipe("task_arithmetic", "base", experts, [1.0] * k),
+            merge_recipe("task_arithmetic", "base", experts, [1.0] * k),
             "weights 1",
         ),
         (
             "ties",
-            _recipe("ties", "base", experts, [1.0] * k, density=0.5),
+            merge_recipe("ties", "base", experts, [1.0] * k, density=0.5),
             "density 0.5, weights 1",
         ),
     ]
@@ -156,7 +157,7 @@ def _random_recipe(rng: random.Random, experts: list[str]) -> Recipe:
     method = rng.choice(["task_arithmetic", "ties", "dare_ties"])
     weights = [round(rng.uniform(0.0, 1.2), 2) for _ in experts]
     extra = {} if method == "task_arithmetic" else {"density": round(rng.uniform(0.3, 1.0), 2)}
-    return _recipe(method, "base", experts, weights, **extra)
+    return merge_recipe(method, "base", experts, weights, **extra)
 
 
 def _describe(recipe: Recipe, trials: int) -> str:
