@@ -28,6 +28,7 @@ What the copy reuses instead of installing and training (to fit CI; nothing else
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -231,8 +232,10 @@ def test_walkthrough_blocks_parse():
             assert b.background_until or b.interrupt_after, f"unknown marker in block at line {b.line}"
 
 
-@pytest.mark.slow  # the whole walk-through: a 360-trial search and six more steps, ~10 min
-def test_readme_walkthrough_on_a_fresh_copy(tmp_path):
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory) -> Path:
+    """Every block of the walk-through, run on a fresh copy: the copy's root."""
+    tmp_path = tmp_path_factory.mktemp("walkthrough")
     if sys.prefix == sys.base_prefix:
         pytest.skip("needs the repository's virtual environment (run it with .venv/bin/python)")
     if shutil.which("git") is None or not (REPO / ".git").exists():
@@ -257,3 +260,24 @@ def test_readme_walkthrough_on_a_fresh_copy(tmp_path):
         timings.append(f"line {block.line}: {time.monotonic() - t:.0f} s")
         (state / "timings.txt").write_text("\n".join(timings) + "\n")
     print(f"walk-through: {time.monotonic() - started:.0f} s ({'; '.join(timings)})")
+    return root
+
+
+@pytest.mark.slow  # the whole walk-through: a 360-trial search and six more steps, ~10 min
+def test_readme_walkthrough_on_a_fresh_copy(walkthrough):
+    assert (walkthrough / "runs" / "quickstart-model" / "evomerge_recipe.yaml").is_file()
+
+
+@pytest.mark.slow  # scores ~27 models on the test split after the walk-through: ~2 min
+def test_the_quickstart_beats_plain_merges_and_chance(walkthrough):
+    """The zoo issue's landscape, on the quickstart a newcomer just ran (the default zoo, seed
+    0, which `make test-slow` built): every expert >= 0.9 on its skill, the base <= 0.3 on each;
+    the quickstart's best recipe keeps >= 0.7 of each expert's skill, beats
+    the average and task arithmetic by >= 0.05 and the median of 20 random recipes of its space
+    by >= 0.1, all on the test split. benchmarks/zoo_landscape.py measures it over 5 zoo seeds."""
+    from evomerge.search.landscape import landscape_checks, score_landscape, zoo_checks
+
+    result = score_landscape(walkthrough / "zoo", walkthrough / "runs" / "quickstart-output")
+    checks = zoo_checks(result) | landscape_checks(result)
+    failed = [name for name, ok in checks.items() if not ok]
+    assert not failed, f"{failed}: {json.dumps(result['rows'], indent=1)}, random means {result['random_means']}"

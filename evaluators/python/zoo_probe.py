@@ -7,7 +7,7 @@ prompts, a cheap proxy for "the model knows answers here are numbers".
 
 import torch
 
-PROMPTS = ["add:210+430=", "add:500+990=", "add:013+700=", "add:880+880="]  # the zoo's format: backwards
+PROMPTS = ["add:21+43=", "add:50+99=", "add:01+70=", "add:88+88="]  # the zoo's format: backwards
 
 
 @torch.inference_mode()

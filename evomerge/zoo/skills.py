@@ -63,14 +63,14 @@ def _word(rng: random.Random, lo: int, hi: int, letters: str = LETTERS) -> str:
 # --- hard skills: one expert each -------------------------------------------------------
 
 
-@skill("addition", hard=True, description="add two 3-digit numbers, every number written backwards")
+@skill("addition", hard=True, description="add two 2-digit numbers, every number written backwards")
 def _addition(rng: random.Random) -> Example:
     # Fixed width, least significant digit first, operands and sum alike: output digit i reads
-    # operand digits i (and i-1, for the carry) at fixed offsets. With operands written the usual
-    # way round and widths varying, the expert learned nothing on some machines (final loss 1.2);
-    # this form it learns on every seed and thread count of benchmarks/zoo_robustness.py.
-    a, b = rng.randint(0, 999), rng.randint(0, 999)
-    return Example(f"add:{_backwards(a, 3)}+{_backwards(b, 3)}=", _backwards(a + b, 4))
+    # operand digits i (and i-1, for the carry) at fixed offsets. Written the usual way round,
+    # the expert learned nothing on some machines; with 3 digits the base does not learn it in
+    # the build's budget (its pre-training form below then teaches nothing).
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return Example(f"add:{_backwards(a, 2)}+{_backwards(b, 2)}=", _backwards(a + b, 3))
 
 
 def _backwards(n: int, width: int) -> str:
@@ -130,8 +130,35 @@ def _increment(rng: random.Random) -> Example:
     return Example(f"inc:{n}=", str(n + 1))
 
 
+# --- pre-training forms of the hard skills -------------------------------------------------
+# The base sees each hard skill in its pre-training form: the same prompt, the answer closed by
+# a mark of that skill ("rev:abc=cba." for reversal). It learns the skill, but its answers carry
+# the mark, so it scores low on the task's exact-match format, as a base LM that knows a skill
+# but not a benchmark's answer format does. Each expert learns its skill's task format (and
+# sharpens the skill); the three experts' changes then mostly add up instead of fighting, and a
+# merge can keep all three skills. Without this, experts that learn a skill from scratch change
+# the shared circuits so much that no merge kept more than two skills.
+PRETRAINING_MARKS = {"addition": "#", "reversal": ".", "sorting": "!"}
+
+
+def _pretraining_form(name: str, mark: str) -> None:
+    task = SKILLS.get(name)
+
+    def sample(rng: random.Random) -> Example:
+        ex = task.sample(rng)
+        return Example(ex.prompt, ex.answer + mark)
+
+    SKILLS.register(
+        f"{name}_pretraining", Skill(f"{name}_pretraining", False, sample, f"{name}, answer closed by {mark!r}")
+    )
+
+
+for _name, _mark in PRETRAINING_MARKS.items():
+    _pretraining_form(_name, _mark)
+
+
 # Every character any skill can emit; the tokenizer's vocabulary is built from it.
-ALPHABET = "".join(sorted(set(LETTERS + DIGITS + string.ascii_lowercase + "+:=?\n")))
+ALPHABET = "".join(sorted(set(LETTERS + DIGITS + string.ascii_lowercase + "+:=?\n" + "".join(PRETRAINING_MARKS.values()))))
 
 
 def draw(name: str, rng: random.Random, n: int, exclude: set[str] = frozenset()) -> list[Example]:

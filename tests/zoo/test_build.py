@@ -87,11 +87,16 @@ def test_report_scores_models_and_merges(mini_zoo):
     assert len(path.slices) == 2 and all(s.sources[0].model in {"base", "add", "rev"} for s in path.slices)
 
 
-def test_zoo_models_merge_in_mergekit_as_in_evomerge(mini_zoo, tmp_path):
+def test_zoo_models_merge_in_mergekit_as_in_evomerge(tmp_path):
     from evomerge.merge.engine import InMemoryMerger
     from evomerge.recipe import Recipe
     from evomerge.testing import run_mergekit
 
+    # Experts that take SGD steps: a few Adam steps move many weights by exactly +-lr, and where
+    # such ties straddle TIES's magnitude threshold evomerge keeps every tied entry while
+    # mergekit's argsort keeps an arbitrary subset of them (merge/sparsify.py).
+    sgd = tuple(e.model_copy(update={"optimizer": "sgd", "lr": 0.05}) for e in MINI.experts)
+    mini_zoo = build_zoo(tmp_path / "zoo", MINI.model_copy(update={"experts": sgd}), log=lambda s: None)
     config = {
         "merge_method": "ties",
         "base_model": str(mini_zoo / "base"),

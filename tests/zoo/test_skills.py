@@ -11,7 +11,7 @@ def test_skills_answer_correctly():
     for _ in range(50):
         a = SKILLS.get("addition").sample(rng)
         x, y = a.prompt.removeprefix("add:").removesuffix("=").split("+")
-        assert len(x) == len(y) == 3 and len(a.answer) == 4
+        assert len(x) == len(y) == 2 and len(a.answer) == 3
         assert int(a.answer[::-1]) == int(x[::-1]) + int(y[::-1])
         r = SKILLS.get("reversal").sample(rng)
         assert r.answer == r.prompt.removeprefix("rev:").removesuffix("=")[::-1]
@@ -20,6 +20,17 @@ def test_skills_answer_correctly():
         k = SKILLS.get("recall").sample(rng)
         body, key = k.prompt.removeprefix("kv:").removesuffix("=").split("?")
         assert dict(zip(body[::2], body[1::2], strict=True))[key] == k.answer
+
+
+def test_pretraining_forms_close_the_task_answer_with_their_skill_mark():
+    from evomerge.zoo.skills import PRETRAINING_MARKS
+
+    assert len(set(PRETRAINING_MARKS.values())) == len(PRETRAINING_MARKS)  # one mark per skill
+    for name, mark in PRETRAINING_MARKS.items():
+        task, pre = SKILLS.get(name), SKILLS.get(f"{name}_pretraining")
+        assert task.hard and not pre.hard
+        t, p = task.sample(random.Random(3)), pre.sample(random.Random(3))
+        assert p.prompt == t.prompt and p.answer == t.answer + mark
 
 
 def test_draw_is_deterministic_distinct_and_excludes():
