@@ -25,3 +25,21 @@ def test_training_never_draws_an_evaluation_prompt():
     draw = Mixture({"addition": 1.0, "recall": 1.0}).sampler(0, held_out)
     # Two-digit addition has 10^4 prompts and 512+ are held out: collisions would be frequent.
     assert not {draw().prompt for _ in range(3000)} & held_out
+
+
+def test_exact_match_tasks_generate_past_the_longest_answer():
+    """A model that closes its answer with a pre-training mark ("cba.") must be scored wrong, so
+    generation may not stop at the answer's length: one more character (one token) is needed."""
+    import yaml
+
+    from evomerge.zoo.skills import SKILLS
+
+    tasks = evaluators_dir() / "tasks"
+    for name in (s for s in SKILLS.names() if SKILLS.get(s).hard):
+        cfg = yaml.safe_load((tasks / f"{name}.yaml").read_text())
+        longest = max(
+            len(json.loads(line)["answer"])
+            for split in ("search", "test")
+            for line in (evaluators_dir() / "data" / name / f"{split}.jsonl").read_text().splitlines()
+        )
+        assert cfg["max_new_tokens"] > longest, (name, cfg["max_new_tokens"], longest)
