@@ -37,22 +37,18 @@ def encode_batch(
     tokenizer, examples: Sequence[Example]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, attention mask and labels (-100 on prompt and padding)."""
-    rows, lab_rows = [], []
-    for ex in examples:
-        p = tokenizer(ex.prompt)["input_ids"]  # with <s>
-        a = tokenizer(ex.answer + "\n", add_special_tokens=False)["input_ids"]
-        rows.append(p + a)
-        lab_rows.append([-100] * len(p) + a)
-    width = max(map(len, rows))
+    # One tokenizer call per batch, not per example: a tenth of a base step was spent here.
+    prompts = tokenizer([ex.prompt for ex in examples])["input_ids"]  # with <s>
+    answers = tokenizer([ex.answer + "\n" for ex in examples], add_special_tokens=False)["input_ids"]
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))
     pad = tokenizer.pad_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, lab) in enumerate(zip(rows, lab_rows, strict=True)):
-        ids[i, : len(r)] = torch.tensor(r)
-        labels[i, : len(r)] = torch.tensor(lab)
-        mask[i, : len(r)] = 1
-    return ids, mask, labels
+    ids, labels, mask = [], [], []
+    for p, a in zip(prompts, answers, strict=True):
+        n = len(p) + len(a)
+        ids.append(p + a + [pad] * (width - n))
+        labels.append([-100] * len(p) + a + [-100] * (width - n))
+        mask.append([1] * n + [0] * (width - n))
+    return torch.tensor(ids), torch.tensor(mask), torch.tensor(labels)
 
 
 @dataclass(frozen=True)
