@@ -47,9 +47,9 @@ test-browser: $(STAMP)
 test-ray: $(STAMP)
 	$(BIN)/python -m pytest -q -m ray
 
-## Slower tests, kept out of the default suite and run by CI: every optimiser against random search
-## and the quickstart on the real toy zoo (built first if it is not cached), every shipped task on a
-## zoo model, the crash drill's short form, the README walk-through on a fresh copy.
+## Slower tests, kept out of the default suite and run by CI: TPE against random search on the real
+## toy zoo (built first if it is not cached), every shipped task on a zoo model, the crash drill's
+## short form, the README walk-through on a fresh copy and the landscape its quickstart found.
 test-slow: $(STAMP)
 	$(BIN)/evomerge zoo build --no-report
 	$(BIN)/python -m pytest -q -m "slow and not landscape and not ray and not browser"

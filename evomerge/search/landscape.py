@@ -30,17 +30,20 @@ def score_landscape(zoo: Path, run_dir: Path, n_random: int = 20, seed: int = 0)
     from evomerge.merge.resident import fit_layers
     from evomerge.recipe import Recipe
     from evomerge.search.objectives import best_evaluation
-    from evomerge.search.rundir import RUN_FILE, load_run, space_path
+    from evomerge.search.rundir import RUN_FILE, load_run, resolve_sources, space_path
     from evomerge.search.space.base import load_space
     from evomerge.zoo.report import merge_recipe
 
     zoo = Path(zoo).resolve()
     config, objectives, complete = load_run(run_dir)
     best = Recipe.from_yaml(best_evaluation(complete, objectives).recipe, "best trial")
-    space = load_space(space_path(config, Path(run_dir) / RUN_FILE))
+    frozen = Path(run_dir) / RUN_FILE
+    space = load_space(space_path(config, frozen))
 
     names = ["base", *SKILLS]
-    merger = InMemoryMerger({str(zoo / n): zoo / n for n in names})
+    # The run's recipes name models as its space does (paths relative to the space file).
+    sources = resolve_sources(space, config, frozen) | {str(zoo / n): zoo / n for n in names}
+    merger = InMemoryMerger(sources)
     model, tokenizer = load_causal_lm(zoo / "base")
     tasks = {s: load_task(s, split="test") for s in SKILLS}
 

@@ -1,5 +1,6 @@
-"""On the real zoo (slow): each optimiser beats random search at equal budget, and the quickstart
-runs to a front. Uses the cached zoo (`evomerge zoo build`; built here if missing)."""
+"""On the real zoo (slow): TPE beats random search at equal budget. Uses the cached zoo (`evomerge
+zoo build`; built here if missing). The quickstart runs in full in the README walk-through
+(tests/test_readme_walkthrough.py), which also checks the landscape it finds."""
 
 from __future__ import annotations
 
@@ -42,33 +43,13 @@ def _search(tmp_path: Path, zoo: Path, optimizer: str, trials: int = 60) -> floa
 
 @pytest.fixture(scope="module")
 def random_search_best(tmp_path_factory, zoo) -> float:
-    # one seeded random search is the bar for every optimiser (it is the same run each time)
+    # one seeded random search is the bar (it is the same run each time)
     return _search(tmp_path_factory.mktemp("random"), zoo, "random")
 
 
-# On the pre-training-form zoo (2026-11-29), with 60 trials in zoo_ps.yaml's 37 genes at 128
-# examples, one seeded run each: random 0.646, TPE 0.836, GP 0.643, CMA-ES (popsize 10) 0.589.
-# CMA-ES and GP no longer beat random search at this budget: the zoo issue's search-efficiency
-# item. Strict, so that this test fails (and must be updated) once they do.
-_BELOW_RANDOM = pytest.mark.xfail(
-    strict=True, reason="at 60 trials in 37 genes CMA-ES and GP do not beat random search on this zoo yet")
-
-
-@pytest.mark.parametrize("optimizer", [
-    pytest.param("cmaes", marks=_BELOW_RANDOM), "tpe", pytest.param("gp", marks=_BELOW_RANDOM)])
-def test_each_optimiser_beats_random_search_on_the_zoo(tmp_path, zoo, optimizer, random_search_best):
-    assert _search(tmp_path, zoo, optimizer) > random_search_best
-
-
-def test_the_quickstart_runs_to_a_front(tmp_path, zoo):
-    from evomerge.search.front import run_front
-
-    cfg = yaml.safe_load((ROOT / "runs" / "quickstart.yaml").read_text())
-    cfg["space"] = str((ROOT / "runs" / cfg["space"]).resolve())
-    cfg["budget"]["trials"] = 45
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    result = run_search(tmp_path / "run.yaml", tmp_path / "out", log=lambda s: None)
-    assert result.trials == 45 and result.failed == 0
-    assert result.examples_scored < 0.5 * result.examples_at_top
-    objectives, front, _, hv = run_front(tmp_path / "out")
-    assert len(objectives) == len(cfg["objectives"]) and front and hv is not None
+# TPE only: on the pre-training-form zoo (2026-11-29), with 60 trials in zoo_ps.yaml's 37 genes at
+# 128 examples, one seeded run each, random search reached 0.646, TPE 0.836, GP 0.643 and CMA-ES
+# (popsize 10) 0.589. CMA-ES and GP not beating random search at this budget is the zoo issue's
+# search-efficiency item (benchmarks/search_efficiency.py), not a CI check (3 min of CI each).
+def test_tpe_beats_random_search_on_the_zoo(tmp_path, zoo, random_search_best):
+    assert _search(tmp_path, zoo, "tpe") > random_search_best
