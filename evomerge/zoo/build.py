@@ -81,8 +81,8 @@ class ZooConfig(BaseModel):
     architecture: Architecture = Architecture()
     # Easy skills teach the format and the alphabet; the hard skills appear in their pre-training
     # form only (skills.PRETRAINING_MARKS), so the base knows them but not their task format.
-    # Addition needs the most weight: at 1.5 the base learned its form on 3 of 5 seeds, at 3 on 4
-    # (benchmarks/README.md); weight decay makes the base's skills robust across seeds.
+    # Addition needs the most weight: at 1.5 the base learned its form on 3 of 5 seeds, at 3 on 4,
+    # at 4 (reversal at 1.5) on all 5 (benchmarks/README.md); weight decay steadies the base too.
     base_mixture: dict[str, float] = {
         "copy": 0.5,
         "recall": 0.3,
