@@ -26,14 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-from evomerge.search.landscape import SKILLS, landscape_checks, mean_score, zoo_checks
+from evomerge.search.landscape import SKILLS, all_checks, mean_score
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).parent / "_work" / "zoo_landscape"
 
 
-def _prepare(zoo: Path, work: Path, trials: int | None) -> tuple[Path, Path]:
-    """The quickstart's run config and space, pointed at ``zoo`` (absolute paths): their paths."""
+def _prepare(zoo: Path, work: Path, trials: int | None) -> Path:
+    """The quickstart's run config and space, pointed at ``zoo`` (absolute paths): the config's path."""
     import yaml
 
     run = yaml.safe_load((ROOT / "runs" / "quickstart.yaml").read_text())
@@ -44,7 +44,7 @@ def _prepare(zoo: Path, work: Path, trials: int | None) -> tuple[Path, Path]:
     if trials:
         run["budget"] = {"trials": trials}
     (work / "quickstart.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
-    return work / "quickstart.yaml", work / space_src.name
+    return work / "quickstart.yaml"
 
 
 def landscape(seed: int, trials: int | None, n_random: int) -> dict:
@@ -59,7 +59,7 @@ def landscape(seed: int, trials: int | None, n_random: int) -> dict:
     t0 = time.perf_counter()
     build_zoo(zoo, ZooConfig(seed=seed), log=lambda s: None)  # cached per seed
     build_s = time.perf_counter() - t0
-    config, _ = _prepare(zoo, work, trials)
+    config = _prepare(zoo, work, trials)
     out = work / "search"
     t0 = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)  # a search of an earlier build must not be read as this one's
@@ -96,14 +96,14 @@ def main() -> None:
         results.append(r)
         print(f"seed {seed}: build {r['build_seconds']:.0f}s, search {r['search_seconds']:.0f}s")
         _table([r])
-        for name, ok in (zoo_checks(r) | landscape_checks(r)).items():
+        for name, ok in all_checks(r).items():
             print(f"  {'ok  ' if ok else 'FAIL'} {name}")
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nover seeds {args.seeds}: median (min-max)")
     _table(results)
-    for name in zoo_checks(results[0]) | landscape_checks(results[0]):
-        held = [r["seed"] for r in results if (zoo_checks(r) | landscape_checks(r))[name]]
+    for name in all_checks(results[0]):
+        held = [r["seed"] for r in results if all_checks(r)[name]]
         print(f"  {name}: holds on {len(held)}/{len(results)} seeds {held}")
 
 

@@ -268,6 +268,33 @@ def test_readme_walkthrough_on_a_fresh_copy(walkthrough):
     assert (walkthrough / "runs" / "quickstart-model" / "evomerge_recipe.yaml").is_file()
 
 
+def quickstart_summary(output: str) -> tuple[int, int, int, int]:
+    """From the quickstart's summary line: trials, failed evaluations, examples scored, and the
+    examples full evaluation of every trial would have scored."""
+    m = re.search(r"\((\d+) trials in the run, (\d+) evaluations failed.*?multi-fidelity scored "
+                  r"(\d+) examples instead of (\d+)", output, re.S)
+    assert m, "no summary line in the quickstart's output"
+    return tuple(int(g) for g in m.groups())
+
+
+@pytest.mark.slow  # reads what the walk-through left
+def test_the_quickstart_ran_its_budget_to_a_front(walkthrough):
+    """The whole quickstart: its budget with no failure, successive halving scoring under half
+    the examples full evaluation would, and a front with a hypervolume over its objectives."""
+    import yaml
+
+    from evomerge.search.front import run_front
+
+    # the first block's output (`make quickstart`), saved beside the copy by the fixture
+    output = (walkthrough.parent / "terminal" / "block00.out").read_text()
+    trials, failed, scored, at_top = quickstart_summary(output)
+    budget = yaml.safe_load((walkthrough / "runs" / "quickstart.yaml").read_text())
+    assert trials == budget["budget"]["trials"] and failed == 0
+    assert scored < 0.5 * at_top
+    objectives, front, _, hv = run_front(walkthrough / "runs" / "quickstart-output")
+    assert len(objectives) == len(budget["objectives"]) and front and hv is not None
+
+
 @pytest.mark.slow  # scores ~27 models on the test split after the walk-through: ~2 min
 def test_the_quickstart_beats_plain_merges_and_chance(walkthrough):
     """The zoo issue's landscape, on the quickstart a newcomer just ran (the default zoo, seed
@@ -275,9 +302,8 @@ def test_the_quickstart_beats_plain_merges_and_chance(walkthrough):
     the quickstart's best recipe keeps >= 0.7 of each expert's skill, beats
     the average and task arithmetic by >= 0.05 and the median of 20 random recipes of its space
     by >= 0.1, all on the test split. benchmarks/zoo_landscape.py measures it over 5 zoo seeds."""
-    from evomerge.search.landscape import landscape_checks, score_landscape, zoo_checks
+    from evomerge.search.landscape import all_checks, score_landscape
 
     result = score_landscape(walkthrough / "zoo", walkthrough / "runs" / "quickstart-output")
-    checks = zoo_checks(result) | landscape_checks(result)
-    failed = [name for name, ok in checks.items() if not ok]
+    failed = [name for name, ok in all_checks(result).items() if not ok]
     assert not failed, f"{failed}: {json.dumps(result['rows'], indent=1)}, random means {result['random_means']}"

@@ -89,3 +89,8 @@ def landscape_checks(result: dict) -> dict[str, bool]:
         "beats task arithmetic by >= 0.05": mean_score(best) >= mean_score(rows["task_arithmetic"]) + 0.05,
         "random median >= 0.1 below": statistics.median(result["random_means"]) <= mean_score(best) - 0.1,
     }
+
+
+def all_checks(result: dict) -> dict[str, bool]:
+    """The zoo's and the landscape's checks together, in that order."""
+    return zoo_checks(result) | landscape_checks(result)
