@@ -21,7 +21,9 @@ Needs the zoo (`evomerge zoo build`).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +40,9 @@ TASKS = ("addition", "reversal", "sorting")
 class Trace:
     name: str
     seed: int
-    points: list[tuple[int, float, float]]  # (evaluations, examples scored, best so far), per top-level result
+    points: list[
+        tuple[int, float, float]
+    ]  # (evaluations, examples scored, best so far), per top-level result
     seconds: float
 
     @property
@@ -49,7 +53,9 @@ class Trace:
         return next(((n, ex) for n, ex, b in self.points if b >= target), None)
 
 
-def _trace_from_ledger(name: str, seed: int, run_dir: Path, levels: list, sizes: dict, seconds: float) -> Trace:
+def _trace_from_ledger(
+    name: str, seed: int, run_dir: Path, levels: list, sizes: dict, seconds: float
+) -> Trace:
     from evomerge.search.ledgers.sqlite import SQLiteLedger as Ledger
 
     ledger = Ledger(run_dir / "ledger.db")
@@ -77,7 +83,13 @@ def _space(compact: bool, zoo: Path) -> dict:
 
 
 def run_controller(
-    optimizer: str, seed: int, budget: int, top: int, levels: list | None, zoo: Path, compact: bool = False,
+    optimizer: str,
+    seed: int,
+    budget: int,
+    top: int,
+    levels: list | None,
+    zoo: Path,
+    compact: bool = False,
     workers: int = 1,
 ) -> Trace:
     from evomerge.run import run_search
@@ -93,9 +105,15 @@ def run_controller(
         "objectives": [{"task": t} for t in TASKS],
         "scalarization": "weighted_sum",
         # cmaes-async: CMA-ES that draws a point whenever a slot frees (no generation barrier)
-        "optimizer": {"name": optimizer.removesuffix("-async"),
-                      "options": {"popsize": 9, **({"asynchronous": True} if optimizer.endswith("-async") else {})}
-                      if optimizer.startswith("cmaes") else {}},
+        "optimizer": {
+            "name": optimizer.removesuffix("-async"),
+            "options": {
+                "popsize": 9,
+                **({"asynchronous": True} if optimizer.endswith("-async") else {}),
+            }
+            if optimizer.startswith("cmaes")
+            else {},
+        },
         "executor": {"workers": workers, "torch_threads": 1 if workers > 1 else None},
         "budget": {"trials": budget},
         "seed": seed,
@@ -113,43 +131,52 @@ def run_controller(
     return _trace_from_ledger(name, seed, work / "run", levels or [top], sizes, seconds)
 
 
-def run_mergekit_evolve_style(seed: int, budget: int, top: int, zoo: Path) -> Trace:
-    """pycma fmin2 over one weight and one density per expert, TIES, as mergekit-evolve searched."""
+def run_mergekit_evolve_style(
+    seed: int, budget: int, top: int, zoo: Path, compact: bool = True
+) -> Trace:
+    """pycma ``fmin2`` over the space's genes, decoded to a recipe and scored in one loop, as
+    mergekit-evolve searched (its default genome is the compact space: one TIES weight and density
+    per expert). x0, sigma0, bounds, population and seed are those the controller's CMA-ES uses, so
+    that for one seed this run and "cmaes" on the same space are paired: differences between them
+    are then the controller's doing, not seed noise."""
     import cma
 
-    from evomerge.recipe import Recipe
     from evomerge.search.executors import TaskSpec, WorkerSpec
     from evomerge.search.executors.worker import Worker
+    from evomerge.search.space import load_space
 
-    names = ["addition", "reversal", "sorting"]
-    refs = {str(zoo / n): zoo / n for n in ["base", *names]}
-    worker = Worker(WorkerSpec(refs, str(zoo / "base"), tuple(TaskSpec(t, "search", False) for t in TASKS)))
+    work = WORK / f"baseline-{'6' if compact else 'full'}-s{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "space.yaml").write_text(yaml.safe_dump(_space(compact, zoo)))
+    space = load_space(work / "space.yaml")
+    refs = {m: Path(m) for m in [str(zoo / "base"), *space.source_models()]}
+    worker = Worker(
+        WorkerSpec(refs, str(zoo / "base"), tuple(TaskSpec(t, "search", False) for t in TASKS))
+    )
     points: list[tuple[int, float, float]] = []
     best = float("-inf")
 
     def objective(x) -> float:
         nonlocal best
-        x = [min(1.0, max(0.0, float(v))) for v in x]
-        # Genes in the order of the compact space's (density, then weight, per expert), so that for
-        # one seed this run and "cmaes (6 genes)" draw the same points: pycma is the same optimiser
-        # either way, and a permuted order would only make the two runs unpaired (seed noise).
-        models = [
-            {"model": str(zoo / n), "parameters": {"weight": round(1.2 * x[2 * i + 1], 6),
-                                                   "density": round(0.2 + 0.8 * x[2 * i], 6)}}
-            for i, n in enumerate(names)
-        ]
-        recipe = Recipe.from_dict({"merge_method": "ties", "base_model": str(zoo / "base"), "models": models,
-                                   "dtype": "float32"})
-        out = worker.evaluate(recipe, top)
-        f = 0.0 if out.values is None else sum(out.values[f"{t}/exact_match"] for t in TASKS) / len(TASKS)
+        out = worker.evaluate(space.decode([float(v) for v in x]), top)
+        f = (
+            0.0
+            if out.values is None
+            else sum(out.values[f"{t}/exact_match"] for t in TASKS) / len(TASKS)
+        )
         best = max(best, f)
         points.append((len(points) + 1, (len(points) + 1) * top * len(TASKS), best))
         return -f
 
     t0 = time.perf_counter()
-    cma.fmin2(objective, [0.5] * 6, 0.25,
-              {"bounds": [0, 1], "maxfevals": budget, "seed": seed + 1, "verbose": -9, "popsize": 9})
-    return Trace("mergekit-evolve-style", seed, points[:budget], time.perf_counter() - t0)
+    cma.fmin2(
+        objective,
+        [0.5] * space.dimension,
+        0.25,
+        {"bounds": [0, 1], "maxfevals": budget, "seed": seed + 1, "verbose": -9, "popsize": 9},
+    )
+    name = f"mergekit-evolve-style{' (6 genes)' if compact else ''}"
+    return Trace(name, seed, points[:budget], time.perf_counter() - t0)
 
 
 def _mf_cost_ratio(levels: list[int], eta: int = 3, bracket: int = 9) -> float:
@@ -166,15 +193,42 @@ def main() -> int:
     p.add_argument("--budget", type=int, default=90, help="candidate recipes per run")
     p.add_argument("--seeds", default="0")
     p.add_argument("--top", type=int, default=256, help="examples per task at the top fidelity")
-    p.add_argument("--levels", default="32,96", help="lower successive-halving levels (the top is --top)")
+    p.add_argument(
+        "--levels", default="32,96", help="lower successive-halving levels (the top is --top)"
+    )
     p.add_argument("--optimizers", default="random,cmaes,tpe,gp", help="also cmaes-async")
-    p.add_argument("--compact", default="cmaes,tpe",
-                   help="optimisers also run on the baseline's 6-gene space (global TIES weight, density)")
+    p.add_argument(
+        "--compact",
+        default="cmaes,tpe",
+        help="optimisers also run on the baseline's 6-gene space (global TIES weight, density)",
+    )
     p.add_argument("--zoo", type=Path, default=None)
     p.add_argument("--workers", type=int, default=1, help="evaluation slots (a pool when above 1)")
     p.add_argument("--no-mf", action="store_true", help="one fidelity only")
     p.add_argument("--no-baseline", action="store_true", help="skip the mergekit-evolve-style runs")
+    p.add_argument(
+        "--traces",
+        type=Path,
+        default=WORK / "traces.json",
+        help="every run's trace is written here as it finishes (JSON)",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="print the tables of a saved traces file; run nothing",
+    )
     args = p.parse_args()
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        report(
+            [
+                Trace(t["name"], t["seed"], [tuple(x) for x in t["points"]], t["seconds"])
+                for t in saved["traces"]
+            ],
+            saved["header"],
+        )
+        return 0
 
     from evomerge.zoo.build import default_zoo_dir
 
@@ -183,49 +237,132 @@ def main() -> int:
         print(f"no zoo at {zoo}; build it with `evomerge zoo build`", file=sys.stderr)
         return 2
     levels = [int(v) for v in args.levels.split(",")] + [args.top]
+    mf_budget = int(args.budget * _mf_cost_ratio(levels))
+    header = (
+        f"zoo_ps space (37 genes) unless marked 6 genes; {args.budget} candidates per run at one fidelity, "
+        f"{mf_budget} with multi-fidelity {levels} (equal cost); "
+        f"fitness = mean exact match at {args.top} examples/task"
+    )
     traces: list[Trace] = []
+
+    def ran(t: Trace) -> None:
+        traces.append(t)
+        print(
+            f"  ran {t.name} seed {t.seed}: best {t.best:.4f} in {t.seconds:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        args.traces.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.traces.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"header": header, "traces": [t.__dict__ for t in traces]}))
+        tmp.replace(args.traces)
+
     for seed in [int(s) for s in args.seeds.split(",")]:
         for opt in args.optimizers.split(","):
             for mf in (None,) if args.no_mf else (None, levels):
-                budget = args.budget if mf is None else int(args.budget * _mf_cost_ratio(levels))
-                traces.append(run_controller(opt, seed, budget, args.top, mf, zoo, workers=args.workers))
-                t = traces[-1]
-                print(f"  ran {t.name} seed {seed}: best {t.best:.4f} in {t.seconds:.0f}s", file=sys.stderr)
+                ran(
+                    run_controller(
+                        opt,
+                        seed,
+                        args.budget if mf is None else mf_budget,
+                        args.top,
+                        mf,
+                        zoo,
+                        workers=args.workers,
+                    )
+                )
         if not args.no_baseline:
-            traces.append(run_mergekit_evolve_style(seed, args.budget, args.top, zoo))
-            print(f"  ran mergekit-evolve-style seed {seed}: best {traces[-1].best:.4f}", file=sys.stderr)
-        for opt, mf in [(o, m) for o in args.compact.split(",") if o for m in (None, levels)]:
-            budget = args.budget if mf is None else int(args.budget * _mf_cost_ratio(levels))
-            traces.append(run_controller(opt, seed, budget, args.top, mf, zoo, compact=True))
-            print(f"  ran {traces[-1].name} seed {seed}: best {traces[-1].best:.4f}", file=sys.stderr)
+            ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=False))
+            ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=True))
+        for opt, mf in [
+            (o, m)
+            for o in args.compact.split(",")
+            if o
+            for m in ((None,) if args.no_mf else (None, levels))
+        ]:
+            ran(
+                run_controller(
+                    opt,
+                    seed,
+                    args.budget if mf is None else mf_budget,
+                    args.top,
+                    mf,
+                    zoo,
+                    compact=True,
+                    workers=args.workers,
+                )
+            )
+    report(traces, header)
+    return 0
 
+
+def _median_range(values: list[float], fmt: str = "{:.3f}") -> str:
+    return (
+        f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}..{fmt.format(max(values))})"
+        if values
+        else "-"
+    )
+
+
+def report(traces: list[Trace], header: str) -> None:
+    """Per run, then per run name over seeds. The target is 95% of the best recipe any run found."""
     overall = max(t.best for t in traces)
-    print(f"\nzoo_ps space (37 genes) unless marked 6 genes; {args.budget} candidates per run at one fidelity, "
-          f"{int(args.budget * _mf_cost_ratio(levels))} with multi-fidelity {levels} (equal cost); "
-          f"fitness = mean exact match at {args.top} examples/task")
+    print(f"\n{header}")
     print(f"best recipe found by any run: {overall:.4f}\n")
-    print(f"{'run':<28}{'seed':>5}{'best':>8}{'evals to 90%':>14}{'examples to 90%':>17}"
-          f"{'evals to 95%':>14}{'examples to 95%':>17}{'wall s':>8}")
+    print(
+        f"{'run':<34}{'seed':>5}{'best':>8}{'evals to 90%':>14}{'examples to 90%':>17}"
+        f"{'evals to 95%':>14}{'examples to 95%':>17}{'wall s':>8}"
+    )
     for t in traces:
         cells = []
         for frac in (0.90, 0.95):
             hit = t.reach(frac * overall)
             cells += ["-", "-"] if hit is None else [str(hit[0]), f"{hit[1]:.0f}"]
-        print(f"{t.name:<28}{t.seed:>5}{t.best:>8.4f}{cells[0]:>14}{cells[1]:>17}{cells[2]:>14}{cells[3]:>17}"
-              f"{t.seconds:>8.0f}")
-    print("\nexamples to 90% of the best, multi-fidelity / one fidelity (same optimiser; < 1 = cost saved):")
-    by_name = {(t.name, t.seed): t for t in traces}
-    for t in traces:
-        if "+MF" not in t.name:
-            continue
-        base = by_name.get((t.name.replace("+MF", ""), t.seed))
-        a, b = t.reach(0.9 * overall), base.reach(0.9 * overall) if base else None
-        if a and b:
-            print(f"  {t.name:<26} {a[1] / b[1]:.2f}")
-        else:
-            print(f"  {t.name:<26} {'reached' if a else 'not reached'} with MF, "
-                  f"{'reached' if b else 'not reached'} without")
-    return 0
+        print(
+            f"{t.name:<34}{t.seed:>5}{t.best:>8.4f}{cells[0]:>14}{cells[1]:>17}{cells[2]:>14}{cells[3]:>17}"
+            f"{t.seconds:>8.0f}"
+        )
+
+    names = list(dict.fromkeys(t.name for t in traces))
+    seeds = sorted({t.seed for t in traces})
+    print(
+        f"\nover seeds {seeds}: median (min..max); a run that never reached 95% counts as its whole cost "
+        f"(a lower bound, marked +)"
+    )
+    print(f"{'run':<34}{'best':>24}{'reached 95%':>13}{'examples to 95%':>30}")
+    cost: dict[tuple[str, int], tuple[float, bool]] = {}
+    for name in names:
+        runs = [t for t in traces if t.name == name]
+        for t in runs:
+            hit = t.reach(0.95 * overall)
+            cost[name, t.seed] = (
+                (hit[1], True) if hit else (t.points[-1][1] if t.points else 0.0, False)
+            )
+        costs = [cost[name, t.seed][0] for t in runs]
+        n_hit = sum(cost[name, t.seed][1] for t in runs)
+        lower = "+" if n_hit < len(runs) else ""
+        print(
+            f"{name:<34}{_median_range([t.best for t in runs]):>24}{f'{n_hit}/{len(runs)}':>13}"
+            f"{_median_range(costs, '{:.0f}') + lower:>30}"
+        )
+
+    for base in [n for n in names if n.startswith("mergekit-evolve-style")]:
+        print(
+            f"\nexamples to 95% relative to {base} of the same seed (< 1 = fewer; '<=' where the "
+            f"baseline never reached it, so its whole budget is a lower bound on its cost):"
+        )
+        for name in names:
+            if name.startswith("mergekit-evolve-style"):
+                continue
+            ratios = []
+            for seed in seeds:
+                if (name, seed) in cost and (base, seed) in cost:
+                    (a, a_hit), (b, b_hit) = cost[name, seed], cost[base, seed]
+                    if a_hit:
+                        ratios.append(f"{a / b:.2f}" if b_hit else f"<={a / b:.2f}")
+                    else:
+                        ratios.append("not reached" if b_hit else "neither")
+            print(f"  {name:<32} " + "  ".join(ratios))
 
 
 if __name__ == "__main__":

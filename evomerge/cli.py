@@ -288,11 +288,28 @@ def zoo_build(
     report: Annotated[
         bool, typer.Option(help="Print the accuracy table of models and merges afterwards.")
     ] = True,
+    family: Annotated[
+        str,
+        typer.Option(
+            help="Which zoo: 'default' (experts fine-tune every weight; zoo/) or 'blocks' (one "
+            "identity block appended to the default base, each expert trains only that block; "
+            "zoo-blocks/, where layer-path search pays)."
+        ),
+    ] = "default",
 ) -> None:
     """Train the base model and the experts (cached: a second call returns at once)."""
-    from evomerge.zoo.build import build_zoo, read_manifest
+    from evomerge.zoo.build import FAMILIES, build_zoo, default_zoo_dir, read_manifest
 
-    path = build_zoo(out, force=force, log=lambda s: err_console.print(s, highlight=False))
+    if family not in FAMILIES:
+        raise typer.BadParameter(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    path = build_zoo(
+        out or default_zoo_dir(family),
+        FAMILIES[family](),
+        force=force,
+        log=lambda s: err_console.print(s, highlight=False),
+        # A family that shares the default zoo's base copies it from there when it is built.
+        base_from=None if family == "default" else default_zoo_dir(),
+    )
     if report:
         manifest = read_manifest(path) or {}
         if "report" not in manifest:

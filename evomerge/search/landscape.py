@@ -20,10 +20,13 @@ def mean_score(scores: dict[str, float]) -> float:
     return sum(scores.values()) / len(scores)
 
 
-def score_landscape(zoo: Path, run_dir: Path, n_random: int = 20, seed: int = 0) -> dict:
+def score_landscape(
+    zoo: Path, run_dir: Path, n_random: int = 20, seed: int = 0, *, plain: bool = True
+) -> dict:
     """Test-split exact match of the zoo's models, the plain merges, the run's best recipe and
     ``n_random`` recipes drawn (seeded) from the run's space: {"rows": {name: {skill: score}},
-    "random_means": [...], "best_recipe": {...}}."""
+    "random_means": [...], "best_recipe": {...}}. ``plain=False``: the best recipe and the
+    random ones only (rows: ``search_best``)."""
     from evomerge.eval import load_task
     from evomerge.io.hf import load_causal_lm
     from evomerge.merge.engine import InMemoryMerger
@@ -57,11 +60,13 @@ def score_landscape(zoo: Path, run_dir: Path, n_random: int = 20, seed: int = 0)
         merger.merge(recipe, into=model, plan=plan)
         return score(model)
 
-    rows = {n: score(load_causal_lm(zoo / n)[0]) for n in names}
-    experts = [str(zoo / s) for s in SKILLS]
-    rows["average"] = merged(merge_recipe("linear", str(zoo / "base"), experts, [1.0] * len(SKILLS)))
-    rows["task_arithmetic"] = merged(
-        merge_recipe("task_arithmetic", str(zoo / "base"), experts, [1.0] * len(SKILLS)))
+    rows = {}
+    if plain:
+        rows = {n: score(load_causal_lm(zoo / n)[0]) for n in names}
+        experts = [str(zoo / s) for s in SKILLS]
+        rows["average"] = merged(merge_recipe("linear", str(zoo / "base"), experts, [1.0] * len(SKILLS)))
+        rows["task_arithmetic"] = merged(
+            merge_recipe("task_arithmetic", str(zoo / "base"), experts, [1.0] * len(SKILLS)))
     rows["search_best"] = merged(best)
     rng = random.Random(seed)
     randoms = [mean_score(merged(space.decode([rng.random() for _ in space.genes()]))) for _ in range(n_random)]

@@ -73,6 +73,12 @@ class ExpertSpec(Stage):
     replay_hard: bool = False
     # Parameters (name prefixes) the expert leaves as the base has them.
     frozen: tuple[str, ...] = ()
+    # When set, the only parameters (name prefixes) the expert trains; the build sets it to the
+    # new blocks of a block-expansion family.
+    trainable: tuple[str, ...] = ()
+
+    def trains(self, name: str) -> bool:
+        return not name.startswith(self.frozen) and (not self.trainable or name.startswith(self.trainable))
 
 
 class ZooConfig(BaseModel):
@@ -98,15 +104,47 @@ class ZooConfig(BaseModel):
         ExpertSpec(name="reversal", skill="reversal", steps=200, lr=1e-3, seed=12, replay=0.3),
         ExpertSpec(name="sorting", skill="sorting", steps=200, lr=1e-3, seed=13, replay=0.3),
     )
+    # Block expansion (evomerge.zoo.expand): the experts' shared base is the trained base with this
+    # many identity blocks appended, and each expert trains those blocks only. 0: experts
+    # fine-tune every weight.
+    new_blocks: int = Field(default=0, ge=0)
     workers: int = Field(default=3, ge=1, description="Expert trainings run side by side (on 2+ threads).")
 
     def content_hash(self) -> str:
-        from evomerge.zoo.data import task_data
-
-        # The held-out data decides which prompts training skips, so it is part of the key.
-        data = hashlib.sha256(json.dumps(task_data(), sort_keys=True).encode()).hexdigest()
-        payload = self.model_dump(exclude={"workers"}) | {"format": ZOO_FORMAT, "data": data}
+        payload = self.model_dump(exclude={"workers"}) | {"format": ZOO_FORMAT, "data": _data_hash()}
+        # Fields added after a zoo format was fixed leave the key alone at their defaults.
+        if not payload["new_blocks"]:
+            del payload["new_blocks"]
+        for expert in payload["experts"]:
+            if not expert["trainable"]:
+                del expert["trainable"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def base_hash(self) -> str:
+        """What decides the trained base (before any expansion): zoos that agree on it share it."""
+        payload = self.model_dump(include={"seed", "architecture", "base_mixture", "base"})
+        payload |= {"format": ZOO_FORMAT, "data": _data_hash()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _data_hash() -> str:
+    from evomerge.zoo.data import task_data
+
+    # The held-out data decides which prompts training skips, so it is part of every key.
+    return hashlib.sha256(json.dumps(task_data(), sort_keys=True).encode()).hexdigest()
+
+
+def blocks_family() -> ZooConfig:
+    """The default zoo's base with one identity block appended; each expert trains only that
+    block, longer and at a higher rate than the default experts, so the three blocks differ a
+    lot: a parameter merge has to average them, a layer path can run them in sequence."""
+    experts = tuple(e.model_copy(update={"steps": 300, "lr": 3e-3}) for e in ZooConfig().experts)
+    return ZooConfig(new_blocks=1, experts=experts)
+
+
+# Zoo families by name (`evomerge zoo build --family NAME`) and the directory each builds into.
+FAMILIES: dict[str, Callable[[], ZooConfig]] = {"default": ZooConfig, "blocks": blocks_family}
+FAMILY_DIRS = {"default": "zoo", "blocks": "zoo-blocks"}
 
 
 class ZooError(EvomergeError):
@@ -116,9 +154,11 @@ class ZooError(EvomergeError):
 MANIFEST = "zoo.json"
 
 
-def default_zoo_dir() -> Path:
+def default_zoo_dir(family: str = "default") -> Path:
     env = os.environ.get("EVOMERGE_ZOO")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "zoo"
+    if env and family == "default":
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / FAMILY_DIRS[family]
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -199,7 +239,7 @@ def train_expert(
     t0 = time.perf_counter()
     model, tokenizer = load_causal_lm(base_dir)  # train() puts it in training mode
     for name, param in model.named_parameters():
-        param.requires_grad_(not name.startswith(spec.frozen))
+        param.requires_grad_(spec.trains(name))
     loss = train(
         model,
         tokenizer,
@@ -246,18 +286,40 @@ def _run_experts(
         raise ZooError("Expert training failed: " + "; ".join(failed))
 
 
+def _shared_base(other: Path | None, config: ZooConfig) -> Path | None:
+    """``other`` when it is an up-to-date zoo of a config with the same base as ``config``'s
+    (and no blocks of its own appended to it), else None."""
+    manifest = read_manifest(other) if other is not None else None
+    if not manifest or "config" not in manifest:
+        return None
+    try:
+        theirs = ZooConfig.model_validate(manifest["config"])
+    except ValueError:  # written by another version of the config
+        return None
+    if theirs.new_blocks or theirs.base_hash() != config.base_hash() or not is_built(other, theirs):
+        return None
+    return other
+
+
 def build_zoo(
     out: Path | None = None,
     config: ZooConfig | None = None,
     *,
     force: bool = False,
     log: Callable[[str], None] = print,
+    base_from: Path | None = None,
 ) -> Path:
-    """Train (or find cached) the zoo in ``out``; returns ``out``."""
+    """Train (or find cached) the zoo in ``out``; returns ``out``.
+
+    ``base_from``: a built zoo whose base this config would train identically (same
+    ``base_hash``); its base is copied instead of trained again.
+    """
     import torch
     from transformers import LlamaForCausalLM
 
+    from evomerge.io.hf import load_causal_lm
     from evomerge.zoo.data import eval_prompts
+    from evomerge.zoo.expand import append_identity_blocks
     from evomerge.zoo.skills import ALPHABET, SKILLS
     from evomerge.zoo.tokenizer import build_tokenizer
     from evomerge.zoo.train import Mixture, train
@@ -275,36 +337,46 @@ def build_zoo(
     t_start = time.perf_counter()
     threads = torch.get_num_threads()
 
-    tokenizer = build_tokenizer(ALPHABET)
-    torch.manual_seed(config.seed)
-    model = LlamaForCausalLM(_llama_config(config.architecture, tokenizer))
-    exclude = eval_prompts()
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"base: {n_params / 1e6:.2f}M parameters, {config.base.steps} steps")
-    loss = train(
-        model,
-        tokenizer,
-        Mixture(config.base_mixture).sampler(config.base.data_seed(config.seed), exclude),
-        config.base.schedule(),
-        seed=config.base.data_seed(config.seed),
-        log=lambda step, lo: log(f"  base step {step}: loss {lo:.3f}"),
-    )
+    shared = _shared_base(base_from, config)
+    if shared is not None:
+        model, tokenizer = load_causal_lm(shared / "base")
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"base: the same as {shared}'s (same seed, architecture, mixture and schedule), copied")
+    else:
+        tokenizer = build_tokenizer(ALPHABET)
+        torch.manual_seed(config.seed)
+        model = LlamaForCausalLM(_llama_config(config.architecture, tokenizer))
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"base: {n_params / 1e6:.2f}M parameters, {config.base.steps} steps")
+        loss = train(
+            model,
+            tokenizer,
+            Mixture(config.base_mixture).sampler(config.base.data_seed(config.seed), eval_prompts()),
+            config.base.schedule(),
+            seed=config.base.data_seed(config.seed),
+            log=lambda step, lo: log(f"  base step {step}: loss {lo:.3f}"),
+        )
+    experts = config.experts
+    if config.new_blocks:
+        trainable = tuple(append_identity_blocks(model, config.new_blocks))
+        experts = tuple(e.model_copy(update={"trainable": trainable}) for e in experts)
+        log(f"base: {config.new_blocks} identity block(s) appended; experts train only those")
     _save(model, tokenizer, out / "base")
     timings = {"base": time.perf_counter() - t_start}
-    log(f"base done in {timings['base']:.0f}s (final loss {loss:.3f})")
+    log(f"base done in {timings['base']:.0f}s" + ("" if shared else f" (final loss {loss:.3f})"))
 
     # Experts are independent: side by side, one thread each, beats one at a time on 2 threads.
     # All experts at once, one thread each, even with fewer cores than experts: the cores stay busy
     # to the end (3 experts on 2 cores: 1.5 expert-times instead of 2). One thread each, whatever
     # the count, so an expert comes out the same either way.
-    workers = max(1, min(config.workers, len(config.experts))) if threads > 1 else 1
+    workers = max(1, min(config.workers, len(experts))) if threads > 1 else 1
     if workers == 1:  # no child processes: what tests and single-core machines want
-        for spec in config.experts:
+        for spec in experts:
             r = train_expert(out / "base", out / spec.name, spec, config.base_mixture, threads, config.seed)
             log(f"expert {r['name']} done in {r['seconds']:.0f}s (final loss {r['loss']:.3f})")
     else:
         _run_experts(
-            out / "base", out, config.experts, config.base_mixture, workers, max(1, threads // workers), log,
+            out / "base", out, experts, config.base_mixture, workers, max(1, threads // workers), log,
             zoo_seed=config.seed,
         )
     timings["experts"] = time.perf_counter() - t_start - timings["base"]

@@ -116,6 +116,19 @@ def test_pinned_first_and_last_layers(untied_family):
     assert space.source_models()[0] == e1  # the first layer's model: build the resident model from it
 
 
+def test_first_layers_pins_a_trunk_and_the_search_builds_on_it(untied_family):
+    e1 = str(untied_family["expert1"])
+    space = _layer(untied_family, first_layer_from=e1, first_layers=2, layer_range=[2, 3],
+                   scale={"low": 0.5, "high": 1.5, "per": "transition"}, max_layers=4)
+    # Transitions start from the trunk's last layer, not from layer 0.
+    assert _names(space)[:4] == ["r0.l2.expert0.in", "r0.l2.expert1.in", "r1.l2.expert0.in", "r1.l2.expert1.in"]
+    assert "scale[expert1.l1->expert0.l2]" in _names(space) and "scale[expert1.l0->expert0.l2]" not in _names(space)
+    x = _at(space, {"r0.l2.expert1.in": 1, "r1.l2.expert0.in": 1, "r1.l2.expert1.in": 0.9,
+                    "scale[expert1.l1->expert1.l2]": 1.0})
+    # Two trunk layers leave room for two of the three included slots (the most included ones).
+    assert _path(space.decode(x)) == [("expert1", 0, 2, None), ("expert1", 2, 3, 1.5), ("expert0", 2, 3, 0.5)]
+
+
 def test_empty_path_falls_back_to_the_most_nearly_included_slot(untied_family):
     space = _layer(untied_family)
     x = [0.1] * space.dimension
@@ -328,6 +341,9 @@ def test_load_space_dispatches_on_kind(untied_family, tmp_path):
     ({"kind": "layer", "models": ["A", "B"], "num_layers": 4, "first_layer_from": "C"},
      r"first_layer_from: 'C' is not one of models \(A, B\)"),
     ({"kind": "layer", "models": ["A"], "num_layers": 4, "layer_range": [2, 6]}, r"layer_range: \[2, 6\] must be"),
+    ({"kind": "layer", "models": ["A"], "num_layers": 4, "first_layers": 2}, r"first_layers: pins layers of first_layer_from"),
+    ({"kind": "layer", "models": ["A"], "num_layers": 4, "first_layer_from": "A", "first_layers": 5},
+     r"first_layers: 5 is more than A's 4 layers"),
     ({"kind": "layer", "models": ["A", "merged"], "num_layers": 4}, r"models: 'merged' is the parameter-space merge"),
     ({"kind": "layer", "models": ["A", "A"], "num_layers": 4}, r"models: \['A'\] appear more than once"),
     ({"kind": "layer", "models": ["A"], "num_layers": 4, "scale": {"low": 2, "high": 1}}, r"scale: low \(2.0\) must be below"),

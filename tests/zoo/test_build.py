@@ -141,3 +141,28 @@ def test_a_quick_report_scores_models_and_fixed_merges_only(mini_zoo):
 
     report = zoo_report(mini_zoo, fidelity=4, searched=False)
     assert [r.name for r in report.rows] == ["base", "add", "rev", "average", "task_arithmetic", "ties"]
+
+
+def test_a_blocks_family_copies_a_matching_base_and_trains_only_its_new_block(mini_zoo, tmp_path):
+    blocks = MINI.model_copy(update={"new_blocks": 1})
+    assert blocks.base_hash() == MINI.base_hash() and blocks.content_hash() != MINI.content_hash()
+    said: list[str] = []
+    out = build_zoo(tmp_path / "blocks", blocks, base_from=mini_zoo, log=said.append)
+    assert any("the same as" in s for s in said) and not any("base step" in s for s in said)
+    base = AutoModelForCausalLM.from_pretrained(out / "base")
+    original = AutoModelForCausalLM.from_pretrained(mini_zoo / "base")
+    assert base.config.num_hidden_layers == 3
+    ids = torch.tensor([[1, 5, 7, 9, 11]])
+    assert torch.allclose(base(ids).logits, original(ids).logits, atol=1e-6)  # the new block adds nothing yet
+    sb = base.state_dict()
+    for name in ("add", "rev"):
+        se = AutoModelForCausalLM.from_pretrained(out / name).state_dict()
+        moved = {k for k in sb if not torch.equal(sb[k], se[k])}
+        assert moved and all(k.startswith("model.layers.2.") for k in moved), name
+
+
+def test_a_base_is_only_copied_from_a_zoo_that_trained_the_same_one(mini_zoo, tmp_path):
+    other_seed = MINI.model_copy(update={"seed": 5, "new_blocks": 1})
+    said: list[str] = []
+    build_zoo(tmp_path / "blocks", other_seed, base_from=mini_zoo, log=said.append)
+    assert not any("the same as" in s for s in said) and any("base step" in s for s in said)

@@ -24,7 +24,9 @@ each layer index has slots for the sources that have that layer.
 ``first_layer_from`` / ``last_layer_from`` pin the path's first layer to layer
 0 and its last to the last layer of the named model (no genes; the embedding
 comes from the first layer's model and the final norm and head from the
-last's). ``layer_range`` restricts the slots to source layers ``[start, end)``
+last's). ``first_layers: N`` pins the first N layers (0 .. N-1) of that model,
+a trunk the search builds on (e.g. the shared layers under experts' added
+blocks). ``layer_range`` restricts the slots to source layers ``[start, end)``
 (e.g. ``[1, L - 1)`` when both ends are pinned).
 
 Decoding never makes an empty path: with no slot included and nothing pinned,
@@ -181,6 +183,7 @@ class LayerSpace(PathSpace):
     layer_range: tuple[int, int] | None = None
     scale: ScaleGenes | None = None
     first_layer_from: str | None = None
+    first_layers: int = Field(default=1, ge=1)
     last_layer_from: str | None = None
 
     @field_validator("scale", mode="before")
@@ -201,7 +204,16 @@ class LayerSpace(PathSpace):
                     f"layer_range: {list(self.layer_range)} must be [start, end) within the sources' "
                     f"{self.max_depth()} layers"
                 )
-        if self.max_layers is not None and self.max_layers < len(self.pins()):
+        if self.first_layers > 1:
+            if self.first_layer_from is None:
+                raise ValueError("first_layers: pins layers of first_layer_from's model; name it too")
+            m = self.index_of(self.first_layer_from, "first_layer_from")
+            if self.num_layers is not None and self.first_layers > self.depth_of(m):
+                raise ValueError(
+                    f"first_layers: {self.first_layers} is more than {self.first_layer_from}'s "
+                    f"{self.depth_of(m)} layers"
+                )
+        if self.max_layers is not None and self.max_layers < self.pinned():
             raise ValueError(f"max_layers: {self.max_layers} leaves no room for the pinned first and last layers")
         return self
 
@@ -209,6 +221,12 @@ class LayerSpace(PathSpace):
 
     def pins(self) -> list[str]:
         return [k for k in (self.first_layer_from, self.last_layer_from) if k is not None]
+
+    def pinned(self) -> int:
+        """Layers on every path without a gene: the pinned trunk and last layer."""
+        return (self.first_layers if self.first_layer_from is not None else 0) + (
+            self.last_layer_from is not None
+        )
 
     def nodes(self) -> list[tuple[int, int]]:
         """``(layer, model)`` of every source layer that gets slots, by layer then model: the
@@ -238,7 +256,7 @@ class LayerSpace(PathSpace):
             return [f"l{i}.{labels[m]}" for i, m in nodes]
         sources = [self._node(i, m) for i, m in nodes]
         if self.first_layer_from is not None:
-            first = self._node(0, self.index_of(self.first_layer_from, "first_layer_from"))
+            first = self._node(self.first_layers - 1, self.index_of(self.first_layer_from, "first_layer_from"))
             if first not in sources:
                 sources.insert(0, first)
         return [f"{a}->{b}" for a in sources for b in (self._node(i, m) for i, m in nodes)]
@@ -258,8 +276,8 @@ class LayerSpace(PathSpace):
         ), strict=True)) if self.scale is not None else {}
         chosen = [s for s, v in enumerate(inc) if v > INCLUDED]
         pins = self.pins()
-        if self.max_layers is not None and len(chosen) > self.max_layers - len(pins):
-            room = self.max_layers - len(pins)
+        if self.max_layers is not None and len(chosen) > self.max_layers - self.pinned():
+            room = self.max_layers - self.pinned()
             keep = sorted(chosen, key=lambda s: (-inc[s], s))[:room]
             chosen = sorted(keep)
         if not chosen and not pins:  # never an empty path: the most-nearly included slot
@@ -270,8 +288,8 @@ class LayerSpace(PathSpace):
         prev: str | None = None
         if self.first_layer_from is not None:
             m = self.index_of(self.first_layer_from, "first_layer_from")
-            path.append((m, 0, None))
-            prev = self._node(0, m)
+            path += [(m, i, None) for i in range(self.first_layers)]
+            prev = self._node(self.first_layers - 1, m)
         for s in chosen:
             k, i, m = slots[s]
             node = self._node(i, m)
