@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search bench-zoo bench-landscape clean
+.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search bench-zoo bench-landscape bench-layer clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -78,6 +78,11 @@ bench-zoo: $(STAMP)
 ## seed (a build and a quickstart search per seed, ~9 min each on 2 cores).
 bench-landscape: $(STAMP)
 	$(BIN)/python benchmarks/zoo_landscape.py
+
+## Parameter-space against layer-path search on both zoo depths (default, blocks), zoo seeds 0-2
+## (~15 min per seed on 2 cores).
+bench-layer: $(STAMP)
+	$(BIN)/python benchmarks/layer_space.py
 
 clean:
 	rm -rf $(VENV) runs/demo-output $(QS_OUT) benchmarks/_work

@@ -257,41 +257,20 @@ def main() -> int:
         tmp.write_text(json.dumps({"header": header, "traces": [t.__dict__ for t in traces]}))
         tmp.replace(args.traces)
 
+    fidelities = (None,) if args.no_mf else (None, levels)
+
+    def controller_runs(seed: int, optimizers: str, compact: bool) -> None:
+        for opt in filter(None, optimizers.split(",")):
+            for mf in fidelities:
+                budget = args.budget if mf is None else mf_budget
+                ran(run_controller(opt, seed, budget, args.top, mf, zoo, compact=compact, workers=args.workers))
+
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for opt in args.optimizers.split(","):
-            for mf in (None,) if args.no_mf else (None, levels):
-                ran(
-                    run_controller(
-                        opt,
-                        seed,
-                        args.budget if mf is None else mf_budget,
-                        args.top,
-                        mf,
-                        zoo,
-                        workers=args.workers,
-                    )
-                )
+        controller_runs(seed, args.optimizers, compact=False)
         if not args.no_baseline:
             ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=False))
             ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=True))
-        for opt, mf in [
-            (o, m)
-            for o in args.compact.split(",")
-            if o
-            for m in ((None,) if args.no_mf else (None, levels))
-        ]:
-            ran(
-                run_controller(
-                    opt,
-                    seed,
-                    args.budget if mf is None else mf_budget,
-                    args.top,
-                    mf,
-                    zoo,
-                    compact=True,
-                    workers=args.workers,
-                )
-            )
+        controller_runs(seed, args.compact, compact=True)
     report(traces, header)
     return 0
 
