@@ -20,6 +20,9 @@ METHODS: Registry = Registry(
         "slerp": "evomerge.merge.slerp",
         "nuslerp": "evomerge.merge.nuslerp",
         "model_stock": "evomerge.merge.model_stock",
+        "nearswap": "evomerge.merge.nearswap",
+        "multislerp": "evomerge.merge.multislerp",
+        "karcher": "evomerge.merge.karcher",
         "task_arithmetic": "evomerge.merge.task_arithmetic",
         "ties": "evomerge.merge.task_arithmetic",
         "dare_linear": "evomerge.merge.task_arithmetic",
@@ -36,9 +39,6 @@ METHODS: Registry = Registry(
 # with this list in the message, not with "unknown method").
 MERGEKIT_ONLY_METHODS = (
     "sce",
-    "karcher",
-    "multislerp",
-    "nearswap",
     "arcee_fusion",
     "ram",
     "ramplus_tl",

@@ -146,6 +146,33 @@ CASES = {
         "models": _models(m, [("expert0", {"weight": 0.4}), ("expert1", {"weight": 0.6})]),
         "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
     },
+    "nearswap": lambda m: {
+        "merge_method": "nearswap",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("base", None), ("expert0", None)]),
+        "parameters": {"t": [0.0005, 0.01, 0.05]},
+    },
+    "multislerp_with_base": lambda m: {
+        "merge_method": "multislerp",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("expert0", {"weight": 0.5}), ("expert1", {"weight": [0.1, 0.6]}),
+                              ("expert2", {"weight": 0.2})]),
+    },
+    "multislerp_unnormalized": lambda m: {
+        "merge_method": "multislerp",
+        "models": _models(m, [("expert0", {"weight": 0.7}), ("expert2", {"weight": 0.4})]),
+        "parameters": {"normalize_weights": False},
+    },
+    "karcher": lambda m: {
+        "merge_method": "karcher",
+        "models": _models(m, [("expert0", None), ("expert1", None), ("expert2", None)]),
+    },
+    "karcher_with_base_few_steps": lambda m: {
+        "merge_method": "karcher",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("base", None), ("expert0", None), ("expert1", None)]),
+        "parameters": {"max_iter": 2, "tol": 1e-7},
+    },
     "model_stock": lambda m: {
         "merge_method": "model_stock",
         "base_model": str(m["base"]),

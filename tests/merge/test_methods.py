@@ -215,3 +215,43 @@ def test_bfloat16_inputs_stay_bfloat16():
     for name in ["ties", "dare_ties", "task_arithmetic"]:
         out = call(name, TensorGroup("w", [x], base, seed=0), weight=[1.0], density=[0.5])
         assert out.dtype == torch.bfloat16
+
+
+def test_nearswap_swaps_close_entries_in_whole_and_far_ones_in_proportion():
+    base = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    other = torch.tensor([0.1, 0.4, -1.0, 1.0])
+    out = call("nearswap", TensorGroup("w", [other], base), t=0.2)
+    # shares: 0.2/0.1 -> 1, 0.2/0.4 = 0.5, 0.2/1 = 0.2, identical -> 1 (distance floored)
+    assert torch.allclose(out, torch.tensor([0.1, 0.2, -0.2, 1.0]))
+    assert torch.equal(call("nearswap", TensorGroup("w", [other], base), t=0.0), base)
+
+
+def test_multislerp_of_two_orthogonal_unit_vectors_is_their_normalised_midpoint():
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    out = call("multislerp", TensorGroup("w", [a, b]), weight=[1.0, 1.0])
+    assert torch.allclose(out, torch.tensor([1.0, 1.0, 0.0]) / 2**0.5, atol=1e-6)
+    # A base moves the sphere's origin: the same answer, shifted.
+    base = torch.tensor([0.0, 0.0, 5.0])
+    shifted = call("multislerp", TensorGroup("w", [a + base, b + base], base), weight=[1.0, 1.0])
+    assert torch.allclose(shifted, out + base, atol=1e-6)
+    # Weights 3:1 put it a quarter of the way (22.5 degrees) from a.
+    quarter = call("multislerp", TensorGroup("w", [a, b]), weight=[3.0, 1.0])
+    angle = torch.atan2(quarter[1], quarter[0])
+    assert abs(angle.item() - torch.pi / 8) < 0.1  # the tangent-space average is close to it
+
+
+def test_multislerp_refuses_antipodal_inputs_that_cancel():
+    a = torch.tensor([1.0, 0.0])
+    with pytest.raises(ValueError, match="weighted mean direction is zero"):
+        call("multislerp", TensorGroup("w", [a, -a, a * 0 + torch.tensor([0.0, 0.0])]), weight=[1.0, 1.0, 1.0])
+
+
+def test_karcher_mean_of_two_directions_bisects_them_and_keeps_the_mean_norm():
+    a, b = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 4.0])
+    out = call("karcher", TensorGroup("w", [a, b]))
+    assert torch.allclose(out, torch.tensor([3.0, 3.0]) / 2**0.5, atol=1e-5)
+    # Three directions at 0, 60 and 120 degrees: the Frechet mean is the middle one (not the
+    # normalised Euclidean mean, which is the same here by symmetry), length the mean norm.
+    dirs = [torch.tensor([1.0, 0.0]), torch.tensor([0.5, 3**0.5 / 2]), torch.tensor([-0.5, 3**0.5 / 2])]
+    out = call("karcher", TensorGroup("w", dirs), max_iter=50, tol=1e-9)
+    assert torch.allclose(out, dirs[1], atol=1e-5)
