@@ -5,8 +5,8 @@ weighted mean direction is the point the sphere is flattened around. Each input'
 orthogonal to it (its tangent vector there) is averaged with the weights, and the exponential map
 takes the average back onto the sphere. The result gets the weighted mean of the inputs' norms,
 and the base back. With two inputs whose weighted mean direction vanishes (antipodal, equal
-weights) it falls back to linear interpolation; with more it is an error. mergekit's
-``multislerp`` (Charles Goddard).
+weights) it falls back to linear interpolation; with more it is an error, unless every input
+equals the base (the base comes back). mergekit's ``multislerp`` (Charles Goddard).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def multislerp_tensors(
     centre = w @ units
     centre_norm = torch.linalg.vector_norm(centre)
     if centre_norm < eps:
-        if len(tensors) != 2:
+        # Two inputs: linear interpolation, as mergekit. No task vector at all (every input
+        # equals the base): the base, where mergekit raises.
+        if len(tensors) != 2 and norms.max() >= eps:
             raise MultislerpError(
                 "multislerp: the inputs' weighted mean direction is zero (antipodal inputs whose "
                 "weights cancel); change the weights"
