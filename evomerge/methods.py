@@ -23,6 +23,8 @@ METHODS: Registry = Registry(
         "nearswap": "evomerge.merge.nearswap",
         "multislerp": "evomerge.merge.multislerp",
         "karcher": "evomerge.merge.karcher",
+        "sce": "evomerge.merge.sce",
+        "arcee_fusion": "evomerge.merge.arcee_fusion",
         "task_arithmetic": "evomerge.merge.task_arithmetic",
         "ties": "evomerge.merge.task_arithmetic",
         "dare_linear": "evomerge.merge.task_arithmetic",
@@ -38,8 +40,6 @@ METHODS: Registry = Registry(
 # mergekit 0.1.5 methods evomerge has not implemented yet (a recipe naming one is refused
 # with this list in the message, not with "unknown method").
 MERGEKIT_ONLY_METHODS = (
-    "sce",
-    "arcee_fusion",
     "ram",
     "ramplus_tl",
     "task_adapter",

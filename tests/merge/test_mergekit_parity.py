@@ -173,6 +173,22 @@ CASES = {
         "models": _models(m, [("base", None), ("expert0", None), ("expert1", None)]),
         "parameters": {"max_iter": 2, "tol": 1e-7},
     },
+    "sce": lambda m: {
+        "merge_method": "sce",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("expert0", None), ("expert1", None), ("expert2", None)]),
+        "parameters": {"select_topk": [0.3, 0.8]},
+    },
+    "sce_all_entries": lambda m: {
+        "merge_method": "sce",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("expert0", None), ("expert2", None)]),
+    },
+    "arcee_fusion": lambda m: {
+        "merge_method": "arcee_fusion",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("base", None), ("expert1", None)]),
+    },
     "model_stock": lambda m: {
         "merge_method": "model_stock",
         "base_model": str(m["base"]),

@@ -255,3 +255,28 @@ def test_karcher_mean_of_two_directions_bisects_them_and_keeps_the_mean_norm():
     dirs = [torch.tensor([1.0, 0.0]), torch.tensor([0.5, 3**0.5 / 2]), torch.tensor([-0.5, 3**0.5 / 2])]
     out = call("karcher", TensorGroup("w", dirs), max_iter=50, tol=1e-9)
     assert torch.allclose(out, dirs[1], atol=1e-5)
+
+
+def test_sce_keeps_the_most_varied_entries_weighs_by_energy_and_erases_minority_signs():
+    base = torch.zeros(4)
+    a = torch.tensor([1.0, 2.0, 0.0, -1.0])
+    b = torch.tensor([1.0, -2.0, 3.0, 1.0])
+    # All entries: energies 6/4 and 15/4 -> shares 2/7 and 5/7. Entry 1: the sum is 0 (elected +),
+    # so only a's +2 survives; entry 2: a's 0 does not count; entry 3: b's +1 wins.
+    out = call("sce", TensorGroup("w", [a, b], base), select_topk=1.0)
+    assert torch.allclose(out, torch.tensor([1.0, 2.0, 3.0, 1.0]))
+    # Half of the 3 entries that vary (entries 1, 2, 3): the single most varied one, entry 1.
+    top = call("sce", TensorGroup("w", [a, b], base), select_topk=0.5)
+    assert torch.allclose(top, torch.tensor([0.0, 2.0, 0.0, 0.0]))
+
+
+def test_arcee_fusion_takes_the_other_model_only_at_outlying_importance():
+    base, noise = tensors(2, seed=3, shape=(16, 32))
+    other = base + 0.01 * noise
+    other[5, 7] += 3.0  # two large changes that move their rows' softmax
+    other[11, 0] -= 3.0
+    out = call("arcee_fusion", TensorGroup("w", [other], base))
+    fused = out != base
+    assert fused[5, 7] and fused[11, 0]
+    assert torch.equal(out[fused], other[fused]) and torch.equal(out[~fused], base[~fused])
+    assert fused.float().mean() < 0.25  # above the upper fence only, not a quarter of the entries
