@@ -25,6 +25,8 @@ METHODS: Registry = Registry(
         "karcher": "evomerge.merge.karcher",
         "sce": "evomerge.merge.sce",
         "arcee_fusion": "evomerge.merge.arcee_fusion",
+        "ram": "evomerge.merge.ram",
+        "ramplus_tl": "evomerge.merge.ram",
         "task_arithmetic": "evomerge.merge.task_arithmetic",
         "ties": "evomerge.merge.task_arithmetic",
         "dare_linear": "evomerge.merge.task_arithmetic",
@@ -37,10 +39,7 @@ METHODS: Registry = Registry(
     entry_points="evomerge.merge_methods",
 )
 
-# mergekit 0.1.5 methods evomerge has not implemented yet (a recipe naming one is refused
-# with this list in the message, not with "unknown method").
-MERGEKIT_ONLY_METHODS = (
-    "ram",
-    "ramplus_tl",
-    "task_adapter",
-)
+# mergekit methods evomerge has not implemented yet (a recipe naming one is refused with this
+# list in the message, not with "unknown method"). None for mergekit 0.1.5: every method it
+# registers is here (tests/merge/test_mergekit_parity.py checks it against mergekit).
+MERGEKIT_ONLY_METHODS: tuple[str, ...] = ()

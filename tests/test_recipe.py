@@ -44,7 +44,7 @@ def test_hash_ignores_key_order_and_int_vs_float():
     "text, needle",
     [
         ("merge_method: tie\nmodels: [{model: a}]", "Did you mean: ties"),
-        ("merge_method: sce\nmodels: [{model: a}]", "'sce' is a mergekit method"),
+        ("merge_method: karcer\nmodels: [{model: a}]", "Did you mean: karcher"),
         (
             "merge_method: ties\nmodules: {x: {}}\nmodels: [{model: a}]",
             "'modules' is not supported",
@@ -73,6 +73,15 @@ def test_bad_recipes_name_the_problem(text, needle):
         Recipe.from_yaml(text, "r.yaml")
     assert needle in str(info.value)
     assert str(info.value).startswith("r.yaml")
+
+
+def test_a_mergekit_method_evomerge_lacks_is_named_as_such(monkeypatch):
+    # None today (every mergekit 0.1.5 method is implemented); a newer mergekit's would be.
+    import evomerge.recipe
+
+    monkeypatch.setattr(evomerge.recipe, "MERGEKIT_ONLY_METHODS", ("future_method",))
+    with pytest.raises(RecipeError, match="'future_method' is a mergekit method evomerge does not implement"):
+        Recipe.from_yaml("merge_method: future_method\nmodels: [{model: a}]", "r.yaml")
 
 
 def test_referenced_models_in_first_mention_order():

@@ -189,6 +189,18 @@ CASES = {
         "base_model": str(m["base"]),
         "models": _models(m, [("base", None), ("expert1", None)]),
     },
+    "ram": lambda m: {
+        "merge_method": "ram",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("expert0", None), ("expert1", None), ("expert2", None)]),
+        "parameters": {"epsilon": 0.004},
+    },
+    "ramplus_tl": lambda m: {
+        "merge_method": "ramplus_tl",
+        "base_model": str(m["base"]),
+        "models": _models(m, [("expert0", None), ("expert1", None), ("expert2", None)]),
+        "parameters": {"epsilon": [0.002, 0.006], "r": 0.5, "alpha": 0.8},
+    },
     "model_stock": lambda m: {
         "merge_method": "model_stock",
         "base_model": str(m["base"]),
@@ -293,3 +305,12 @@ def test_bfloat16_compute_matches_mergekit(untied_family, tmp_path):
     for name, ref in expected.items():
         assert got[name].dtype == torch.float32
         assert torch.equal(got[name], ref), name
+
+
+def test_every_method_mergekit_registers_is_an_evomerge_method():
+    from mergekit.merge_methods.registry import registered_methods
+
+    from evomerge.methods import METHODS
+
+    theirs = {m.name() if callable(getattr(m, "name", None)) else m.spec.name for m in registered_methods()}
+    assert theirs and theirs <= set(METHODS.names()), sorted(theirs - set(METHODS.names()))

@@ -280,3 +280,14 @@ def test_arcee_fusion_takes_the_other_model_only_at_outlying_importance():
     assert fused[5, 7] and fused[11, 0]
     assert torch.equal(out[fused], other[fused]) and torch.equal(out[~fused], base[~fused])
     assert fused.float().mean() < 0.25  # above the upper fence only, not a quarter of the entries
+
+
+def test_ram_keeps_unique_changes_whole_and_averages_shared_ones():
+    base = torch.zeros(4)
+    a = torch.tensor([0.5, 1.0, 0.0, 0.0])
+    b = torch.tensor([0.0, 3.0, 0.0, 1e-7])  # its last change is below epsilon: not a contribution
+    out = call("ram", TensorGroup("w", [a, b], base))
+    assert torch.allclose(out, torch.tensor([0.5, 2.0, 0.0, 0.0]))
+    # RAM+: a has 1 shared and 1 unique entry (rho 1, capped at alpha 0.5): its unique change x1.25.
+    plus = call("ramplus_tl", TensorGroup("w", [a, b], base), r=0.5, alpha=0.5)
+    assert torch.allclose(plus, torch.tensor([0.5 * 1.25, 2.0, 0.0, 0.0]))
