@@ -131,18 +131,39 @@ def run_controller(
     return _trace_from_ledger(name, seed, work / "run", levels or [top], sizes, seconds)
 
 
+_WORKER = None  # the evaluation worker of a baseline pool process
+
+
+def _start_worker(spec) -> None:
+    import torch
+
+    from evomerge.search.executors.worker import Worker
+
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = Worker(spec)
+
+
+def _score(args) -> float:
+    recipe, top = args
+    out = _WORKER.evaluate(recipe, top)
+    return 0.0 if out.values is None else sum(out.values[f"{t}/exact_match"] for t in TASKS) / len(TASKS)
+
+
 def run_mergekit_evolve_style(
-    seed: int, budget: int, top: int, zoo: Path, compact: bool = True
+    seed: int, budget: int, top: int, zoo: Path, compact: bool = True, workers: int = 1
 ) -> Trace:
-    """pycma ``fmin2`` over the space's genes, decoded to a recipe and scored in one loop, as
-    mergekit-evolve searched (its default genome is the compact space: one TIES weight and density
-    per expert). x0, sigma0, bounds, population and seed are those the controller's CMA-ES uses, so
-    that for one seed this run and "cmaes" on the same space are paired: differences between them
-    are then the controller's doing, not seed noise."""
+    """pycma ``fmin2`` over the space's genes, decoded to a recipe and scored, a generation at a
+    time on ``workers`` processes, as mergekit-evolve searched (its default genome is the compact
+    space: one TIES weight and density per expert). x0, sigma0, bounds, population and seed are
+    those the controller's CMA-ES uses, so that for one seed this run and "cmaes" on the same
+    space are paired: differences between them are then the controller's doing, not seed noise.
+    ``budget`` only stops the run, so a longer run's first evaluations are the shorter one's."""
+    import multiprocessing
+
     import cma
 
     from evomerge.search.executors import TaskSpec, WorkerSpec
-    from evomerge.search.executors.worker import Worker
     from evomerge.search.space import load_space
 
     work = WORK / f"baseline-{'6' if compact else 'full'}-s{seed}"
@@ -150,31 +171,30 @@ def run_mergekit_evolve_style(
     (work / "space.yaml").write_text(yaml.safe_dump(_space(compact, zoo)))
     space = load_space(work / "space.yaml")
     refs = {m: Path(m) for m in [str(zoo / "base"), *space.source_models()]}
-    worker = Worker(
-        WorkerSpec(refs, str(zoo / "base"), tuple(TaskSpec(t, "search", False) for t in TASKS))
-    )
+    spec = WorkerSpec(refs, str(zoo / "base"), tuple(TaskSpec(t, "search", False) for t in TASKS))
     points: list[tuple[int, float, float]] = []
     best = float("-inf")
+    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (spec,))
 
-    def objective(x) -> float:
+    def objectives(xs) -> list[float]:
         nonlocal best
-        out = worker.evaluate(space.decode([float(v) for v in x]), top)
-        f = (
-            0.0
-            if out.values is None
-            else sum(out.values[f"{t}/exact_match"] for t in TASKS) / len(TASKS)
-        )
-        best = max(best, f)
-        points.append((len(points) + 1, (len(points) + 1) * top * len(TASKS), best))
-        return -f
+        scores = pool.map(_score, [(space.decode([float(v) for v in x]), top) for x in xs])
+        for f in scores:  # in the generation's order, as a serial loop would have scored them
+            best = max(best, f)
+            points.append((len(points) + 1, (len(points) + 1) * top * len(TASKS), best))
+        return [-f for f in scores]
 
     t0 = time.perf_counter()
-    cma.fmin2(
-        objective,
-        [0.5] * space.dimension,
-        0.25,
-        {"bounds": [0, 1], "maxfevals": budget, "seed": seed + 1, "verbose": -9, "popsize": 9},
-    )
+    try:
+        cma.fmin2(
+            None,
+            [0.5] * space.dimension,
+            0.25,
+            {"bounds": [0, 1], "maxfevals": budget, "seed": seed + 1, "verbose": -9, "popsize": 9},
+            parallel_objective=objectives,
+        )
+    finally:
+        pool.terminate()
     name = f"mergekit-evolve-style{' (6 genes)' if compact else ''}"
     return Trace(name, seed, points[:budget], time.perf_counter() - t0)
 
@@ -206,6 +226,11 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="evaluation slots (a pool when above 1)")
     p.add_argument("--no-mf", action="store_true", help="one fidelity only")
     p.add_argument("--no-baseline", action="store_true", help="skip the mergekit-evolve-style runs")
+    p.add_argument("--baselines", default="full,compact",
+                   help="mergekit-evolve-style runs: on the full space, on the compact 6-gene one")
+    p.add_argument("--baseline-budget", type=int, default=None,
+                   help="candidates of the full-space baseline (default --budget): a longer run shows "
+                        "how much more it needs to reach what the others reached")
     p.add_argument(
         "--traces",
         type=Path,
@@ -220,14 +245,13 @@ def main() -> int:
     )
     args = p.parse_args()
     if args.report:
-        saved = json.loads(args.report.read_text())
-        report(
-            [
-                Trace(t["name"], t["seed"], [tuple(x) for x in t["points"]], t["seconds"])
-                for t in saved["traces"]
-            ],
-            saved["header"],
-        )
+        runs: dict[tuple[str, int], Trace] = {}
+        for path in args.report:
+            saved = json.loads(path.read_text())
+            for t in saved["traces"]:
+                runs[t["name"], t["seed"]] = Trace(t["name"], t["seed"], [tuple(x) for x in t["points"]],
+                                                   t["seconds"])
+        report(sorted(runs.values(), key=lambda t: t.seed), saved["header"])
         return 0
 
     from evomerge.zoo.build import default_zoo_dir
@@ -268,8 +292,11 @@ def main() -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         controller_runs(seed, args.optimizers, compact=False)
         if not args.no_baseline:
-            ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=False))
-            ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=True))
+            if "full" in args.baselines:
+                budget = args.baseline_budget or args.budget
+                ran(run_mergekit_evolve_style(seed, budget, args.top, zoo, compact=False, workers=args.workers))
+            if "compact" in args.baselines:
+                ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=True, workers=args.workers))
         controller_runs(seed, args.compact, compact=True)
     report(traces, header)
     return 0
