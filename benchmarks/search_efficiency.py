@@ -240,8 +240,10 @@ def main() -> int:
     p.add_argument(
         "--report",
         type=Path,
+        nargs="+",
         default=None,
-        help="print the tables of a saved traces file; run nothing",
+        help="print the tables of saved traces files (a later file's run replaces an earlier "
+        "one's of the same name and seed); run nothing",
     )
     args = p.parse_args()
     if args.report:
