@@ -65,10 +65,12 @@ zoo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_throughput.py --methods ties,dare_ties,linear
 
-## Best fitness against evaluations per optimiser on the zoo (needs `make zoo`; ~10 min).
+## Best fitness against examples scored per optimiser on the zoo, 5 search seeds, against the
+## mergekit-evolve-style baseline on the same spaces (~2 h on 2 cores).
 bench-search: $(STAMP)
 	$(BIN)/evomerge zoo build --no-report
-	$(BIN)/python benchmarks/search_efficiency.py
+	$(BIN)/python benchmarks/search_efficiency.py --seeds 0,1,2,3,4 --optimizers random,tpe,cmaes \
+		--compact cmaes --workers 2 --baseline-budget 270
 
 ## The zoo over 5 seeds x 1 and 2 threads (10 builds, ~35 min on 2 cores).
 bench-zoo: $(STAMP)

@@ -11,7 +11,7 @@ runs/zoo_blocks_ps.yaml and runs/zoo_blocks_dfs.yaml, the same for all), ``--tri
            layer      a path through the three experts' layers, 2 repeats, at most 6 layers,
                       scale per slot (24 genes)
            joint      search_spaces/zoo_joint.yaml (31 genes; its path can use the PS merge)
-  blocks   parameter  search_spaces/zoo_blocks_ps.yaml (37 genes)
+  blocks   parameter  search_spaces/zoo_blocks_ps.yaml (19 genes: per expert and module)
            layer      search_spaces/zoo_blocks_dfs.yaml (12 genes: the shared trunk pinned, the
                       experts' blocks in any order)
 Each run's best recipe (picked on the search split) is scored on the test split (1024 prompts
