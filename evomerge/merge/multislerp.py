@@ -17,10 +17,6 @@ from evomerge.merge._util import work_dtype
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
 
 
-class MultislerpError(ValueError):
-    pass
-
-
 def multislerp_tensors(
     tensors: list[torch.Tensor], weights: list[float], base: torch.Tensor | None, normalize: bool, eps: float
 ) -> torch.Tensor:
@@ -41,7 +37,7 @@ def multislerp_tensors(
         # Two inputs: linear interpolation, as mergekit. No task vector at all (every input
         # equals the base): the base, where mergekit raises.
         if len(tensors) != 2 and norms.max() >= eps:
-            raise MultislerpError(
+            raise ValueError(
                 "multislerp: the inputs' weighted mean direction is zero (antipodal inputs whose "
                 "weights cancel); change the weights"
             )

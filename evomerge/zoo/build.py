@@ -8,6 +8,7 @@ build is cached by the hash of its config: a second call returns at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -127,6 +128,7 @@ class ZooConfig(BaseModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+@functools.cache  # the data is generated from code, so one process hashes it once (0.2 s a time)
 def _data_hash() -> str:
     from evomerge.zoo.data import task_data
 

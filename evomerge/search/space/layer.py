@@ -276,8 +276,8 @@ class LayerSpace(PathSpace):
         ), strict=True)) if self.scale is not None else {}
         chosen = [s for s, v in enumerate(inc) if v > INCLUDED]
         pins = self.pins()
-        if self.max_layers is not None and len(chosen) > self.max_layers - self.pinned():
-            room = self.max_layers - self.pinned()
+        room = None if self.max_layers is None else self.max_layers - self.pinned()
+        if room is not None and len(chosen) > room:
             keep = sorted(chosen, key=lambda s: (-inc[s], s))[:room]
             chosen = sorted(keep)
         if not chosen and not pins:  # never an empty path: the most-nearly included slot
