@@ -91,11 +91,12 @@ def run_controller(
     zoo: Path,
     compact: bool = False,
     workers: int = 1,
+    pareto: bool = False,
 ) -> Trace:
     from evomerge.run import run_search
 
     space = _space(compact, zoo)
-    name = f"{optimizer}{'+MF' if levels else ''}{' (6 genes)' if compact else ''}"
+    name = f"{optimizer}{' (3 objectives)' if pareto else ''}{'+MF' if levels else ''}{' (6 genes)' if compact else ''}"
     work = WORK / f"{name.replace(' ', '_')}-s{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -103,7 +104,9 @@ def run_controller(
     run = {
         "space": "space.yaml",
         "objectives": [{"task": t} for t in TASKS],
-        "scalarization": "weighted_sum",
+        # pareto: the optimiser is told the three scores (MOTPE, as the quickstart runs); the
+        # trace's fitness is still their mean
+        "scalarization": "pareto" if pareto else "weighted_sum",
         # cmaes-async: CMA-ES that draws a point whenever a slot frees (no generation barrier)
         "optimizer": {
             "name": optimizer.removesuffix("-async"),
@@ -225,6 +228,9 @@ def main() -> int:
     p.add_argument("--zoo", type=Path, default=None)
     p.add_argument("--workers", type=int, default=1, help="evaluation slots (a pool when above 1)")
     p.add_argument("--no-mf", action="store_true", help="one fidelity only")
+    p.add_argument("--mf-only", action="store_true", help="multi-fidelity runs only")
+    p.add_argument("--pareto", action="store_true",
+                   help="the optimisers are told the three scores, not their mean (MOTPE for tpe)")
     p.add_argument("--no-baseline", action="store_true", help="skip the mergekit-evolve-style runs")
     p.add_argument("--baselines", default="full,compact",
                    help="mergekit-evolve-style runs: on the full space, on the compact 6-gene one")
@@ -283,13 +289,14 @@ def main() -> int:
         tmp.write_text(json.dumps({"header": header, "traces": [t.__dict__ for t in traces]}))
         tmp.replace(args.traces)
 
-    fidelities = (None,) if args.no_mf else (None, levels)
+    fidelities = (None,) if args.no_mf else (levels,) if args.mf_only else (None, levels)
 
     def controller_runs(seed: int, optimizers: str, compact: bool) -> None:
         for opt in filter(None, optimizers.split(",")):
             for mf in fidelities:
                 budget = args.budget if mf is None else mf_budget
-                ran(run_controller(opt, seed, budget, args.top, mf, zoo, compact=compact, workers=args.workers))
+                ran(run_controller(opt, seed, budget, args.top, mf, zoo, compact=compact,
+                                   workers=args.workers, pareto=args.pareto))
 
     for seed in [int(s) for s in args.seeds.split(",")]:
         controller_runs(seed, args.optimizers, compact=False)
