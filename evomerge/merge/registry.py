@@ -38,7 +38,8 @@ class Param:
     """A method parameter. ``low``/``high``: the values it may take (inclusive; None: unbounded),
     checked when a recipe is planned, before any compute. ``bounded_by``: the bounds hold only
     while this boolean parameter is true (weights must be >= 0 only where a method divides by
-    their sum, i.e. while ``normalize`` is on). ``why``: what the bounds protect, for the message."""
+    their sum, i.e. while ``normalize`` is on). ``why``: what the bounds protect, for the message.
+    ``inert``: accepted for mergekit's configs but without effect here (not searched)."""
 
     name: str
     type: type
@@ -48,6 +49,8 @@ class Param:
     high: float | None = None
     bounded_by: str | None = None
     why: str = ""
+    # Accepted (mergekit takes it) but without effect in this method: never a search gene.
+    inert: bool = False
 
     @property
     def required(self) -> bool:

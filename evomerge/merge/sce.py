@@ -52,7 +52,7 @@ def sce_tensors(base: torch.Tensor, tensors: list[torch.Tensor], select_topk: fl
     params=(
         Param("select_topk", float, default=1.0, low=0.0, high=1.0,
               why="it is the fraction of entries kept"),
-        Param("int8_mask", bool, default=False),
+        Param("int8_mask", bool, default=False, inert=True),
     ),
     base=BasePolicy.REQUIRED,
     min_inputs=0,

@@ -280,14 +280,12 @@ def _register(
         Param("weight", float, Scope.PER_MODEL, low=0.0, bounded_by="normalize",
               why="it divides by the sum of the weights"),
         Param("density", float, Scope.PER_MODEL, default=1.0, low=0.0, high=1.0,
-              why="it is the fraction of each task vector kept"),
+              why="it is the fraction of each task vector kept", inert=sparsification is None),
         Param("normalize", bool, default=normalize),
         Param("rescale", bool, default=rescale),
         Param("lambda", float, default=1.0, low=0.0,
               why="it scales the merged task vector; subtract a model with a negative weight instead"),
-        Param(
-            "int8_mask", bool, default=False
-        ),  # accepted for mergekit compatibility; no effect on results
+        Param("int8_mask", bool, default=False, inert=True),  # mergekit's memory saving
     ]
     if sparsification == "magnitude_outliers":
         params.append(Param("gamma", float, Scope.PER_MODEL, default=0.01, low=0.0, high=1.0,

@@ -28,14 +28,14 @@ from evomerge.search.space.base import (
 )
 from evomerge.search.space.joint import JointSpace
 from evomerge.search.space.layer import LayerSpace, PathSpace, ScaleGenes
-from evomerge.search.space.parameter import METHOD_PARAMETERS, Granularity, ParameterSpace
+from evomerge.search.space.parameter import Choice, Granularity, ParameterSpace, method_params
 from evomerge.search.space.slices import SlicesSpace
 from evomerge.search.space.sources import MERGED, RecipeSource, Run, layer_of_recipe, path_recipe
 
 __all__ = [
     "MERGED",
-    "METHOD_PARAMETERS",
     "SPACE_KINDS",
+    "Choice",
     "Gene",
     "Granularity",
     "JointSpace",
@@ -50,6 +50,7 @@ __all__ = [
     "SlicesSpace",
     "Space",
     "layer_of_recipe",
+    "method_params",
     "load_space",
     "path_recipe",
     "register_space",
