@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from evomerge.errors import EvomergeError
+from evomerge.methods import EVOMERGE_ONLY_METHODS
 from evomerge.recipe import RESIDUAL_WRITERS, Recipe
 
 
@@ -24,6 +25,12 @@ class MergekitExportError(EvomergeError):
 
 
 def to_mergekit(recipe: Recipe) -> dict[str, Any]:
+    own = [m for m in recipe.methods_used() if m in EVOMERGE_ONLY_METHODS]
+    if own:
+        raise MergekitExportError(
+            f"merge_method {own[0]!r} is evomerge's own; mergekit 0.1.5 has no such method, so the "
+            "recipe exports no mergekit config (evomerge_recipe.yaml records the merge)."
+        )
     data = recipe.to_dict()
     data.pop("seed", None)
     for i, s in enumerate(data.get("slices") or []):

@@ -27,6 +27,9 @@ METHODS: Registry = Registry(
         "arcee_fusion": "evomerge.merge.arcee_fusion",
         "ram": "evomerge.merge.ram",
         "ramplus_tl": "evomerge.merge.ram",
+        "lines": "evomerge.merge.lines",
+        "pcb": "evomerge.merge.pcb",
+        "cabs": "evomerge.merge.cabs",
         "task_arithmetic": "evomerge.merge.task_arithmetic",
         "ties": "evomerge.merge.task_arithmetic",
         "dare_linear": "evomerge.merge.task_arithmetic",
@@ -43,3 +46,7 @@ METHODS: Registry = Registry(
 # list in the message, not with "unknown method"). None for mergekit 0.1.5: every method it
 # registers is here (tests/merge/test_mergekit_parity.py checks it against mergekit).
 MERGEKIT_ONLY_METHODS: tuple[str, ...] = ()
+
+# evomerge methods that mergekit 0.1.5 lacks (or, for ``cabs``, spells with other parameters):
+# a recipe using one exports no mergekit config.
+EVOMERGE_ONLY_METHODS: tuple[str, ...] = ("lines", "pcb", "cabs")

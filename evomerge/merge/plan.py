@@ -65,6 +65,7 @@ class TensorOp:
     shape: tuple[int, ...] = ()
     in_dtype: torch.dtype = torch.float32
     scale: float | None = None
+    layer: int | None = None  # output layer index; None outside the layer stack
 
     @property
     def all_inputs(self) -> list[tuple[str, str]]:
@@ -116,6 +117,8 @@ class MergePlan:
             tensors=[load(r) for r in op.inputs],
             base=load(op.base) if op.base else None,
             seed=self.seed if op.method.randomized else None,
+            layer=op.layer,
+            num_layers=self.num_layers,
         )
         out = op.method.fn(group, **op.shared, **op.per_model)
         if op.scale is not None and op.scale != 1.0:
@@ -306,7 +309,12 @@ def build_plan(
     out_prefix = layouts[out_model].prefix
 
     def add(
-        ctx: _SliceCtx, out_name: str, names: dict[str, str], t: float, scale: float | None
+        ctx: _SliceCtx,
+        out_name: str,
+        names: dict[str, str],
+        t: float,
+        scale: float | None,
+        layer: int | None = None,
     ) -> None:
         scopes_shared = [ctx.slice.parameters, recipe.parameters]
         shared = {
@@ -337,6 +345,7 @@ def build_plan(
             shared=shared,
             per_model=per_model,
             scale=scale,
+            layer=layer,
         )
         shapes = {}
         for model, tensor in op.all_inputs:
@@ -371,7 +380,7 @@ def build_plan(
                     for src in ctx.slice.sources
                 }
                 scale = ctx.slice.scale if any(w in rest for w in RESIDUAL_WRITERS) else None
-                add(ctx, f"{out_prefix}.{out_index}.{rest}", names, t, scale)
+                add(ctx, f"{out_prefix}.{out_index}.{rest}", names, t, scale, out_index)
             out_index += 1
 
     # The final norm and the head come from the last slice's sources. A tied model has no

@@ -86,6 +86,15 @@ class Param:
                 raise ValueError(
                     f"parameter {self.name!r} must be a number, got {value!r}"
                 ) from None
+        if self.type is int:
+            # A gradient over whole numbers interpolates to fractions: refuse them, never round.
+            try:
+                number = None if isinstance(value, bool) else float(value)
+            except (TypeError, ValueError):
+                number = None
+            if number is None or not number.is_integer():
+                raise ValueError(f"parameter {self.name!r} must be a whole number, got {value!r}")
+            return int(number)
         return value
 
 
@@ -95,13 +104,18 @@ class TensorGroup:
 
     ``tensors`` are the inputs that per-model parameters refer to (the non-base
     inputs, unless the method's base policy is INPUT). ``base`` is the base
-    model's tensor, if the method uses one.
+    model's tensor, if the method uses one. ``layer`` is the index of the output
+    layer the tensor belongs to (None for embeddings, the final norm and the head)
+    and ``num_layers`` the output model's depth, for methods that scale by depth;
+    the planner fills both (None: the caller did not say).
     """
 
     name: str
     tensors: list[torch.Tensor]
     base: torch.Tensor | None = None
     seed: int | None = None  # randomised methods derive their streams from it
+    layer: int | None = None
+    num_layers: int | None = None
 
 
 MergeFn = Callable[..., torch.Tensor]

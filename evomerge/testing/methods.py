@@ -109,8 +109,12 @@ class MethodSuite:
         return {BasePolicy.REQUIRED: [True], BasePolicy.INPUT: [False]}.get(spec.base, [False, True])
 
     def group(self, spec: MethodSpec, tensors, base=None, seed: int | None = 7,
-              name: str = "model.layers.0.mlp.up_proj.weight") -> TensorGroup:
-        return TensorGroup(name, list(tensors), base, seed=seed if spec.randomized else None)
+              name: str = "model.layers.0.mlp.up_proj.weight", layer: int | None = 0,
+              num_layers: int | None = 2) -> TensorGroup:
+        """The group the planner would build (``layer``/``num_layers``: the output layer and
+        depth it fills in, which depth-scaled methods read)."""
+        return TensorGroup(name, list(tensors), base, seed=seed if spec.randomized else None,
+                           layer=layer, num_layers=num_layers)
 
     def call(self, spec: MethodSpec, group: TensorGroup, params: dict | None = None) -> torch.Tensor:
         params = self.params(spec, len(group.tensors)) if params is None else params
