@@ -30,7 +30,7 @@ def _searchable_ranges(method: str) -> dict:
             continue
         low = p.low if p.low is not None else (0.0 if p.default in (None,) else float(p.default) - 1)
         if p.type is int:
-            out[p.name] = {"low": low, "high": low + 2}
+            out[p.name] = {"low": max(low, p.default // 2), "high": p.default} if p.default else {"low": low, "high": low + 2}
         elif isinstance(p.default, float) and 0 < p.default < 1:  # a small setting (eps, tol, epsilon)
             out[p.name] = {"low": max(low, p.default / 2), "high": p.default}
         elif p.low == 0 and p.high == 1:  # a fraction (density, t)
@@ -110,6 +110,10 @@ def test_ranges_outside_a_methods_bounds_are_refused(untied_family):
                "density": {"low": 0.2, "high": 1.0}, "epsilon": {"low": 0.0, "high": 0.3}})
     _space(untied_family, methods=["della"], parameters={"weight": {"low": 0, "high": 1},
            "density": {"low": 0.4, "high": 0.6}, "epsilon": {"low": 0.0, "high": 0.3}})
+    # ... and on whole numbers only for integer parameters (CABS keeps n of every m entries)
+    with pytest.raises(ValueError, match=r"'cabs' refuses some points of the space \(n = 300 is more than m = 256"):
+        _space(untied_family, methods=["cabs"], parameters={"n": {"low": 32, "high": 300}, "m": {"low": 256, "high": 512}})
+    _space(untied_family, methods=["cabs"], parameters={"n": {"low": 32.5, "high": 256.5}, "m": {"low": 256, "high": 512}})
     # density changes nothing in plain task arithmetic, so it is not a gene there
     with pytest.raises(ValueError, match=r"none of the methods \['task_arithmetic'\] takes a parameter 'density'"):
         _space(untied_family, methods=["task_arithmetic"])

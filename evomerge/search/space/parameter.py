@@ -110,6 +110,8 @@ def _joint_problem(spec: MethodSpec, ranges: dict[str, Range | Choice]) -> str |
             axes[p.name] = [None if p.required else p.default]
         elif isinstance(r, Choice):
             axes[p.name] = [p.coerce(c) for c in r.choices]
+        elif p.type is int:  # integer genes decode to whole numbers only
+            axes[p.name] = [math.ceil(r.low), math.floor(r.high)]
         else:
             inside = (r.high - r.low) * 1e-6
             axes[p.name] = [r.low, r.low + inside, r.high - inside, r.high]
