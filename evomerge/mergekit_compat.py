@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from evomerge.errors import EvomergeError
+from evomerge.methods import EVOMERGE_ONLY_METHODS
 from evomerge.recipe import RESIDUAL_WRITERS, Recipe
 
 
@@ -24,6 +25,12 @@ class MergekitExportError(EvomergeError):
 
 
 def to_mergekit(recipe: Recipe) -> dict[str, Any]:
+    used = {recipe.merge_method, *(s.merge_method for s in recipe.slices or [] if s.merge_method)}
+    if only := sorted(used & set(EVOMERGE_ONLY_METHODS)):
+        raise MergekitExportError(
+            f"merge_method {only[0]!r} is evomerge's own; mergekit has no such method. The "
+            "recipe (evomerge_recipe.yaml) is the record; run it with `evomerge merge`."
+        )
     data = recipe.to_dict()
     data.pop("seed", None)
     for i, s in enumerate(data.get("slices") or []):

@@ -35,6 +35,10 @@ METHODS: Registry = Registry(
         "breadcrumbs_ties": "evomerge.merge.task_arithmetic",
         "della": "evomerge.merge.task_arithmetic",
         "della_linear": "evomerge.merge.task_arithmetic",
+        "tsv": "evomerge.merge.tsv",
+        "iso_c": "evomerge.merge.isotropic",
+        "iso_cts": "evomerge.merge.isotropic",
+        "star": "evomerge.merge.star",
     },
     entry_points="evomerge.merge_methods",
 )
@@ -43,3 +47,7 @@ METHODS: Registry = Registry(
 # list in the message, not with "unknown method"). None for mergekit 0.1.5: every method it
 # registers is here (tests/merge/test_mergekit_parity.py checks it against mergekit).
 MERGEKIT_ONLY_METHODS: tuple[str, ...] = ()
+
+# evomerge methods mergekit 0.1.5 does not have: a recipe using one is not exported as a
+# mergekit config (mergekit could not run it).
+EVOMERGE_ONLY_METHODS: tuple[str, ...] = ("tsv", "iso_c", "iso_cts", "star")
