@@ -38,6 +38,10 @@ METHODS: Registry = Registry(
         "breadcrumbs_ties": "evomerge.merge.task_arithmetic",
         "della": "evomerge.merge.task_arithmetic",
         "della_linear": "evomerge.merge.task_arithmetic",
+        "tsv": "evomerge.merge.tsv",
+        "iso_c": "evomerge.merge.isotropic",
+        "iso_cts": "evomerge.merge.isotropic",
+        "star": "evomerge.merge.star",
     },
     entry_points="evomerge.merge_methods",
 )
@@ -48,5 +52,5 @@ METHODS: Registry = Registry(
 MERGEKIT_ONLY_METHODS: tuple[str, ...] = ()
 
 # evomerge methods that mergekit 0.1.5 lacks (or, for ``cabs``, spells with other parameters):
-# a recipe using one exports no mergekit config.
-EVOMERGE_ONLY_METHODS: tuple[str, ...] = ("lines", "pcb", "cabs")
+# a recipe using one exports no mergekit config (mergekit could not run it).
+EVOMERGE_ONLY_METHODS: tuple[str, ...] = ("lines", "pcb", "cabs", "tsv", "iso_c", "iso_cts", "star")
