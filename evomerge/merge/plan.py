@@ -120,7 +120,14 @@ class MergePlan:
             layer=op.layer,
             num_layers=self.num_layers,
         )
-        out = op.method.fn(group, **op.shared, **op.per_model)
+        try:
+            out = op.method.fn(group, **op.shared, **op.per_model)
+        except ValueError as e:  # what a method refuses in these tensors' values, not a bug
+            where = f"tensor {op.name}" if op.name in str(e) else f"tensor {op.name} ({', '.join(m for m, _ in op.all_inputs)})"
+            raise RecipeError(
+                f"{op.method.name} could not merge {where}: {e}. Change the method or its parameters "
+                f"for this tensor (a `{{filter, value}}` parameter or a slice of its own)."
+            ) from e
         if op.scale is not None and op.scale != 1.0:
             out = out * op.scale
         return out.to(self.output_dtype(op))
