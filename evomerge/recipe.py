@@ -6,7 +6,9 @@ loads unchanged: ``models`` (a parameter-space merge of whole models) or
 passthrough copy or itself a merge of several models' ranges), ``base_model``,
 ``merge_method``, ``parameters`` (scalars, gradients interpolated across layers,
 or lists of ``{filter, value}`` matched against tensor names), ``dtype``,
-``out_dtype`` and ``tokenizer_source``.
+``out_dtype``, ``tokenizer_source`` (``base``, ``union`` or a model), the
+``tokenizer`` block (vocabulary source, per-token embeddings, padding) and
+``chat_template``.
 
 evomerge adds three fields that mergekit cannot express; ``to_mergekit``
 refuses recipes that use them in ways it cannot translate:
@@ -24,7 +26,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -83,14 +85,16 @@ DTYPE_ALIASES = {
     "fp64": "float64",
 }
 
-# mergekit fields evomerge does not implement yet, with what to do instead.
+# mergekit fields evomerge refuses, with why and what to do instead.
 _UNSUPPORTED_TOP = {
-    "modules": "write the merge with top-level `models:` or `slices:` (single-module models)",
-    "tokenizer": "use `tokenizer_source: base` or a model path; vocabulary surgery is not implemented",
-    "chat_template": "copy the chat template into the output's tokenizer_config.json yourself",
+    "modules": "it names the parts of multi-module models (a vision tower beside a text decoder), "
+    "which evomerge does not merge; for a single-module model it means the same as top-level "
+    "`models:` or `slices:`, so write the merge with those",
 }
 _UNSUPPORTED_SLICE = {
-    "residual_weight": "express the mix as a merge of the slice's sources instead",
+    "residual_weight": "mergekit 0.1.5 parses it but never reads it (a config that sets it merges "
+    "exactly as one without it), so evomerge refuses it rather than ignore it silently; to weight "
+    "what a slice adds to the residual stream, use evomerge's slice `scale`",
 }
 # Tensors through which a layer writes into the residual stream: a slice's `scale` multiplies these.
 RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "c_proj", "fc2", "dense_4h_to_h")
@@ -151,7 +155,7 @@ class Slice(StrictModel):
             for key, fix in _UNSUPPORTED_SLICE.items():
                 if key in data:
                     raise ValueError(
-                        f"the mergekit slice field {key!r} is not supported by evomerge yet: {fix}."
+                        f"the mergekit slice field {key!r} is not supported by evomerge: {fix}."
                     )
         return data
 
@@ -170,6 +174,50 @@ class Slice(StrictModel):
         return self.sources[0].num_layers
 
 
+class ModelTokenEmbedding(StrictModel):
+    """A token's embedding taken from a model's row: by ``token_id`` or by ``token`` (in that
+    model's own vocabulary)."""
+
+    kind: Literal["model_token"]
+    model: str
+    token_id: int | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelTokenEmbedding:
+        if (self.token_id is None) == (self.token is None):
+            raise ValueError(
+                f"a model_token source (model {self.model!r}) needs exactly one of token_id or token."
+            )
+        return self
+
+
+class ZeroEmbedding(StrictModel):
+    """A token's embedding of zeros."""
+
+    kind: Literal["zero"]
+
+
+class TokenEmbedding(StrictModel):
+    """Where a token's embedding row comes from (mergekit's ``TokenEmbeddingConfig``).
+
+    ``source``: a model (its row for this token), a ``model_token`` or ``zero`` source, or none
+    (the default for a token some model lacks). ``force``: use the source for every model, even
+    those that have the token.
+    """
+
+    source: Union[ModelTokenEmbedding, ZeroEmbedding, str, None] = None
+    force: bool = False
+
+
+class TokenizerSettings(StrictModel):
+    """mergekit's ``tokenizer:`` block: the output vocabulary and how its rows are made."""
+
+    source: str = "union"  # "union", "base" or a model
+    tokens: dict[str, TokenEmbedding] | None = None
+    pad_to_multiple_of: int | None = Field(default=None, ge=1)
+
+
 class Recipe(StrictModel):
     """One merge. Load with ``Recipe.from_yaml``/``Recipe.load``; hash with ``content_hash``."""
 
@@ -181,6 +229,8 @@ class Recipe(StrictModel):
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerSettings | None = None
+    chat_template: str | None = None
     seed: int | None = None
 
     @model_validator(mode="before")
@@ -190,7 +240,7 @@ class Recipe(StrictModel):
             for key, fix in _UNSUPPORTED_TOP.items():
                 if data.get(key) is not None:
                     raise ValueError(
-                        f"the mergekit field {key!r} is not supported by evomerge yet: {fix}."
+                        f"the mergekit field {key!r} is not supported by evomerge: {fix}."
                     )
         return data
 
@@ -202,10 +252,10 @@ class Recipe(StrictModel):
             )
         self.dtype = _canonical_dtype(self.dtype, "dtype")
         self.out_dtype = _canonical_dtype(self.out_dtype, "out_dtype")
-        if self.tokenizer_source == "union":
+        if self.tokenizer_source is not None and self.tokenizer is not None:
             raise ValueError(
-                "tokenizer_source 'union' needs vocabulary surgery, which evomerge does not implement yet; "
-                "use 'base' or a model path."
+                "give either `tokenizer_source` or a `tokenizer:` block, not both (mergekit refuses "
+                "both too); move the source into `tokenizer: {source: ...}`."
             )
         for method in self.methods_used():
             if method in MERGEKIT_ONLY_METHODS:
@@ -254,6 +304,13 @@ class Recipe(StrictModel):
                 step += f"x{s.scale:.2f}"
             steps.append(step)
         return " ".join(steps)
+
+    @property
+    def vocabulary_source(self) -> str | None:
+        """``union``, ``base``, a model, or None when the recipe leaves the vocabulary alone."""
+        if self.tokenizer is not None:
+            return self.tokenizer.source
+        return self.tokenizer_source
 
     @property
     def is_layer_space(self) -> bool:

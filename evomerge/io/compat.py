@@ -203,7 +203,8 @@ def check_same_vocabulary(
         raise CheckpointError(
             f"The source models have different vocabularies (vocab_size in config.json: {listed}). "
             "Their embeddings and output heads cannot be merged row by row; choose sources that "
-            "share the base model's tokenizer (vocabulary surgery is not implemented)."
+            "share the base model's tokenizer, or merge them onto one vocabulary with "
+            "`tokenizer_source: union` (or `base`)."
         )
     if not paths:
         return
@@ -219,7 +220,8 @@ def check_same_vocabulary(
                 f"The source models {first} and {m} have different tokenizers: their "
                 f"tokenizer.json give {len(differ)} token(s) different ids (e.g. {shown}), so row i "
                 "of their embeddings is a different token. Merge models that share one tokenizer "
-                "(fine-tuned from the same base), or fix the tokenizer files that were replaced."
+                "(fine-tuned from the same base), merge them onto one vocabulary with "
+                "`tokenizer_source: union` (or `base`), or fix the tokenizer files that were replaced."
             )
 
 
@@ -230,11 +232,14 @@ def check_sources_fit(
     same_depth: bool = True,
     shapes: bool = True,
     where: str = "the recipe",
+    vocabulary: bool = True,
 ) -> None:
     """Every check that sources of one merge must pass, most telling first. ``shapes=False``
-    leaves layer shapes to the caller (a merge plan names the tensors that differ)."""
+    leaves layer shapes to the caller (a merge plan names the tensors that differ);
+    ``vocabulary=False``: the embeddings are re-indexed onto an output vocabulary."""
     check_same_architecture(configs)
-    check_same_vocabulary(configs, paths)
+    if vocabulary:
+        check_same_vocabulary(configs, paths)
     if shapes:
         check_same_shapes(configs)
     if same_depth:

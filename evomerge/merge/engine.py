@@ -13,6 +13,8 @@ candidate's failure.
 from __future__ import annotations
 
 import contextlib
+import json
+import tempfile
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +27,13 @@ import torch
 from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import Checkpoint, StateDictSource, TensorSource
 from evomerge.io.prefill import OutputPrefill
+from evomerge.io.tokenizer import (
+    Vocabulary,
+    build_vocabulary,
+    load_tokenizer,
+    resolve_chat_template,
+    save_tokenizer,
+)
 from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, TensorSpec, check_output_dir
 from evomerge.merge._util import OutputPool, use_output_pool
 from evomerge.merge.plan import MergePlan, build_plan
@@ -165,7 +174,13 @@ def merge_to_disk(
     check_output_dir(out, force)  # before any compute
     # A NaN in a source is refused naming the model and tensor, as it is read.
     sources = open_sources(recipe, search_dirs, allow_pickle=allow_pickle, check_finite=True)
-    plan = build_plan(recipe, sources)
+    vocabulary = build_vocabulary(
+        recipe, {m: c.path for m, c in sources.items()}, {m: c.config for m, c in sources.items()}
+    )
+    template = None
+    if recipe.chat_template:
+        template = resolve_chat_template(recipe.chat_template, [c.path for c in sources.values()])
+    plan = build_plan(recipe, sources, vocabulary=vocabulary)
     specs = plan.specs()
     with CheckpointWriter(
         out, specs, max_shard_bytes=max_shard_bytes, force=force, prefill=prefill
@@ -185,7 +200,7 @@ def merge_to_disk(
         if progress:
             progress(len(plan.ops), len(plan.ops), "")
         writer.write_json("config.json", plan.output_config(sources))
-        _copy_tokenizer(recipe, sources, writer)
+        _write_tokenizer(recipe, sources, vocabulary, template, writer)
         writer.write_text("evomerge_recipe.yaml", recipe.to_yaml())
         _write_mergekit_config(recipe, writer)
     return MergeResult(
@@ -206,19 +221,38 @@ def _input_bytes(plan: MergePlan, sources: Mapping[str, TensorSource]) -> int:
     )
 
 
-def _copy_tokenizer(
-    recipe: Recipe, sources: Mapping[str, Checkpoint], writer: CheckpointWriter
+def _write_tokenizer(
+    recipe: Recipe,
+    sources: Mapping[str, Checkpoint],
+    vocabulary: Vocabulary | None,
+    template: str | None,
+    writer: CheckpointWriter,
 ) -> None:
-    src = recipe.tokenizer_source
-    if src in (None, "base"):
-        src = recipe.base_model or recipe.referenced_models()[0]
-    if src not in sources:
-        raise RecipeError(
-            f"tokenizer_source {src!r} is not one of the recipe's models; use 'base' or one of them."
-        )
-    for name in TOKENIZER_FILES:
-        path = sources[src].path / name
-        if path.exists():
+    """The output vocabulary's tokenizer; else the source's tokenizer files, copied (re-saved
+    with the chat template ``template`` if the recipe gives one, as mergekit does)."""
+    tokenizer = vocabulary.tokenizer if vocabulary is not None else None
+    if tokenizer is None:
+        src = recipe.vocabulary_source
+        if src in (None, "base"):
+            src = recipe.base_model or recipe.referenced_models()[0]
+        if src not in sources:
+            raise RecipeError(
+                f"tokenizer_source {src!r} is not one of the recipe's models; use 'base' or one of them."
+            )
+        if template is not None:
+            tokenizer = load_tokenizer(sources[src].path)
+        if tokenizer is None:
+            for name in TOKENIZER_FILES:
+                path = sources[src].path / name
+                if path.exists():
+                    writer.copy_file(path)
+            if template is not None:  # no tokenizer loads from the files: set the key in place
+                config_path = sources[src].path / "tokenizer_config.json"
+                config = json.loads(config_path.read_text()) if config_path.exists() else {}
+                writer.write_json("tokenizer_config.json", {**config, "chat_template": template})
+            return
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in save_tokenizer(tokenizer, template, Path(tmp)):
             writer.copy_file(path)
 
 
@@ -251,9 +285,12 @@ class InMemoryMerger:
         self.device = check_device(device)
         self.dtype = dtype
         self.sources: dict[str, StateDictSource] = {}
+        self._paths: dict[str, Path] = {}  # model directories: their tokenizers
+        self._vocabularies: dict[str, Vocabulary | None] = {}
         for ref, src in sources.items():
             if isinstance(src, (str, Path)):
                 src = Checkpoint(resolve_model_path(str(src)), allow_pickle=allow_pickle)
+                self._paths[ref] = src.path
             tensors = {
                 name: src.get(name).to(device=self.device, dtype=dtype or src.dtype(name))
                 for name in src.tensor_names()
@@ -261,7 +298,21 @@ class InMemoryMerger:
             self.sources[ref] = StateDictSource(ref, tensors, dict(src.config))
 
     def plan(self, recipe: Recipe, seed: int | None = None) -> MergePlan:
-        return build_plan(recipe, self.sources, seed=seed)
+        return build_plan(recipe, self.sources, seed=seed, vocabulary=self._vocabulary(recipe))
+
+    def _vocabulary(self, recipe: Recipe) -> Vocabulary | None:
+        """The recipe's output vocabulary, built once per tokenizer setting (a search's
+        candidates share it); None without one, or without the sources' directories."""
+        models = recipe.referenced_models()
+        if recipe.vocabulary_source is None or not all(m in self._paths for m in models):
+            return None
+        key = json.dumps([models, recipe.base_model, recipe.tokenizer_source,
+                          recipe.tokenizer.model_dump(mode="json") if recipe.tokenizer else None])
+        if key not in self._vocabularies:
+            self._vocabularies[key] = build_vocabulary(
+                recipe, self._paths, {m: self.sources[m].config for m in models}
+            )
+        return self._vocabularies[key]
 
     def output_config(self, recipe: Recipe) -> dict[str, Any]:
         return self.plan(recipe).output_config(self.sources)

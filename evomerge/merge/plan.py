@@ -12,6 +12,10 @@ resolves every parameter for every output tensor with mergekit's rules:
   substring of the tensor name (no filter or ``*`` matches all);
 * a ``models:`` recipe is one slice over every layer of every model.
 
+With an output vocabulary (``tokenizer_source`` / ``tokenizer:``, see
+``evomerge.io.tokenizer``), the embeddings and output heads are re-indexed onto it
+before they are merged (``evomerge.merge.vocab``); their row counts may then differ.
+
 The result is checked before any compute: every input must exist with the same
 shape, and a mismatch names the tensor, the models and their shapes.
 """
@@ -29,8 +33,10 @@ from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io.checkpoint import TensorSource
 from evomerge.io.compat import check_sources_fit, config_differences
 from evomerge.io.model_config import layer_count
+from evomerge.io.tokenizer import Vocabulary
 from evomerge.io.writer import TensorSpec
 from evomerge.merge.registry import BasePolicy, MethodSpec, Param, TensorGroup, get_method
+from evomerge.merge.vocab import align_vocabulary
 from evomerge.recipe import (
     RESIDUAL_WRITERS,
     ConditionalParameter,
@@ -66,6 +72,10 @@ class TensorOp:
     in_dtype: torch.dtype = torch.float32
     scale: float | None = None
     layer: int | None = None  # output layer index; None outside the layer stack
+    # A vocabulary tensor re-indexed onto the output vocabulary: its models in the recipe's
+    # order and the slice's base (the defaults of missing tokens depend on both).
+    vocab_models: list[str] | None = None
+    vocab_base: str | None = None
 
     @property
     def all_inputs(self) -> list[tuple[str, str]]:
@@ -83,6 +93,7 @@ class MergePlan:
     tied_output: bool
     layer_count_key: str | None = None
     warnings: list[str] = field(default_factory=list)
+    vocabulary: Vocabulary | None = None
 
     def output_dtype(self, op: TensorOp) -> torch.dtype:
         return self.out_dtype or self.compute_dtype or op.in_dtype
@@ -103,6 +114,11 @@ class MergePlan:
             name = str(next(iter(dtypes))).removeprefix("torch.")
             config["torch_dtype" if "torch_dtype" in config else "dtype"] = name
         config["tie_word_embeddings"] = self.tied_output
+        if self.vocabulary is not None:
+            if "vocab_size" not in config and "vocab_size" in (config.get("text_config") or {}):
+                config["text_config"] = {**config["text_config"], "vocab_size": self.vocabulary.size}
+            else:
+                config["vocab_size"] = self.vocabulary.size
         return config
 
     def run_op(self, op: TensorOp, fetch, device: torch.device | str) -> torch.Tensor:
@@ -112,10 +128,21 @@ class MergePlan:
             t = fetch(*ref)
             return t.to(device=device, dtype=self.compute_dtype or t.dtype, non_blocking=True)
 
+        base = load(op.base) if op.base else None
+        tensors = [load(r) for r in op.inputs]
+        if op.vocab_models is not None and self.vocabulary is not None:
+            by_model = {m: t for (m, _), t in zip(op.inputs, tensors, strict=True)}
+            if op.base:
+                by_model[op.base[0]] = base
+            aligned = align_vocabulary(
+                self.vocabulary, op.vocab_models, by_model, op.vocab_base, op.name
+            )
+            tensors = [aligned[m] for m, _ in op.inputs]
+            base = aligned[op.base[0]] if op.base else None
         group = TensorGroup(
             name=op.name,
-            tensors=[load(r) for r in op.inputs],
-            base=load(op.base) if op.base else None,
+            tensors=tensors,
+            base=base,
             seed=self.seed if op.method.randomized else None,
             layer=op.layer,
             num_layers=self.num_layers,
@@ -267,16 +294,27 @@ def _check_known_parameters(recipe: Recipe, ctxs: list[_SliceCtx]) -> list[str]:
 
 
 def build_plan(
-    recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int | None = None
+    recipe: Recipe,
+    sources: Mapping[str, TensorSource],
+    *,
+    seed: int | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> MergePlan:
-    """Plan ``recipe`` over ``sources`` (keyed by the recipe's model references)."""
+    """Plan ``recipe`` over ``sources`` (keyed by the recipe's model references);
+    ``vocabulary``: the output vocabulary the recipe asks for (``build_vocabulary``)."""
     missing = [m for m in recipe.referenced_models() if m not in sources]
     if missing:
         raise RecipeError(
             f"The recipe references models that were not provided: {', '.join(missing)}."
         )
+    if vocabulary is None and (recipe.vocabulary_source == "union" or recipe.tokenizer is not None):
+        raise RecipeError(
+            f"The recipe's vocabulary source {recipe.vocabulary_source!r} needs the models' "
+            "tokenizers, which in-memory sources do not have; merge from model directories "
+            "(evomerge merge, or InMemoryMerger given the directories' paths)."
+        )
     check_parameter_ranges(recipe)
-    _check_sources_fit(recipe, sources)
+    _check_sources_fit(recipe, sources, vocabulary is None)
     layouts = {name: _layout(src) for name, src in sources.items()}
     counts = {name: _layer_count(sources[name], layouts[name]) for name in sources}
 
@@ -360,12 +398,26 @@ def build_plan(
                 problems.append(f"tensor {tensor} is missing from {model}")
                 return
             shapes[model] = sources[model].shape(tensor)
+        ref_model, ref_tensor = op.all_inputs[0]
+        if vocabulary is not None and _is_vocabulary_tensor(out_name):
+            models = [src.model for src in ctx.slice.sources if src.model in shapes]
+            if not all(vocabulary.is_identity(m, shapes[m][0]) for m in models):
+                short = [
+                    f"{m} has {shapes[m][0]} rows but its tokenizer needs {need}"
+                    for m in models
+                    if (need := max(vocabulary.rows[m]) + 1) > shapes[m][0]
+                ]
+                if short:
+                    problems.append(f"{out_name}: " + ", ".join(short))
+                    return
+                op.vocab_models = models
+                op.vocab_base = ctx.slice.base_model or recipe.base_model
+                shapes = {m: (vocabulary.size, *s[1:]) for m, s in shapes.items()}
         if len(set(shapes.values())) > 1:
             problems.append(
                 f"{out_name}: " + ", ".join(f"{m} has {list(s)}" for m, s in shapes.items())
             )
             return
-        ref_model, ref_tensor = op.all_inputs[0]
         op.shape = shapes[ref_model]
         op.in_dtype = sources[ref_model].dtype(ref_tensor)
         ops.append(op)
@@ -436,8 +488,14 @@ def build_plan(
         seed=seed,
         tied_output=tied_output,
         layer_count_key=key or "num_hidden_layers",
-        warnings=warnings,
+        warnings=warnings + (vocabulary.warnings if vocabulary else []),
+        vocabulary=vocabulary,
     )
+
+
+def _is_vocabulary_tensor(name: str) -> bool:
+    """A tensor with one row per token: the token embedding or the output head."""
+    return "embed_tokens" in name or name.endswith("wte.weight") or _is_head(name)
 
 
 def _is_head(name: str) -> bool:
@@ -448,14 +506,17 @@ def _embedding_name(layout: _Layout) -> str | None:
     return next((n for n in layout.pre if "embed_tokens" in n or n.endswith("wte.weight")), None)
 
 
-def _check_sources_fit(recipe: Recipe, sources: Mapping[str, TensorSource]) -> None:
-    """Architecture, vocabulary, shapes and (for a ``models:`` merge) depth, from the configs
-    (and tokenizers, for sources on disk): a clearer refusal than the tensors' shapes give."""
+def _check_sources_fit(
+    recipe: Recipe, sources: Mapping[str, TensorSource], same_vocabulary: bool = True
+) -> None:
+    """Architecture, vocabulary (unless re-indexed onto an output vocabulary), shapes and (for
+    a ``models:`` merge) depth, from the configs (and tokenizers, for sources on disk): a
+    clearer refusal than the tensors' shapes give."""
     models = recipe.referenced_models()
     configs = {m: sources[m].config for m in models}
     paths = {m: p for m in models if (p := getattr(sources[m], "path", None)) is not None}
     check_sources_fit(configs, paths, same_depth=recipe.models is not None, shapes=False,
-                      where="This `models:` recipe")
+                      where="This `models:` recipe", vocabulary=same_vocabulary)
 
 
 def _parameter_scopes(recipe: Recipe):

@@ -67,6 +67,8 @@ def _absolute_model_paths(recipe: Recipe, search_dirs: Sequence[Path]) -> Recipe
                 entry[key] = absolute[entry[key]]
     if data.get("tokenizer_source") in absolute:
         data["tokenizer_source"] = absolute[data["tokenizer_source"]]
+    if (data.get("tokenizer") or {}).get("source") in absolute:
+        data["tokenizer"]["source"] = absolute[data["tokenizer"]["source"]]
     return Recipe.from_dict(data, "the exported recipe")
 
 

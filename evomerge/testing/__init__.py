@@ -27,9 +27,11 @@ from evomerge.testing.models import (
     llama_config,
     llama_state,
     make_family,
+    make_vocab_family,
     mini_zoo_config,
     run_mergekit,
     save_model,
+    save_word_tokenizer,
     tiny_char_lm,
 )
 
@@ -37,8 +39,10 @@ __all__ = [
     "llama_config",
     "llama_state",
     "make_family",
+    "make_vocab_family",
     "mini_zoo_config",
     "run_mergekit",
     "save_model",
+    "save_word_tokenizer",
     "tiny_char_lm",
 ]

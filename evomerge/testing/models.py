@@ -91,6 +91,59 @@ def make_family(
     return models
 
 
+def save_word_tokenizer(
+    path: Path, words: list[str], added: tuple[str, ...] = (), chat_template: str | None = None
+) -> Path:
+    """A word-level fast tokenizer in ``path``: ``words`` get ids 0.. in order (the first three
+    are unk, bos and eos), ``added`` tokens follow as added tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=words[0], bos_token=words[1], eos_token=words[2]
+    )
+    fast.add_tokens(list(added))
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(str(path))
+    return path
+
+
+VOCAB_FAMILY = {
+    # name: (ordinary tokens, added tokens); "w0".."w60" are shared, at different ids in "b".
+    "base": (["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)], ()),
+    "a": (["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)] + ["alpha", "beta"], ("<tool>",)),
+    "b": (["<unk>", "<s>", "</s>", "beta", "gamma"] + [f"w{i}" for i in range(60, -1, -1)],
+          ("<tool>", "<x>")),
+}
+
+
+def make_vocab_family(root: Path, *, tied: bool, seed: int = 0, delta: float = 0.02) -> dict[str, Path]:
+    """``base``, ``a`` and ``b``: tiny Llamas whose tokenizers differ (``VOCAB_FAMILY``: extra
+    ordinary and added tokens, shared tokens at other ids). A token's embedding (and head)
+    row is the same random row, plus each model's own noise, wherever it sits."""
+    gen = torch.Generator().manual_seed(seed)
+    all_tokens = list(dict.fromkeys(t for words, added in VOCAB_FAMILY.values() for t in (*words, *added)))
+    config = llama_config(tied=tied)
+    shared = llama_state({**config, "vocab_size": len(all_tokens)}, gen)
+    out = {}
+    for name, (words, added) in VOCAB_FAMILY.items():
+        tokens = [*words, *added]
+        cfg = {**config, "vocab_size": len(tokens)}
+        rows = torch.tensor([all_tokens.index(t) for t in tokens])
+        state = {}
+        for key, value in shared.items():
+            value = value[rows] if value.shape[0] == len(all_tokens) and ("embed" in key or "lm_head" in key) else value
+            state[key] = value + delta * torch.randn(value.shape, generator=gen) if name != "base" else value
+        save_model(root / name, state, cfg)
+        (root / name / "tokenizer_config.json").unlink()
+        save_word_tokenizer(root / name, words, added)
+        out[name] = root / name
+    return out
+
+
 def tiny_char_lm(seed: int = 0, *, layers: int = 2, hidden: int = 32, tied: bool = False):
     """A random, untrained Llama over the zoo's character tokenizer: (model, tokenizer)."""
     from transformers import LlamaConfig, LlamaForCausalLM
