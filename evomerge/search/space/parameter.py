@@ -217,7 +217,7 @@ class ParameterSpace(Space):
                         raise ValueError(
                             f"parameters.{p.name}: the range [{r.low:g}, {r.high:g}] goes outside "
                             f"{p.range_text()}, the values {name!r} accepts ({p.why or 'its bounds'}); "
-                            f"narrow it"
+                            f"narrow it to lie within {p.range_text()}"
                         )
                 else:
                     for c in r.choices:
