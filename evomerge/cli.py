@@ -524,6 +524,8 @@ def _print_search_result(result) -> None:
 
 def _print_search_summary(result) -> None:
     best = "none" if result.best_fitness is None else f"trial {result.best_trial}, fitness {result.best_fitness:.4f}"
+    if result.infeasible:
+        best += f" ({result.infeasible} infeasible trial(s) not counted)"
     saved = ""
     if result.examples_at_top and result.examples_scored < result.examples_at_top:
         saved = (
@@ -580,11 +582,14 @@ def export(
     trial: Annotated[Optional[int], typer.Option(help="Trial number (default: the best).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    allow_infeasible: Annotated[bool, typer.Option(
+        help="Export a --trial that misses the run's constraints.")] = False,
 ) -> None:
     """Write a trial of a search as a model: weights, recipe, mergekit YAML and a model card."""
     from evomerge.search.export import export_trial
 
-    number, path = export_trial(run_dir, out, trial=trial, force=force, device=device)
+    number, path = export_trial(run_dir, out, trial=trial, force=force, device=device,
+                                allow_infeasible=allow_infeasible)
     console.print(f"trial {number} -> {path}", highlight=False)
 
 
@@ -596,6 +601,9 @@ def front(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     from evomerge.search.front import run_front
 
     objectives, trials, _, hv = run_front(run_dir)
+    if not trials:
+        console.print(f"{run_dir}: no trial meets the run's constraints; its front is empty.", highlight=False)
+        return
     table = Table(title=f"Pareto front of {run_dir}: {len(trials)} trial(s)")
     table.add_column("trial", justify="right")
     for o in objectives:
@@ -663,6 +671,7 @@ def ui(
 def track(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     """Log to MLflow whatever of a run's ledger is not there yet (after tracking failures)."""
     from evomerge.config.run import RunConfig
+    from evomerge.search.constraints import bind_constraints
     from evomerge.search.ledgers import open_ledger
     from evomerge.search.objectives import bind_objectives
     from evomerge.search.rundir import RUN_FILE, has_run
@@ -672,14 +681,15 @@ def track(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     if not has_run(run_dir):
         raise EvomergeError(f"{run_dir} is not a search run (no ledger).")
     config = RunConfig.load(run_dir / RUN_FILE)
-    _, objectives = bind_objectives(config, run_dir / RUN_FILE)
+    tasks, objectives = bind_objectives(config, run_dir / RUN_FILE)
+    _, constraints = bind_constraints(config, run_dir / RUN_FILE, tasks)
     space = load_space(config.space)
     ledger = open_ledger(run_dir, readonly=True)
     try:
         records = ledger.completions()
     finally:
         ledger.close()
-    tracker = MLflowTracker(run_dir, config, objectives, space.genes(),
+    tracker = MLflowTracker(run_dir, config, objectives, space.genes(), constraints=constraints,
                             settings=config.tracking, log=lambda s: err_console.print(s, highlight=False))
     if not tracker.finish(records):
         raise typer.Exit(1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from evomerge.config.run import RunConfig, RunConfigError
 from evomerge.errors import EvomergeError
 from evomerge.search import fingerprints
+from evomerge.search.constraints import bind_constraints, feasible
 from evomerge.search.controller import Controller
 from evomerge.search.executors import TaskSpec, WorkerSpec, executor_class, open_executor
 from evomerge.search.ledgers import LEDGERS, find_ledger, open_ledger
@@ -60,6 +61,7 @@ class SearchResult:
     ledger: str | None = None  # the ledger's kind
     utilisation: dict[str, float] | None = None  # slot busy time / wall time, this session
     succeeded: int = 0  # evaluations of the run scored at the top fidelity: what front and export use
+    infeasible: int = 0  # of those, the ones that miss a constraint (never the best)
     first_error: str | None = None  # the reason of the run's first failed evaluation, if any
 
     @property
@@ -77,6 +79,7 @@ class Prepared:
     tasks: list
     objectives: list
     optimizer: object
+    constraints: list = field(default_factory=list)
 
 
 def prepare(config: RunConfig, config_path: Path) -> Prepared:
@@ -86,6 +89,7 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
 
     space = load_space(space_path(config, config_path))
     tasks, objectives = bind_objectives(config, config_path)
+    tasks, constraints = bind_constraints(config, config_path, tasks)
     try:
         cls = OPTIMIZERS.get(config.optimizer.name)
     except EvomergeError as e:
@@ -98,6 +102,16 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
             f"{config_path}: optimizer: {config.optimizer.name} cannot be built with options "
             f"{config.optimizer.options} ({e})."
         ) from None
+    if constraints:
+        import inspect
+
+        if "constraints" not in inspect.signature(optimizer.tell).parameters:
+            raise RunConfigError(
+                f"{config_path}: constraints: optimizer {config.optimizer.name} is not told "
+                f"constraints (its tell has no `constraints` argument); use cmaes, tpe, gp, nsga2 "
+                f"or random, or remove the constraints."
+            )
+        optimizer.expect_constraints(len(constraints))
     if config.warm_start:
         optimizer.warm_start([_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)])
     for task in tasks:
@@ -126,7 +140,7 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
             raise RunConfigError(f"{config_path}: ledger ({config.ledger.kind}): {problems(e)}.") from None
         except EvomergeError as e:
             raise RunConfigError(f"{config_path}: {e}") from None
-    return Prepared(space, tasks, objectives, optimizer)
+    return Prepared(space, tasks, objectives, optimizer, constraints)
 
 
 def _undo_start(run_dir: Path, fresh_dir: bool) -> None:
@@ -249,12 +263,12 @@ def run_search(
         abandoned = ledger.abandon_running()
         if abandoned:
             log(f"{abandoned} evaluation(s) were in flight when the run stopped; they run again")
-        tracker = start_tracking(run_dir, p.space, p.objectives, ledger, log)
+        tracker = start_tracking(run_dir, p.space, p.objectives, ledger, log, p.constraints)
         executor = open_executor(config.executor, worker, tasks=p.tasks)
         controller = Controller(
             config, p.space, [t.size() for t in p.tasks], p.objectives, p.optimizer, executor, ledger,
             budget=trials if trials is not None else config.budget.trials, log=log, progress=progress,
-            on_record=tracker.add if tracker is not None else None,
+            on_record=tracker.add if tracker is not None else None, constraints=p.constraints,
         )
         controller.run(ledger.completions())
         finished = True
@@ -270,7 +284,7 @@ def run_search(
             log(f"tracked in MLflow ({tracker.tracker.uri}); `evomerge ui {run_dir}` shows it")
         ledger.close()
         lock.release()
-    best = best_evaluation(complete, p.objectives) if complete else None
+    best = best_evaluation(complete, p.objectives, p.constraints)
     sizes = [n for n in controller.sizes if n is not None]
     top_level = controller.rungs.levels[-1]
     return SearchResult(
@@ -286,6 +300,7 @@ def run_search(
         ledger=find_ledger(run_dir),
         utilisation=summary or None,
         succeeded=len(complete),
+        infeasible=sum(not feasible(e.scores, p.constraints) for e in complete),
         first_error=failures[0].error if failures else None,
     )
 
@@ -431,7 +446,7 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
     if resume:
         ledger = open_ledger(run_dir, readonly=True)
         try:
-            check_ledger_fits(run_dir, ledger, p.objectives, p.space.source_models())
+            check_ledger_fits(run_dir, ledger, [*p.objectives, *p.constraints], p.space.source_models())
         finally:
             ledger.close()
         prints, scan = fingerprints.check_unchanged(run_dir, sources, allow_changed=allow_changed_sources, log=log)
@@ -443,7 +458,7 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
     return prints, write
 
 
-def start_tracking(run_dir: Path, space, objectives, ledger, log):
+def start_tracking(run_dir: Path, space, objectives, ledger, log, constraints=()):
     """The run's MLflow tracker on a background thread, or None when tracking is off."""
     config = RunConfig.load(run_dir / RUN_FILE)  # the frozen config: what gets logged
     if not config.tracking.enabled:
@@ -451,7 +466,7 @@ def start_tracking(run_dir: Path, space, objectives, ledger, log):
     from evomerge.tracking.mlflow_tracker import BackgroundTracker, MLflowTracker
 
     tracker = MLflowTracker(run_dir, config, objectives, space.genes(),
-                            settings=config.tracking, log=log)
+                            settings=config.tracking, log=log, constraints=constraints)
     return BackgroundTracker(tracker, ledger.completions())
 
 

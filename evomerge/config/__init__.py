@@ -6,6 +6,7 @@ same validated object; the frozen ``run.yaml`` of a run directory is its dump.
 
 from evomerge.config.run import (
     Budget,
+    ConstraintSpec,
     ExecutorSpec,
     LedgerSpec,
     MultiFidelity,
@@ -18,6 +19,7 @@ from evomerge.config.tracking import TrackingConfig, tracking_uri
 
 __all__ = [
     "Budget",
+    "ConstraintSpec",
     "ExecutorSpec",
     "LedgerSpec",
     "MultiFidelity",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.config.tracking import TrackingConfig
 from evomerge.errors import EvomergeError
@@ -16,6 +18,72 @@ class RunConfigError(EvomergeError):
     pass
 
 
+_CONSTRAINT_TEXT = re.compile(r"^\s*(?P<metric>\S+)\s*(?P<op><=|>=)\s*(?P<bound>\S+)\s*$")
+
+
+class ConstraintSpec(StrictModel):
+    """A bound on one metric a candidate must meet to count: ``{metric: cost/params, max: 7e9}``.
+    The string ``"cost/params <= 7e9"`` (or ``>=`` for ``min``) is the same constraint."""
+
+    metric: str = Field(
+        description="task/metric, a key of the ledger's scores: cost/params, cost/layers, cost/bytes, "
+        "cost/latency_ms_per_token, or a metric of any task (evaluated even when not an objective).",
+    )
+    max: float | None = Field(default=None, description="Feasible when the metric is at most this.")
+    min: float | None = Field(default=None, description="Feasible when the metric is at least this.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        m = _CONSTRAINT_TEXT.match(data)
+        bound = None
+        if m is not None:
+            try:
+                bound = float(m["bound"])
+            except ValueError:
+                bound = None
+        if m is None or bound is None:
+            raise ValueError(
+                f"{data!r} is not a constraint; write 'METRIC <= NUMBER' or 'METRIC >= NUMBER' "
+                f"(e.g. 'cost/params <= 7e9'), or a mapping {{metric: cost/params, max: 7e9}}"
+            )
+        return {"metric": m["metric"], "max" if m["op"] == "<=" else "min": bound}
+
+    @field_validator("metric")
+    @classmethod
+    def _task_slash_metric(cls, v: str) -> str:
+        task, _, name = v.strip().rpartition("/")
+        if not task or not name or " " in v.strip():
+            raise ValueError(
+                f"{v!r} does not name a task's metric; write task/metric as the ledger's scores name "
+                f"it, e.g. cost/params or addition/exact_match"
+            )
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ConstraintSpec:
+        if (self.max is None) == (self.min is None):
+            raise ValueError(
+                f"a constraint on {self.metric} has exactly one of max or min (a range is two "
+                f"constraints: {{metric: {self.metric}, min: ...}} and {{metric: {self.metric}, max: ...}})"
+            )
+        bound = self.max if self.max is not None else self.min
+        if not math.isfinite(bound):
+            raise ValueError(f"the bound of the constraint on {self.metric} must be a finite number, not {bound}")
+        return self
+
+    @property
+    def bound(self) -> float:
+        return self.max if self.max is not None else self.min  # type: ignore[return-value]
+
+    @property
+    def kind(self) -> Literal["max", "min"]:
+        return "max" if self.max is not None else "min"
+
+    def __str__(self) -> str:
+        return f"{self.metric} {'<=' if self.kind == 'max' else '>='} {self.bound:g}"
 
 
 class ObjectiveSpec(StrictModel):
@@ -138,6 +206,11 @@ class LedgerSpec(StrictModel):
 class RunConfig(StrictModel):
     space: str
     objectives: list[ObjectiveSpec] = Field(min_length=1)
+    constraints: list[ConstraintSpec] = Field(
+        default_factory=list,
+        description="Bounds a candidate must meet, judged at the top fidelity: 'cost/params <= 7e9', "
+        "{metric: addition/exact_match, min: 0.5}. best, the front and export show feasible trials only.",
+    )
     scalarization: Literal["auto", "weighted_sum", "pareto"] = Field(
         default="auto",
         description="What the optimiser is told: one weighted sum, or every objective (a true Pareto "
@@ -171,6 +244,19 @@ class RunConfig(StrictModel):
         "(bfloat16 halves a 7B search's memory). Default: sources as stored, resident model float32.",
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_bound_per_metric_and_kind(self) -> RunConfig:
+        seen: dict[tuple[str, str], list[float]] = {}
+        for c in self.constraints:
+            seen.setdefault((c.metric, c.kind), []).append(c.bound)
+        for (metric, kind), bounds in seen.items():
+            if len(bounds) > 1:
+                raise ValueError(
+                    f"constraints: {metric} has {len(bounds)} {kind} bounds "
+                    f"({', '.join(f'{b:g}' for b in bounds)}); keep the tighter one"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_fidelity_setting(self) -> RunConfig:

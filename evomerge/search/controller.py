@@ -15,8 +15,14 @@ the interrupted state is rebuilt, then continues live: finished work is never
 repeated, the optimiser continues its very trajectory, and only evaluations that
 were in flight run again.
 
-This module is the loop and its state only: objectives, Pareto maths, run
-directories and the wiring of a run (``evomerge.run``) live elsewhere.
+With ``constraints:`` the loop also judges each result (``search.constraints``):
+the violations go into the evaluation's scores before the ledger records them,
+an infeasible trial at the top fidelity is logged and counted, never becomes
+the best nor joins the front, a trial over a cost bound is promoted after the
+feasible ones, and the optimiser is told the constraint values with the scores.
+
+This module is the loop and its state only: objectives, constraints, Pareto
+maths, run directories and the wiring of a run (``evomerge.run``) live elsewhere.
 """
 
 from __future__ import annotations
@@ -28,6 +34,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evomerge.search.constraints import (
+    BoundConstraint,
+    describe_violations,
+    feasible,
+    told_values,
+    total_violation,
+    violations,
+)
 from evomerge.search.executors import Executor, Outcome
 from evomerge.search.fidelity import Bracket, Rungs, Trial, hyperband_schedule
 from evomerge.search.ledgers import EvaluationRecord, Ledger
@@ -67,20 +81,24 @@ class _State:
     best: tuple[float, int] | None = None  # (fitness, trial number) at the top level
     best_at: int = 0  # trials done when the best last improved
     done: int = 0  # trials whose bracket finished
-    top_points: dict = field(default_factory=dict)  # digest -> objective vector at the top level
+    top_points: dict = field(default_factory=dict)  # digest -> objective vector at the top level (feasible)
+    infeasible: set = field(default_factory=set)  # digests scored at the top level that miss a constraint
     examples: float = 0.0
     busy_seconds: float = 0.0  # worker time of this session's live evaluations
 
 
 class Controller:
     """``task_sizes``: examples per task (None: unknown), for the cost count. ``on_record``:
-    called with each finished evaluation's record (the tracker's feed)."""
+    called with each finished evaluation's record (the tracker's feed). ``constraints``: the
+    run's bound constraints (none: every scored trial is feasible)."""
 
     def __init__(self, config, space, task_sizes: list[int | None], objectives: list[BoundObjective],
                  optimizer, executor: Executor, ledger: Ledger, *, budget: int,
                  log: Callable[[str], None], progress: Callable[[Progress], None] | None,
-                 on_record: Callable[[EvaluationRecord], None] | None = None) -> None:
+                 on_record: Callable[[EvaluationRecord], None] | None = None,
+                 constraints: list[BoundConstraint] | None = None) -> None:
         self.config, self.space, self.objectives = config, space, objectives
+        self.constraints = list(constraints or [])
         self.unique = unique_objectives(objectives)
         self.optimizer, self.executor, self.ledger = optimizer, executor, ledger
         self.tell_all = optimizer.n_objectives > 1
@@ -214,6 +232,10 @@ class Controller:
         job_id, outcome = self.executor.wait()
         job = s.in_flight.pop(job_id)
         s.busy_seconds += outcome.seconds or 0.0
+        if self.constraints and outcome.values is not None:  # the verdict is recorded with the scores
+            top = job.rung == len(self.rungs.levels) - 1
+            outcome = Outcome({**outcome.values, **violations(outcome.values, self.constraints, top=top)},
+                              outcome.error, outcome.seconds)
         self.ledger.finish(job.id, outcome.values, outcome.error, outcome.seconds)
         if self.on_record is not None:
             self.on_record(self.ledger.get(job.id))
@@ -228,6 +250,10 @@ class Controller:
     def _rank_key(self, scores: dict[str, float]) -> tuple[float, ...]:
         return (self._scalar(scores), *(o.sign * scores[o.key] for o in self.unique))
 
+    def _violation(self, scores: dict[str, float]) -> float:
+        """A trial's relative violation below the top rung: fidelity-independent constraints only."""
+        return total_violation(scores, self.constraints, top=False)
+
     def _on_result(self, job: _Job, outcome: Outcome, fresh: bool) -> None:
         s = self.s
         jobs = s.waiting.pop(job.key, [job]) if fresh else [job]
@@ -241,12 +267,17 @@ class Controller:
         for j in jobs:
             j.trial.scores[j.rung] = outcome.values
             if outcome.values is not None and j.rung == len(self.rungs.levels) - 1:
-                self._record_top(j, outcome.values)
+                self._record_top(j, outcome.values, fresh)
         for bracket in {id(j.bracket): j.bracket for j in jobs}.values():
             self._advance(bracket)
 
-    def _record_top(self, job: _Job, values: dict[str, float]) -> None:
+    def _record_top(self, job: _Job, values: dict[str, float], fresh: bool) -> None:
         s = self.s
+        if not feasible(values, self.constraints):
+            s.infeasible.add(job.trial.digest)
+            if fresh and not self.replay:
+                self.log(f"trial {job.trial.number}: infeasible ({describe_violations(values, self.constraints)})")
+            return
         f = self._scalar(values)
         if s.best is None or f > s.best[0]:
             s.best = (f, job.trial.number)
@@ -255,7 +286,7 @@ class Controller:
 
     def _advance(self, bracket: Bracket) -> None:
         while not bracket.done and bracket.rung_complete():
-            for t in bracket.advance(self._rank_key):
+            for t in bracket.advance(self._rank_key, self._violation if self.constraints else None):
                 self._add_job(t, bracket, bracket.rung)
         if bracket.done and bracket in self.s.brackets:
             self.s.brackets.remove(bracket)
@@ -267,7 +298,11 @@ class Controller:
                     told = tuple(o.sign * scores[o.key] for o in self.unique)
                 else:
                     told = (self._scalar(scores),)
-                self.optimizer.tell(t.suggestion, told)
+                if self.constraints and scores is not None:
+                    # Estimated from the scores the optimiser is told, whatever rung they are from.
+                    self.optimizer.tell(t.suggestion, told, constraints=told_values(scores, self.constraints))
+                else:
+                    self.optimizer.tell(t.suggestion, told)
             self.s.done += len(bracket.trials)
             if bracket.improved:
                 self.s.best_at = self.s.done
@@ -288,7 +323,7 @@ class Controller:
         self.progress(Progress(
             trials=s.trials, budget=self.budget, evaluations=s.evaluated, in_flight=self._busy(),
             best_fitness=s.best[0] if s.best else None, best_trial=s.best[1] if s.best else None,
-            front_size=front, elapsed=elapsed, eta=eta,
+            front_size=front, elapsed=elapsed, eta=eta, infeasible=len(s.infeasible),
         ))
 
     # -- the loop --------------------------------------------------------------------

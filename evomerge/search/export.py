@@ -1,4 +1,8 @@
-"""``evomerge export``: a trial of a run as a model directory with its recipe and a card."""
+"""``evomerge export``: a trial of a run as a model directory with its recipe and a card.
+
+In a run with ``constraints:`` the default trial is the best feasible one, and a
+trial that misses a constraint is refused unless ``allow_infeasible`` (the CLI's
+``--allow-infeasible``) says the user wants it anyway; its card then says so."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import yaml
 from evomerge.config.run import RunConfig
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
+from evomerge.search.constraints import describe_violations
 from evomerge.search.objectives import best_evaluation, fitness
 from evomerge.search.rundir import load_run
 
@@ -19,15 +24,24 @@ if TYPE_CHECKING:
 
 
 def export_trial(
-    run_dir: Path, out: Path, *, trial: int | None = None, force: bool = False, device: str = "cpu"
+    run_dir: Path, out: Path, *, trial: int | None = None, force: bool = False, device: str = "cpu",
+    allow_infeasible: bool = False,
 ) -> tuple[int, Path]:
-    """Merge trial ``trial`` (default: the best) of ``run_dir`` into ``out``; returns (number, out)."""
+    """Merge trial ``trial`` (default: the best feasible one) of ``run_dir`` into ``out``; returns
+    (number, out). ``allow_infeasible``: export a trial that misses a constraint."""
     from evomerge.merge.engine import merge_to_disk
     from evomerge.recipe import Recipe
 
-    config, objectives, complete = load_run(run_dir)
+    config, objectives, complete, constraints = load_run(run_dir)
     if trial is None:
-        chosen = best_evaluation(complete, objectives)
+        chosen = best_evaluation(complete, objectives, constraints)
+        if chosen is None:
+            raise EvomergeError(
+                f"No trial of {run_dir} meets the run's constraints "
+                f"({'; '.join(str(c) for c in constraints)}), so it has no best trial to export. "
+                f"Pass --trial N --allow-infeasible to export one anyway, or resume the search "
+                f"with a larger budget (`evomerge resume {run_dir} --trials N`)."
+            )
     else:
         chosen = next((t for t in complete if t.trial == trial), None)
         if chosen is None:
@@ -37,12 +51,18 @@ def export_trial(
                 f"{' ...' if len(complete) > 20 else ''}. Pass one of them to --trial (`evomerge "
                 f"front {run_dir}` lists the best), or leave --trial out to export the best."
             )
+    missed = describe_violations(chosen.scores, constraints)
+    if missed and not allow_infeasible:
+        raise EvomergeError(
+            f"Trial {chosen.trial} of {run_dir} is infeasible: {missed}. Pass --allow-infeasible to "
+            f"export it anyway, or leave --trial out to export the best feasible trial."
+        )
     recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.trial}")
     # The ledger keeps the recipe as searched (paths relative to the space file's folder, which
     # its hash covers); the exported files get absolute paths, so they merge from any directory.
     recipe = _absolute_model_paths(recipe, [Path(config.space).parent, run_dir])
     merge_to_disk(recipe, out, device=device, force=force)
-    card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe)
+    card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe, missed)
     atomic_write_text(Path(out) / "README.md", card)
     return chosen.trial, Path(out)
 
@@ -72,8 +92,12 @@ def _absolute_model_paths(recipe: Recipe, search_dirs: Sequence[Path]) -> Recipe
     return Recipe.from_dict(data, "the exported recipe")
 
 
-def _card(run_dir: Path, t, config: RunConfig, fit: float, recipe: Recipe) -> str:
+def _card(run_dir: Path, t, config: RunConfig, fit: float, recipe: Recipe, missed: str = "") -> str:
     fid = "all examples" if t.fidelity is None else f"{t.fidelity} examples per task"
+    if config.constraints:
+        bounds = "; ".join(str(c) for c in config.constraints)
+        verdict = f"It misses the run's constraints: {missed}." if missed else f"It meets the run's constraints ({bounds})."
+        fid += f". {verdict[:-1]}"
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(t.scores.items()))
     return (
         f"# Merged model: trial {t.trial} of an evomerge search\n\n"

@@ -73,14 +73,18 @@ class Bracket:
     def rung_complete(self) -> bool:
         return all(self.rung in c.scores for c in self.active)
 
-    def advance(self, rank_key: Callable[[dict[str, float]], Sequence[float]]) -> list[Trial]:
-        """Close the current rung; returns the trials promoted (empty: the bracket is done)."""
+    def advance(self, rank_key: Callable[[dict[str, float]], Sequence[float]],
+                violation: Callable[[dict[str, float]], float] | None = None) -> list[Trial]:
+        """Close the current rung; returns the trials promoted (empty: the bracket is done).
+        ``violation``: a trial's constraint violation at this rung (0: feasible); feasible
+        trials are promoted first."""
         alive = [c for c in self.active if c.scores[self.rung] is not None]
         if self.rung + 1 >= len(self.rungs.levels) or not alive:
             self.done = True
             return []
         keep = self.rungs.promoted(len(self.active))
-        order = rank(alive, [rank_key(c.scores[self.rung]) for c in alive])
+        missed = [violation(c.scores[self.rung]) for c in alive] if violation is not None else None
+        order = rank(alive, [rank_key(c.scores[self.rung]) for c in alive], missed)
         promoted, seen = [], set()
         for i in order:  # distinct recipes: a duplicate would only take a slot from another
             if alive[i].digest not in seen and len(promoted) < keep:
@@ -102,12 +106,20 @@ def hyperband_schedule(levels: int, eta: int) -> list[tuple[int, int]]:
     return [(math.ceil((s_max + 1) / (s + 1) * eta**s), s_max - s) for s in range(s_max, -1, -1)]
 
 
-def rank(items: list, points: list[Sequence[float]]) -> list[int]:
+def rank(items: list, points: list[Sequence[float]], violations: Sequence[float] | None = None) -> list[int]:
     """Indices best first: by Pareto rank (all values maximised), then by the first value.
 
-    The first value is the scalarised fitness; the rest are the objectives.
+    The first value is the scalarised fitness; the rest are the objectives. With
+    ``violations`` (0: feasible), the feasible come first, ranked among themselves, then the
+    others by increasing violation (Deb's feasibility rules).
     """
-    pts = np.array([p[1:] if len(p) > 1 else p for p in points], dtype=float)
-    ranks = pareto_rank(pts)
-    order_key = [(-ranks[i], points[i][0], -i) for i in range(len(items))]
-    return sorted(range(len(items)), key=lambda i: order_key[i], reverse=True)
+    violations = list(violations) if violations is not None else [0.0] * len(items)
+    ok = [i for i in range(len(items)) if violations[i] <= 0]
+    out = [i for i in range(len(items)) if violations[i] > 0]
+    order: list[int] = []
+    if ok:
+        pts = np.array([points[i][1:] if len(points[i]) > 1 else points[i] for i in ok], dtype=float)
+        ranks = pareto_rank(pts)
+        order_key = {i: (-ranks[k], points[i][0], -i) for k, i in enumerate(ok)}
+        order = sorted(ok, key=lambda i: order_key[i], reverse=True)
+    return order + sorted(out, key=lambda i: (violations[i], i))

@@ -38,8 +38,13 @@ def score_landscape(
     from evomerge.zoo.report import merge_recipe
 
     zoo = Path(zoo).resolve()
-    config, objectives, complete = load_run(run_dir)
-    best = Recipe.from_yaml(best_evaluation(complete, objectives).recipe, "best trial")
+    config, objectives, complete, constraints = load_run(run_dir)
+    chosen = best_evaluation(complete, objectives, constraints)
+    if chosen is None:
+        from evomerge.errors import EvomergeError
+
+        raise EvomergeError(f"{run_dir}: no trial meets the run's constraints; there is no best recipe to compare.")
+    best = Recipe.from_yaml(chosen.recipe, "best trial")
     frozen = Path(run_dir) / RUN_FILE
     space = load_space(space_path(config, frozen))
 

@@ -82,6 +82,10 @@ def fitness(scores: dict[str, float], objectives: list[BoundObjective]) -> float
     return sum(o.weight * o.sign * scores[o.key] / o.scale for o in objectives) / total
 
 
-def best_evaluation(evaluations: list, objectives: list[BoundObjective]):
-    """The fittest of top-level evaluations (one per trial); on ties, the earliest trial."""
-    return max(evaluations, key=lambda e: (fitness(e.scores, objectives), -e.trial))
+def best_evaluation(evaluations: list, objectives: list[BoundObjective], constraints=()):
+    """The fittest of top-level evaluations (one per trial) that meet every constraint (a
+    ``BoundConstraint``); on ties, the earliest trial. None when none is feasible."""
+    from evomerge.search.constraints import feasible
+
+    ok = [e for e in evaluations if feasible(e.scores, list(constraints))]
+    return max(ok, key=lambda e: (fitness(e.scores, objectives), -e.trial)) if ok else None

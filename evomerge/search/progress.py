@@ -1,4 +1,4 @@
-"""A live one-line report per finished trial: done, in flight, best, front, ETA."""
+"""A live one-line report per finished trial: done, in flight, best, front, infeasible, ETA."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class Progress:
     elapsed: float
     eta: float | None
     message: str = ""
+    infeasible: int = 0  # trials scored at the top fidelity that miss a constraint
 
 
 def _clock(seconds: float | None) -> str:
@@ -31,9 +32,11 @@ def _clock(seconds: float | None) -> str:
 def format_progress(p: Progress) -> str:
     best = "-" if p.best_fitness is None else f"{p.best_fitness:.4f} (trial {p.best_trial})"
     width = len(str(p.budget))
+    infeasible = f" | {p.infeasible} infeasible" if p.infeasible else ""
     return (
         f"[{p.trials:>{width}}/{p.budget}] {p.evaluations} evaluations, {p.in_flight} in flight | "
-        f"best {best} | front {p.front_size} | {_clock(p.elapsed)} elapsed, ETA {_clock(p.eta)}"
+        f"best {best} | front {p.front_size}{infeasible} | {_clock(p.elapsed)} elapsed, "
+        f"ETA {_clock(p.eta)}"
     )
 
 

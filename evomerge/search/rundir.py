@@ -16,6 +16,7 @@ import yaml
 from evomerge.config.run import RunConfig
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
+from evomerge.search.constraints import BoundConstraint, bind_constraints
 from evomerge.search.ledgers import EvaluationRecord, find_ledger, open_ledger
 from evomerge.search.objectives import BoundObjective, bind_objectives
 
@@ -62,8 +63,9 @@ def resolve_sources(space, config: RunConfig, config_path: Path) -> dict[str, Pa
     return sources
 
 
-def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[EvaluationRecord]]:
-    """A run's config, objectives and complete evaluations at its top fidelity (one per trial)."""
+def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[EvaluationRecord], list[BoundConstraint]]:
+    """A run's config, objectives, complete evaluations at its top fidelity (one per trial, feasible
+    or not) and constraints."""
     config_path = Path(run_dir) / RUN_FILE
     if not has_run(run_dir) or not config_path.is_file():
         raise EvomergeError(
@@ -71,23 +73,24 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[BoundObjective], list[Evalu
             f"the directory an `evomerge search --out` wrote."
         )
     config = RunConfig.load(config_path)
-    _, objectives = bind_objectives(config, config_path)
+    tasks, objectives = bind_objectives(config, config_path)
+    _, constraints = bind_constraints(config, config_path, tasks)
     ledger = open_ledger(run_dir, readonly=True)
     try:
-        check_ledger_fits(run_dir, ledger, objectives)
+        check_ledger_fits(run_dir, ledger, [*objectives, *constraints])
         top = top_rung(config)
         complete = [e for e in ledger.evaluations("complete") if e.scores and e.rung == top]
     finally:
         ledger.close()
     if not complete:
         raise EvomergeError(f"{run_dir} has no trial complete at the top fidelity yet.")
-    return config, objectives, complete
+    return config, objectives, complete, constraints
 
 
-def check_ledger_fits(run_dir: Path, ledger, objectives: list[BoundObjective],
+def check_ledger_fits(run_dir: Path, ledger, objectives: list,
                       sources: list[str] | None = None) -> None:
     """Refuse a ledger that another run wrote (copied in, or a run directory reused by hand):
-    its evaluations lack this run's objectives, or (``sources``: the space's model references)
+    its evaluations lack this run's objectives (or constraints' metrics: anything with a ``key``), or (``sources``: the space's model references)
     the recipes it recorded merge none of this run's models. A ledger of this run whose config
     was edited between sessions passes, as long as every recorded score can still be read.
     The recipes of the first and last few evaluations are read; scores are checked for all."""
@@ -101,7 +104,7 @@ def check_ledger_fits(run_dir: Path, ledger, objectives: list[BoundObjective],
         if missing:
             raise EvomergeError(
                 f"{where}: evaluation {e.id} (trial {e.trial}) has no score for {missing[0]}, an "
-                f"objective of this run: the ledger was written by another run, or the run's "
+                f"objective or constraint of this run: the ledger was written by another run, or the run's "
                 f"objectives changed since it was recorded (scores: {', '.join(sorted(e.scores))}). "
                 f"Put back this run's own ledger, or start a new run with `evomerge search`."
             )

@@ -132,6 +132,25 @@ class OptimizerSuite:
             opt.tell(s.id, None if i == 1 else (fitness(s.x),))
         self.run(opt, 2)  # all told: it goes on
 
+    def test_constraints_are_taken_and_the_trajectory_stays_seeded(self, make):
+        """A constrained run tells each scored trial's constraint values (<= 0: met)."""
+
+        def trajectory() -> list[np.ndarray]:
+            opt = make(seed=2)
+            opt.expect_constraints(2)
+            seen = []
+            for n in range(self.budget):
+                s = self.check(opt.ask())
+                seen.append(np.array(s.x, dtype=float))
+                if n % 6 == 5:
+                    opt.tell(s.id, None)
+                else:
+                    opt.tell(s.id, (fitness(s.x),), constraints=(float(s.x[0]) - 0.5, -1.0))
+            return seen
+
+        a, b = trajectory(), trajectory()
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)), "same seed, another trajectory"
+
     def test_objective_counts(self, optimizer_name, make, optimizer_options):
         cls = OPTIMIZERS.get(optimizer_name)
         if cls.max_objectives is not None:

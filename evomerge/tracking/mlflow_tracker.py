@@ -13,6 +13,13 @@ A failing call (server down, database locked) never stops the search: it is
 reported once, the rest waits in the ledger, and the next ``sync`` (at most
 every ``retry_seconds``) tries again. ``evomerge track RUN_DIR`` runs the same
 sync after the fact.
+
+A run with ``constraints:`` logs each evaluation's violations with its scores
+(the ledger's ``violation/...`` values, one metric per constraint: 0 when met)
+and tags each trial scored at the top fidelity ``feasible`` true or false; the
+best-so-far series, the Pareto tags, the hypervolume and the front's plots count
+feasible trials only, as ``evomerge front`` does, and the all-trials table marks
+the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import yaml
 
 from evomerge.config.tracking import TrackingConfig, tracking_uri
 from evomerge.io.atomic import atomic_write_text
+from evomerge.search.constraints import feasible
 from evomerge.search.ledgers import EvaluationRecord
 from evomerge.search.objectives import fitness, unique_objectives
 from evomerge.search.pareto import hypervolume, objective_points, pareto_mask, reference_point
@@ -55,9 +63,10 @@ class MLflowTracker:
     def __init__(
         self, run_dir: Path, config, objectives, genes: list, *,
         settings: TrackingConfig | None = None, log: Callable[[str], None] = print,
-        retry_seconds: float = 30.0,
+        retry_seconds: float = 30.0, constraints=(),
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
+        self.constraints = list(constraints)
         self.config = config
         self.objectives = objectives
         self.unique = unique_objectives(objectives)
@@ -283,6 +292,8 @@ class MLflowTracker:
         ]
         if rec.error:
             tags.append(RunTag("error", rec.error[:5000]))
+        if self.constraints and rec.scores and rec.rung == self.top:
+            tags.append(RunTag("feasible", "true" if feasible(rec.scores, self.constraints) else "false"))
         self.client.log_batch(child, metrics=metrics, tags=tags)
         self.client.set_terminated(child, "FINISHED" if rec.state == "complete" else "FAILED")
         self.logged.add(rec.id)
@@ -293,8 +304,10 @@ class MLflowTracker:
         # A trial is evaluated once per fidelity, so a fitness point at this step is this evaluation.
         return any(m.step == step for m in self.client.get_metric_history(child, "fitness"))
 
-    def _top_records(self, completions: list[EvaluationRecord]) -> list[EvaluationRecord]:
-        return [r for r in completions if r.rung == self.top and r.scores]
+    def _top_records(self, completions: list[EvaluationRecord], *, all_: bool = False) -> list[EvaluationRecord]:
+        """Scored top-level evaluations: the feasible ones (``all_``: infeasible ones too)."""
+        return [r for r in completions if r.rung == self.top and r.scores
+                and (all_ or feasible(r.scores, self.constraints))]
 
     def _update_front(self, completions: list[EvaluationRecord]) -> None:
         from mlflow.entities import Metric, RunTag
@@ -358,6 +371,7 @@ class MLflowTracker:
         from evomerge.tracking.plots import front_html, front_png
 
         top = self._top_records(completions)
+        everything = self._top_records(completions, all_=True)
         if not top:
             return
         values = np.array([[r.scores[o.key] for o in self.unique] for r in top])  # own units, for the plots
@@ -373,6 +387,16 @@ class MLflowTracker:
             "recipe": summaries,
         }
         front_only = {k: [v for v, m in zip(col, mask, strict=True) if m] for k, col in table.items()}
+        if self.constraints:  # every trial in the full table, the infeasible ones marked
+            on_front = {r.trial for r, m in zip(top, mask, strict=True) if m}
+            table = {
+                "trial": [r.trial for r in everything],
+                **{o.key: [float(r.scores[o.key]) for r in everything] for o in self.unique},
+                "fitness": [fitness(r.scores, self.objectives) for r in everything],
+                "pareto": [r.trial in on_front for r in everything],
+                "feasible": [feasible(r.scores, self.constraints) for r in everything],
+                "recipe": [Recipe.from_yaml(r.recipe).summary() for r in everything],
+            }
         if len(self.unique) > 1:
             from mlflow.entities import Metric, RunTag
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from evomerge.errors import EvomergeError
+from evomerge.eval.cost import set_output_bytes
 from evomerge.search.executors import Outcome, WorkerSpec
 
 
@@ -49,6 +50,8 @@ class Worker:
 
                 fit_layers(self.model, plan.num_layers)
             self.merger.merge(recipe, into=self.model, plan=plan)
+            # What `cost/bytes` reports: the merge as written (its output dtype), not as held.
+            set_output_bytes(self.model, sum(spec.nbytes for spec in plan.specs()))
         except EvomergeError as e:
             return Outcome(None, f"merge failed: {e}", time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - out of memory, a torch error: this trial fails, not the search

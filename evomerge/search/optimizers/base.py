@@ -7,6 +7,15 @@ single-objective optimisers, applies the run's declared scalarisation first.
 ``ask`` may return ``None`` when the optimiser cannot propose before hearing
 back (CMA-ES waits for the rest of its generation); ``tell(..., None)`` reports
 a failed trial.
+
+A run with ``constraints:`` calls ``expect_constraints(n)`` once before the first
+``ask`` and then tells each scored trial's constraint values with its values:
+``tell(id, values, constraints=(c_1, ..., c_n))``, Optuna's convention (a value
+<= 0 means the constraint is met; larger is a larger violation, relative to the
+bound). What an optimiser does with them is its own (Optuna's samplers model
+them; CMA-ES penalises; random search ignores them) and is documented in its
+module. An optimiser whose ``tell`` takes no ``constraints`` cannot run a
+constrained search (the run is refused before any model loads).
 """
 
 from __future__ import annotations
@@ -40,7 +49,12 @@ class Optimizer(ABC):
         self.dimension = dimension
         self.n_objectives = n_objectives
         self.seed = seed
+        self.n_constraints = 0
         self._next_id = 0
+
+    def expect_constraints(self, n: int) -> None:
+        """The run tells ``n`` constraint values with each scored trial (before the first ask)."""
+        self.n_constraints = n
 
     def warm_start(self, points: list[np.ndarray]) -> None:
         """Propose these points first (for example the plain average and each expert)."""
@@ -54,7 +68,8 @@ class Optimizer(ABC):
     def ask(self) -> Suggestion | None: ...
 
     @abstractmethod
-    def tell(self, id: int, values: tuple[float, ...] | None) -> None: ...
+    def tell(self, id: int, values: tuple[float, ...] | None,
+             constraints: tuple[float, ...] | None = None) -> None: ...
 
 
 # A new optimiser: one module whose class is decorated with @register_optimizer("name"), and

@@ -17,6 +17,14 @@ When pycma's stopping criteria fire (the distribution has collapsed or the
 fitness has stalled) and ``restarts`` remain, a new strategy starts from a
 random point: IPOP doubles the population each time; BIPOP alternates such
 large-population runs with small-population, small-step local runs.
+
+Constraints are a penalty (``penalised``): a trial that misses one is told the
+worst value among the trials of its update (generation, or asynchronous batch)
+minus its summed relative violation (the positive constraint values). So every
+infeasible trial ranks below every feasible one, infeasible trials rank by how
+far they miss (Deb's feasibility rules, in the form of a fitness CMA-ES can
+rank), and failed trials rank below them all. pycma uses only the ranks, so
+the penalty's scale does not matter.
 """
 
 from __future__ import annotations
@@ -61,11 +69,11 @@ class CMAES(Optimizer):
         self.es = self._strategy(start + [0.5] * (self._inner - dimension), sigma0, self._default_popsize)
         self._pending: list[np.ndarray] = []  # the generation being handed out
         self._ids: dict[int, int] = {}  # suggestion id -> index in the generation
-        self._told: dict[int, float | None] = {}
+        self._told: dict[int, tuple[float | None, float]] = {}  # index -> (value, violation)
         self._given = 0
         self.asynchronous = asynchronous
         self._out: dict[int, np.ndarray] = {}  # asynchronous: suggestion id -> its point
-        self._buffer: list[tuple[np.ndarray, float | None]] = []  # asynchronous: told, not yet used
+        self._buffer: list[tuple[np.ndarray, float | None, float]] = []  # asynchronous: told, not yet used
 
     def _strategy(self, x0, sigma0: float, popsize: int):
         import cma
@@ -106,21 +114,18 @@ class CMAES(Optimizer):
         self._ids[sid] = i
         return Suggestion(sid, self._pending[i][: self.dimension].copy())
 
-    def tell(self, id: int, values: tuple[float, ...] | None) -> None:
+    def tell(self, id: int, values: tuple[float, ...] | None,
+             constraints: tuple[float, ...] | None = None) -> None:
+        told = (None if values is None else float(values[0]), _violation(constraints))
         if self.asynchronous:
-            self._tell_async(id, values)
+            self._tell_async(id, told)
             return
         if id not in self._ids:
             return  # from an earlier generation: already accounted for
-        self._told[self._ids[id]] = None if values is None else float(values[0])
+        self._told[self._ids[id]] = told
         if len(self._told) < len(self._pending):
             return
-        seen = [v for v in self._told.values() if v is not None and math.isfinite(v)]
-        worst = min(seen) - 1.0 if seen else 0.0
-        fitness = [
-            -(v if v is not None and math.isfinite(v) else worst)  # pycma minimises
-            for v in (self._told[i] for i in range(len(self._pending)))
-        ]
+        fitness = [-v for v in penalised([self._told[i] for i in range(len(self._pending))])]  # pycma minimises
         self.es.tell(self._pending, fitness)
         self._pending, self._ids, self._told = [], {}, {}
         if self.restarts_left > 0 and self.es.stop():
@@ -136,19 +141,34 @@ class CMAES(Optimizer):
         self._out[sid] = x
         return Suggestion(sid, x[: self.dimension].copy())
 
-    def _tell_async(self, id: int, values: tuple[float, ...] | None) -> None:
+    def _tell_async(self, id: int, told: tuple[float | None, float]) -> None:
         x = self._out.pop(id, None)
         if x is None:
             return
-        self._buffer.append((x, None if values is None else float(values[0])))
+        self._buffer.append((x, *told))
         popsize = self.es.popsize
         if len(self._buffer) < popsize:
             return
         batch, self._buffer = self._buffer[:popsize], self._buffer[popsize:]
-        seen = [v for _, v in batch if v is not None and math.isfinite(v)]
-        worst = min(seen) - 1.0 if seen else 0.0
-        fitness = [-(v if v is not None and math.isfinite(v) else worst) for _, v in batch]
-        self.es.tell([x for x, _ in batch], fitness)
+        fitness = [-v for v in penalised([(v, c) for _, v, c in batch])]
+        self.es.tell([x for x, _, _ in batch], fitness)
         self._pending = []  # later asks draw from the updated distribution
         if self.restarts_left > 0 and self.es.stop():
             self._restart()
+
+
+def _violation(constraints: tuple[float, ...] | None) -> float:
+    """The summed positive constraint values (0: every constraint met, or none told)."""
+    return sum(max(0.0, float(c)) for c in constraints) if constraints else 0.0
+
+
+def penalised(told: list[tuple[float | None, float]]) -> list[float]:
+    """Values to maximise for one update, from (told value or None when failed, violation) per
+    trial: feasible trials keep their value, an infeasible one gets the worst finite value of
+    the update minus its violation, a failed one (or a non-finite value) 1 below all of those."""
+    finite = [v for v, _ in told if v is not None and math.isfinite(v)]
+    worst = min(finite) if finite else 0.0
+    out = [None if v is None or not math.isfinite(v) else (worst - c if c > 0 else v) for v, c in told]
+    seen = [v for v in out if v is not None]
+    floor = min(seen) - 1.0 if seen else 0.0
+    return [floor if v is None else v for v in out]

@@ -3,6 +3,15 @@
 One study per run, one float distribution per gene on [0, 1]. The study lives
 in memory: a resume rebuilds it by replaying the ledger's completions through
 the same asks and tells (the ledger, not Optuna's storage, is what is durable).
+
+Constraints go to the samplers the way Optuna's own ask/tell code expects: the
+trial's constraint values (<= 0 feasible) are set on it before ``study.tell``,
+and the sampler reads them from its system attributes when it next samples
+(TPE and GP model feasibility; NSGA-II uses constrained domination). Optuna 5
+takes them as ``trial.set_constraint`` (one ``constraints:<i>`` attribute
+each; ``constraints_func`` is deprecated there); Optuna 4 through
+``constraints_func``, which its ``after_trial`` calls on the told trial and
+which returns the values stored on it as a user attribute.
 """
 
 from __future__ import annotations
@@ -11,9 +20,27 @@ import numpy as np
 
 from evomerge.search.optimizers.base import Optimizer, Suggestion, register_optimizer
 
+_CONSTRAINTS_ATTR = "evomerge.constraints"  # Optuna 4: the told values, for constraints_func
+
+
+def _told_constraints(trial) -> tuple[float, ...]:
+    """``constraints_func`` for Optuna 4: the values ``tell`` stored on the trial."""
+    return tuple(trial.user_attrs[_CONSTRAINTS_ATTR])
+
+
+def _given(constraints_func) -> dict:
+    # Only when set: Optuna 5 deprecates the argument, and early 4.x GP samplers lack it.
+    return {"constraints_func": constraints_func} if constraints_func is not None else {}
+
+
+def _set_constraint_api() -> bool:
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
 
 class OptunaOptimizer(Optimizer):
-    def _sampler(self, seed: int):
+    def _sampler(self, seed: int, constraints_func=None):
         raise NotImplementedError
 
     def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0, *, storage=None, study_name=None) -> None:
@@ -31,6 +58,11 @@ class OptunaOptimizer(Optimizer):
         )
         self._trials: dict[int, object] = {}
 
+    def expect_constraints(self, n: int) -> None:
+        super().expect_constraints(n)
+        if n and not _set_constraint_api():  # Optuna 4: the sampler must be built with the function
+            self.study.sampler = self._sampler(self.seed, constraints_func=_told_constraints)
+
     def warm_start(self, points: list[np.ndarray]) -> None:
         for p in points:
             self.study.enqueue_trial({k: float(v) for k, v in zip(self._dist, p, strict=True)})
@@ -41,39 +73,46 @@ class OptunaOptimizer(Optimizer):
         self._trials[sid] = trial
         return Suggestion(sid, np.array([trial.params[k] for k in self._dist]))
 
-    def tell(self, id: int, values: tuple[float, ...] | None) -> None:
+    def tell(self, id: int, values: tuple[float, ...] | None,
+             constraints: tuple[float, ...] | None = None) -> None:
         import optuna
 
         trial = self._trials.pop(id)
         if values is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            self.study.tell(trial, list(values) if self.n_objectives > 1 else float(values[0]))
+            return
+        if constraints is not None:  # before tell: the sampler reads them when the trial completes
+            if _set_constraint_api():
+                for i, c in enumerate(constraints):
+                    trial.set_constraint(str(i), float(c))
+            else:
+                trial.set_user_attr(_CONSTRAINTS_ATTR, [float(c) for c in constraints])
+        self.study.tell(trial, list(values) if self.n_objectives > 1 else float(values[0]))
 
 
 @register_optimizer("tpe")
 class TPE(OptunaOptimizer):
     max_objectives = None  # multi-objective TPE (MOTPE) when told several values
-    def _sampler(self, seed: int):
+    def _sampler(self, seed: int, constraints_func=None):
         import optuna
 
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, **_given(constraints_func))
 
 
 @register_optimizer("gp")
 class GP(OptunaOptimizer):
     max_objectives = None  # Optuna's GP sampler handles several objectives too
-    def _sampler(self, seed: int):
+    def _sampler(self, seed: int, constraints_func=None):
         import optuna
 
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, **_given(constraints_func))
 
 
 @register_optimizer("nsga2")
 class NSGA2(OptunaOptimizer):
     max_objectives = None
 
-    def _sampler(self, seed: int):
+    def _sampler(self, seed: int, constraints_func=None):
         import optuna
 
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16, **_given(constraints_func))

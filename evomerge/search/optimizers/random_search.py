@@ -1,4 +1,10 @@
-"""Uniform random search: the baseline every other optimiser must beat."""
+"""Uniform random search: the baseline every other optimiser must beat.
+
+It learns nothing from what it is told, so constraints change nothing in what it
+proposes (neither a penalty nor a rejection would: a rejected point is only
+replaced by another blind draw); a constrained run's best, front and export
+still count feasible trials only.
+"""
 
 from __future__ import annotations
 
@@ -23,5 +29,6 @@ class RandomSearch(Optimizer):
         x = self._warm.pop(0) if self._warm else self._rng.random(self.dimension)
         return Suggestion(self._new_id(), x)
 
-    def tell(self, id: int, values: tuple[float, ...] | None) -> None:
+    def tell(self, id: int, values: tuple[float, ...] | None,
+             constraints: tuple[float, ...] | None = None) -> None:
         pass
