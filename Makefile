@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search bench-zoo bench-landscape bench-layer clean
+.PHONY: setup quickstart demo test test-browser test-ray test-slow test-landscape lint zoo bench bench-search bench-zoo bench-landscape bench-layer bench-methods clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -85,6 +85,12 @@ bench-landscape: $(STAMP)
 ## (~15 min per seed on 2 cores).
 bench-layer: $(STAMP)
 	$(BIN)/python benchmarks/layer_space.py
+
+## Every merge method's best recipe on the zoo, same optimiser and budget, search seeds 0-2
+## (~20 min per seed on 2 cores).
+bench-methods: $(STAMP)
+	$(BIN)/evomerge zoo build --no-report
+	$(BIN)/python benchmarks/method_zoo.py --seeds 0 1 2
 
 clean:
 	rm -rf $(VENV) runs/demo-output $(QS_OUT) benchmarks/_work
