@@ -14,7 +14,7 @@ and after (mergekit's convention; DARE's 1/density is the same in expectation).
 Speed matters here: this is the hot loop of every TIES/DARE merge. Deltas are
 never materialised whole; ``delta_chunks`` yields them in cache-sized pieces.
 Magnitude thresholds are exact order statistics found without sorting: a small
-sample brackets the target rank, one counting pass finds how many entries lie
+stratified sample brackets the target rank, one counting pass finds how many entries lie
 above the bracket, and only the entries inside it are selected among. Entries
 tied exactly at the threshold are all kept (for real weights that happens only
 for zeros, which change nothing). Random masks draw 16-bit uniforms (the kept
@@ -39,7 +39,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-CHUNK = 1 << 19  # elements per piece on the CPU: a few such buffers stay in cache
+CHUNK = 1 << 16  # elements per piece on the CPU: a pass's buffers stay in L2/L3, calls stay few
 _SAMPLE = 1 << 15
 _RESCALE_EPS = 1e-7
 _NUMPY_DTYPES = (torch.float32, torch.float64)
@@ -127,12 +127,19 @@ def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int])
     xf, bf = x.reshape(-1), base.reshape(-1)
     if n <= 4 * _SAMPLE:
         return _select((xf - bf).abs(), ranks)
+    # A stratified sample: one random entry from each of _SAMPLE equal strides. It brackets at
+    # least as tightly as an i.i.d. one (its counts vary less), its indices come sorted (pages
+    # touched in order, no sort), and it costs a fraction of drawing and sorting _SAMPLE
+    # indices, which with many small tensors was a large part of the selection.
     gen = torch.Generator(device="cpu").manual_seed(n)
-    idx = torch.randint(0, n, (_SAMPLE,), generator=gen)
+    stride = n // _SAMPLE
+    idx = torch.randint(0, stride, (_SAMPLE,), generator=gen).add_(
+        torch.arange(0, _SAMPLE * stride, stride)
+    )
     fast = use_numpy(x, base)
-    if fast:  # sorted, so memory-mapped pages are touched in order (the sample is a set)
+    if fast:
         xa, ba = flat_np(xf), flat_np(bf)
-        ia = np.sort(idx.numpy())
+        ia = idx.numpy()
         sample = np.abs(xa[ia] - ba[ia])
     else:
         idx = idx.to(base.device)
@@ -192,7 +199,7 @@ def _count_windows_np(
             below[j] += m - int(np.count_nonzero(ge))
             np.less_equal(mags, hi, out=le)
             np.logical_and(ge, le, out=ge)
-            inside[j].append(mags[ge])
+            inside[j].append(np.compress(ge, mags))  # faster than mags[ge]
     return below, [np.concatenate(c) for c in inside]
 
 

@@ -204,6 +204,8 @@ def _combine_np(
     out = new_output(base.shape, base.dtype, base.device)
     oa = out.view(-1).numpy()
     ft = ba.dtype.type
+    it = np.int32 if ba.dtype == np.float32 else np.int64  # same-width integer view of a float
+    sign_bit = it(np.iinfo(it).min)
     total_weight = sum(weight)
     n = ba.size
 
@@ -231,29 +233,37 @@ def _combine_np(
                     np.multiply(t, ft(s.factor), out=t)
             ts.append(t)
         mixed = scratch("mixed", m, ba.dtype)
-        np.copyto(mixed, ts[0])
-        for t in ts[1:]:
-            np.add(mixed, t, out=mixed)
+        if len(ts) == 1:
+            np.copyto(mixed, ts[0])
+        else:  # the same left-to-right sum as copying the first and adding the others
+            np.add(ts[0], ts[1], out=mixed)
+            for t in ts[2:]:
+                np.add(mixed, t, out=mixed)
         if consensus:
-            # The elected sign is + where the sum is >= 0; copysign differs only at -0, which
-            # needs every delta to be +-0, and those never agree anyway.
-            elected = np.copysign(ft(1), mixed, out=scratch("elected", m, ba.dtype))
-            agrees = []
+            # The elected sign is + where the sum is >= 0: a delta agrees when it is nonzero and
+            # its sign bit equals the sum's, i.e. when (its bits XOR the sum's sign bit) > 0 as a
+            # signed integer (copysign, a multiply and a compare did this at 5x the cost). This
+            # differs from the torch loop only at a sum of -0, which needs every delta to be +-0,
+            # and those never agree anyway.
+            sign = np.bitwise_and(mixed.view(it), sign_bit, out=scratch("sign", m, it))
+            divisor = scratch("divisor", m, ba.dtype) if normalize else None
             for i, t in enumerate(ts):
-                signed = np.multiply(t, elected, out=scratch("mags", m, ba.dtype))
-                agrees.append(np.greater(signed, 0, out=scratch(f"a{i}", m, np.bool_)))
-            divisor = scratch("divisor", m, ba.dtype)
-            for i, (t, a) in enumerate(zip(ts, agrees, strict=True)):
+                flipped = np.bitwise_xor(t.view(it), sign, out=scratch("flip", m, it))
+                a = np.greater(flipped, 0, out=scratch("agree", m, np.bool_))
                 np.multiply(t, a, out=t)
                 if i == 0:
                     np.add(t, ft(0), out=mixed)  # 0 + t: the torch loop's sum starts from +0
-                    np.multiply(a, ft(weight[i]), out=divisor)
                 else:
                     np.add(mixed, t, out=mixed)
+                if divisor is None:  # the divisor only divides: without normalize it is unused
+                    continue
+                if i == 0:
+                    np.multiply(a, ft(weight[i]), out=divisor)
+                else:
                     np.add(divisor, np.multiply(a, ft(weight[i]), out=t), out=divisor)
-            empty = np.equal(divisor, 0, out=scratch("ge", m, np.bool_))
-            np.add(divisor, empty, out=divisor)  # an empty divisor becomes 1
-            if normalize:
+            if divisor is not None:
+                empty = np.equal(divisor, 0, out=scratch("ge", m, np.bool_))
+                np.add(divisor, empty, out=divisor)  # an empty divisor becomes 1
                 np.divide(mixed, divisor, out=mixed)
         elif normalize:
             torch.from_numpy(mixed).div_(1.0 if abs(total_weight) < 1e-8 else total_weight)
