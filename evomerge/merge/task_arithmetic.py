@@ -72,7 +72,9 @@ def _survivors(
     rescale: bool,
     gamma: float,
     epsilon: float,
+    stats: list[float] | None = None,
 ) -> _Survivors:
+    """``stats``: the band's order statistics, if already found (``_band_ranks``' ranks)."""
     x, base = group.tensors[i], group.base
     if sparsification is None or density >= 1:
         return _Survivors(weight)
@@ -85,18 +87,30 @@ def _survivors(
         return _Survivors(
             weight, dense=sparsify.della_magprune(x - base, density, rescale, epsilon, rng)
         )
+    ranks = _band_ranks(n, sparsification, density, gamma)
+    if ranks is None:
+        return _Survivors(weight, lo=math.inf)
+    bounds = stats if stats is not None else sparsify.magnitude_order_stats(x, base, ranks)
+    return _band_survivors(x, base, bounds, weight, rescale)
+
+
+def _band_ranks(n: int, sparsification: str, density: float, gamma: float) -> list[int] | None:
+    """1-based ascending ranks of |delta| bounding what a magnitude sparsification keeps
+    (the smallest kept, and for magnitude_outliers the largest kept); None: nothing kept."""
     if sparsification == "magnitude":
         k = max(1, int(density * n)) if density > 0 and n else 0
-        if k == 0:
-            return _Survivors(weight, lo=math.inf)
-        (lo,) = sparsify.magnitude_order_stats(x, base, [n - k + 1])
-        hi = math.inf
-    else:  # magnitude_outliers
-        keep = int(density * n)
-        if keep <= 0:
-            return _Survivors(weight, lo=math.inf)
-        n_bottom = max(0, n - keep - int(gamma * n))
-        lo, hi = sparsify.magnitude_order_stats(x, base, [n_bottom + 1, n_bottom + keep])
+        return [n - k + 1] if k else None
+    keep = int(density * n)
+    if keep <= 0:
+        return None
+    n_bottom = max(0, n - keep - int(gamma * n))
+    return [n_bottom + 1, n_bottom + keep]
+
+
+def _band_survivors(
+    x: torch.Tensor, base: torch.Tensor, bounds: list[float], weight: float, rescale: bool
+) -> _Survivors:
+    lo, hi = bounds[0], (bounds[1] if len(bounds) > 1 else math.inf)
     ratio = sparsify.l1_ratio_in_band(x, base, lo, hi) if rescale else 1.0
     return _Survivors(weight * ratio, lo=lo, hi=hi)
 
@@ -132,6 +146,25 @@ def merge_task_vectors(
             epsilon[i] if epsilon else 0.0,
         )
 
+    if fast and sparsification in ("magnitude", "magnitude_outliers"):
+        # Every model's thresholds at once: the counting pass is shared out in small pieces.
+        n = base.numel()
+        ranks = {
+            i: r
+            for i in range(n_models)
+            if density[i] < 1
+            and (r := _band_ranks(n, sparsification, density[i], gamma[i] if gamma else 0.0))
+        }
+        found = sparsify.magnitude_order_stats_np(
+            [group.tensors[i] for i in ranks], base, list(ranks.values())
+        )
+        stats = dict(zip(ranks, found, strict=True))
+        survivors = sparsify.parallel_map(
+            lambda i: _survivors(group, i, sparsification, weight[i], density[i], rescale,
+                                 gamma[i] if gamma else 0.0, 0.0, stats.get(i)),
+            range(n_models),
+        )
+        return _combine_np(group, survivors, weight, consensus, normalize, lambda_)
     if fast:  # one model per worker: each pass is independent and numpy releases the GIL
         survivors = sparsify.parallel_map(survivors_of, range(n_models))
         return _combine_np(group, survivors, weight, consensus, normalize, lambda_)
@@ -275,11 +308,9 @@ def _combine_np(
         for start in range(first, last, sparsify.CHUNK):
             chunk(start, min(start + sparsify.CHUNK, last))
 
-    # Contiguous, chunk-aligned ranges, one per worker.
-    n_chunks = -(-n // sparsify.CHUNK)
-    parts = min(sparsify.workers(), n_chunks)
-    bounds = [min(n, (n_chunks * k // parts) * sparsify.CHUNK) for k in range(parts + 1)]
-    sparsify.parallel_map(run, bounds[:-1], bounds[1:])
+    # Chunk-aligned pieces, several per worker: a descheduled worker holds up one piece only.
+    starts = range(0, n, sparsify.PIECE)
+    sparsify.parallel_map(run, starts, [min(a + sparsify.PIECE, n) for a in starts])
     return out
 
 
