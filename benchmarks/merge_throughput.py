@@ -1,21 +1,40 @@
 """Merge throughput: evomerge against mergekit, side by side, in one run.
 
-Generates (once, cached under benchmarks/_work/) a base and two fine-tunes of
-a ~540 MB fp32 Llama, then merges them with each method through both tools'
-command lines, as a user would. Prints wall time (start-up included), GB/s of
-input and peak RSS of each, and the ratios evomerge / mergekit.
+Generates (once, cached under benchmarks/_work/) a base and two fine-tunes, then
+merges them with each method through both tools' command lines, as a user would.
+Two families:
 
-    python benchmarks/merge_throughput.py [--methods ties,dare_ties,linear] [--repeat 1]
+* ``default``: a ~545 MB fp32 Llama (6 layers, hidden 1024, vocab 32000), experts =
+  base + small Gaussian deltas of one scale;
+* ``gqa12``: a ~400 MB fp32 Llama (12 layers, hidden 768, intermediate 2048, vocab
+  16000, 12 heads / 4 kv heads, untied): more, smaller tensors, and task vectors like
+  real fine-tunes' - expert b's 10x expert a's, scales differing by tensor kind, heavy
+  (log-normal) tails on some kinds, 20% of embedding/head rows untouched (exact zeros).
 
-Targets (issue 2): TIES >= 10x mergekit's throughput, DARE-TIES and linear
->= 3x, peak RSS no higher than mergekit's.
+Per method and tool: wall time (start-up included) of each of ``--repeat`` runs,
+min / median / max (the median counts), GB/s of input, peak RSS, the 1-minute load
+average before each run, and per run the ratio mergekit / evomerge of the runs made
+back to back. "merge phase" is evomerge's own timing of ``merge_to_disk`` (reading,
+merging, writing; not interpreter or torch start-up), from its summary line.
+``--in-memory`` times ``InMemoryMerger.merge(recipe, into=model)`` per candidate
+instead, as a search worker does (sources resident, the same output tensors reused).
+
+    python benchmarks/merge_throughput.py [--family default|gqa12] \
+        [--methods ties,dare_ties,linear] [--repeat 3] [--in-memory]
+
+Targets (issues 2 and 17): TIES >= 10x mergekit's throughput, DARE-TIES and linear
+>= 3x, peak RSS no higher than mergekit's; where start-up alone rules a ratio out,
+>= 1.5 GB/s of input in the merge phase. In memory: a TIES candidate of ``gqa12``
+under 1 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -24,9 +43,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from evomerge.testing import make_family
+from evomerge.testing import llama_config, llama_state, make_family, save_model
 
-WORK = Path(__file__).parent / "_work" / "throughput"
+ROOT = Path(__file__).parent / "_work"
 SHAPE = {
     "hidden": 1024,
     "intermediate": 2816,
@@ -79,16 +98,65 @@ RECIPES = {
 }
 
 
-def make_models() -> dict[str, Path]:
-    """A base and two fine-tunes of a ~545 MB fp32 Llama, generated once."""
-    root = WORK / "models"
+GQA12_SHAPE = {
+    "hidden": 768,
+    "intermediate": 2048,
+    "layers": 12,
+    "heads": 12,
+    "kv_heads": 4,
+    "vocab": 16000,
+}
+# tensor kind -> (task-vector scale relative to the expert's, heavy-tailed)
+GQA12_KINDS = {
+    "embed_tokens": (0.5, True),
+    "lm_head": (0.5, True),
+    "q_proj": (1.0, False),
+    "k_proj": (1.0, False),
+    "v_proj": (1.5, False),
+    "o_proj": (1.5, True),
+    "gate_proj": (2.0, False),
+    "up_proj": (2.0, False),
+    "down_proj": (3.0, True),
+    "norm": (0.2, False),
+}
+GQA12_EXPERT_SCALES = (0.001, 0.01)  # expert b's task vector is 10x expert a's
+
+
+def _make_gqa12(root: Path, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    config = llama_config(tied=False, **GQA12_SHAPE)
+    base = llama_state(config, gen)
+    save_model(root / "base", base, config)
+    for e, scale in enumerate(GQA12_EXPERT_SCALES):
+        expert = {}
+        for name, w in base.items():
+            rel, heavy = next(v for k, v in GQA12_KINDS.items() if k in name)
+            d = torch.randn(w.shape, generator=gen)
+            if heavy:  # a log-normal scale mixture: most entries small, a few far larger
+                d.mul_(torch.randn(w.shape, generator=gen).exp_())
+            if "embed_tokens" in name or "lm_head" in name:  # tokens the fine-tune never saw
+                d.mul_((torch.rand(w.shape[0], 1, generator=gen) > 0.2).float())
+            expert[name] = w + d.mul_(scale * rel)
+        save_model(root / f"expert{e}", expert, config)
+
+
+def make_models(family: str = "default") -> dict[str, Path]:
+    """A base and two fine-tunes of the family, generated once."""
+    root = work_dir(family) / "models"
     paths = {"base": root / "base", "a": root / "expert0", "b": root / "expert1"}
     if not all((p / "model.safetensors").exists() for p in paths.values()):
-        make_family(root, tied=False, n_experts=2, seed=0, delta=0.002, **SHAPE)
+        if family == "default":
+            make_family(root, tied=False, n_experts=2, seed=0, delta=0.002, **SHAPE)
+        else:
+            _make_gqa12(root)
     return paths
 
 
-def write_config(method: str, paths: dict[str, Path]) -> Path:
+def work_dir(family: str) -> Path:
+    return ROOT / ("throughput" if family == "default" else f"throughput_{family}")
+
+
+def recipe_dict(method: str, paths: dict[str, Path]) -> dict:
     spec = RECIPES[method]
     cfg = {"merge_method": spec["merge_method"], "dtype": "float32"}
     if spec.get("base"):
@@ -98,99 +166,176 @@ def write_config(method: str, paths: dict[str, Path]) -> Path:
     ]
     if "parameters" in spec:
         cfg["parameters"] = spec["parameters"]
-    out = WORK / f"{method}.yaml"
-    out.write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def write_config(method: str, paths: dict[str, Path], work: Path) -> Path:
+    out = work / f"{method}.yaml"
+    out.write_text(yaml.safe_dump(recipe_dict(method, paths)))
     return out
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
+MERGE_LINE = re.compile(r"in ([0-9.]+) s, ([0-9.]+) GB/s of input")
+
+
+def timed(cmd: list[str]) -> tuple[float, float, float | None]:
+    """Wall seconds, peak RSS (MB) of one child process, and the merge phase's seconds
+    if the child printed evomerge's summary line."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read().decode() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
         err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err}")
-    return wall, usage.ru_maxrss / 1024
+    found = MERGE_LINE.search(out)
+    return wall, usage.ru_maxrss / 1024, float(found[1]) if found else None
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """min / median / max"""
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def warm(paths: dict[str, Path]) -> None:
+    """Read the inputs once, so that every run reads from the page cache."""
+    for p in paths.values():
+        with open(p / "model.safetensors", "rb") as f:
+            while f.read(1 << 26):
+                pass
+
+
+def run_cli(args, paths: dict[str, Path], input_bytes: int) -> None:
+    work = work_dir(args.family)
+    bindir = Path(sys.executable).parent
+    tools = {"evomerge": [str(bindir / "evomerge"), "merge", "{cfg}", "--out", "{out}", "--force"]}
+    if not args.skip_mergekit:
+        tools["mergekit"] = [
+            str(bindir / "mergekit-yaml"),
+            "{cfg}",
+            "{out}",
+            "--no-copy-tokenizer",
+            "--quiet",
+            "--allow-crimes",
+        ]
+    # Another busy process on a small machine skews the times: the load average before each
+    # run is printed, and the tools alternate run by run so that each ratio compares runs
+    # made under the same load.
+    header = (
+        f"{'method':<12}{'run':>4}{'load':>6}{'evomerge s':>12}{'merge phase s':>15}"
+        f"{'mergekit s':>12}{'ratio':>8}{'RSS evo/mk MB':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    summary = []
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        cfg = write_config(method, paths, work)
+        runs = []
+        for i in range(args.repeat):
+            row = {}
+            for tool, template in tools.items():
+                out = work / f"out-{tool}-{method}"
+                shutil.rmtree(out, ignore_errors=True)
+                os.sync()  # start each run with no dirty pages from the last one being written back
+                time.sleep(2)
+                load = os.getloadavg()[0]
+                cmd = [a.replace("{out}", str(out)).replace("{cfg}", str(cfg)) for a in template]
+                row[tool] = (*timed(cmd), load)
+                shutil.rmtree(out, ignore_errors=True)
+            runs.append(row)
+            evo = row["evomerge"]
+            mk = row.get("mergekit")
+            phase = f"{evo[2]:.2f}" if evo[2] is not None else "-"
+            print(
+                f"{method:<12}{i + 1:>4}{evo[3]:>6.1f}{evo[0]:>12.2f}{phase:>15}"
+                + (
+                    f"{mk[0]:>12.2f}{mk[0] / evo[0]:>7.1f}x{evo[1]:>8.0f}/{mk[1]:.0f}"
+                    if mk
+                    else f"{'-':>12}{'-':>8}{evo[1]:>16.0f}"
+                ),
+                flush=True,
+            )
+        summary.append((method, runs))
+    gb = input_bytes / 1e9
+    print()
+    print(f"min / median / max over {args.repeat} run(s); GB/s of input ({gb:.2f} GB)")
+    for method, runs in summary:
+        evo = [r["evomerge"][0] for r in runs]
+        phases = [r["evomerge"][2] for r in runs if r["evomerge"][2] is not None]
+        loads = [r["evomerge"][3] for r in runs]
+        print(f"{method}: load {spread(loads, '{:.1f}')}")
+        print(f"  evomerge wall s        {spread(evo)}   GB/s {spread([gb / t for t in evo])}")
+        if phases:
+            print(
+                f"  evomerge merge phase s {spread(phases)}   GB/s {spread([gb / t for t in phases])}"
+            )
+        if "mergekit" in runs[0]:
+            mk = [r["mergekit"][0] for r in runs]
+            ratios = [r["mergekit"][0] / r["evomerge"][0] for r in runs]
+            rss = [r["evomerge"][1] / r["mergekit"][1] for r in runs]
+            print(f"  mergekit wall s        {spread(mk)}   GB/s {spread([gb / t for t in mk])}")
+            print(f"  speed-up x             {spread(ratios, '{:.1f}')}   RSS ratio {spread(rss)}")
+
+
+def run_in_memory(args, paths: dict[str, Path], input_bytes: int) -> None:
+    """Candidates merged as a search worker merges them: sources resident, into one model."""
+    from evomerge import Recipe
+    from evomerge.merge.engine import InMemoryMerger
+
+    refs = {str(p): str(p) for p in paths.values()}
+    start = time.perf_counter()
+    merger = InMemoryMerger(refs)
+    print(f"sources loaded in {time.perf_counter() - start:.1f} s")
+    model = None
+    print(f"{'method':<12}{'runs':>5}{'load':>18}{'s per candidate':>22}{'GB/s of input':>22}")
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        recipe = Recipe.from_dict(recipe_dict(method, paths), f"{method} recipe")
+        plan = merger.plan(recipe)
+        used = sum(
+            merger.sources[m].tensors[t].nbytes for op in plan.ops for m, t in op.all_inputs
+        )
+        model = merger.merge(recipe, into=model, plan=plan)  # the first touches the output
+        times, loads = [], []
+        for _ in range(max(args.repeat, 3)):
+            loads.append(os.getloadavg()[0])
+            t = time.perf_counter()
+            merger.merge(recipe, into=model, plan=plan)
+            times.append(time.perf_counter() - t)
+        print(
+            f"{method:<12}{len(times):>5}{spread(loads, '{:.1f}'):>18}{spread(times):>22}"
+            f"{spread([used / 1e9 / t for t in times]):>22}",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--family", choices=("default", "gqa12"), default="default")
     parser.add_argument("--methods", default="ties,dare_ties,linear")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per tool and method; the best is kept"
+        "--repeat", type=int, default=1, help="runs per tool and method (min/median/max shown)"
     )
     parser.add_argument("--skip-mergekit", action="store_true")
+    parser.add_argument(
+        "--in-memory", action="store_true", help="time InMemoryMerger candidates instead"
+    )
     args = parser.parse_args()
 
-    paths = make_models()
+    work_dir(args.family).mkdir(parents=True, exist_ok=True)
+    paths = make_models(args.family)
     input_bytes = sum((p / "model.safetensors").stat().st_size for p in paths.values())
-    for p in paths.values():  # warm the page cache, so both tools read from memory
-        with open(p / "model.safetensors", "rb") as f:
-            while f.read(1 << 26):
-                pass
-    bindir = Path(sys.executable).parent
+    warm(paths)
     print(
-        f"3 models, {input_bytes / 1e9:.2f} GB fp32 in all; torch threads: {torch.get_num_threads()}"
+        f"family {args.family}: 3 models, {input_bytes / 1e9:.2f} GB fp32 in all; "
+        f"torch threads: {torch.get_num_threads()}; cores: {os.cpu_count()}"
     )
-    # Another busy process on a small machine skews the times (torch's worker threads wait on
-    # each other): the load average before each run is printed so such runs can be spotted.
-    header = f"{'method':<18}{'tool':<10}{'wall s':>8}{'GB/s':>8}{'peak RSS MB':>13}{'load':>6}"
-    print(header)
-    print("-" * len(header))
-    rows = []
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        cfg = write_config(method, paths)
-        result = {}
-        tools = {
-            "evomerge": [
-                str(bindir / "evomerge"),
-                "merge",
-                str(cfg),
-                "--out",
-                "{out}",
-                "--quiet",
-                "--force",
-            ]
-        }
-        if not args.skip_mergekit:
-            tools["mergekit"] = [
-                str(bindir / "mergekit-yaml"),
-                str(cfg),
-                "{out}",
-                "--no-copy-tokenizer",
-                "--quiet",
-                "--allow-crimes",
-            ]
-        for tool, template in tools.items():
-            best = None
-            for _ in range(args.repeat):
-                out = WORK / f"out-{tool}-{method}"
-                shutil.rmtree(out, ignore_errors=True)
-                os.sync()  # start each run with no dirty pages from the last one being written back
-                time.sleep(2)
-                load = os.getloadavg()[0]
-                wall, rss = timed([a.replace("{out}", str(out)) for a in template])
-                shutil.rmtree(out, ignore_errors=True)
-                if best is None or wall < best[0]:
-                    best = (wall, rss, load)
-            result[tool] = best
-            print(
-                f"{method:<18}{tool:<10}{best[0]:>8.2f}{input_bytes / 1e9 / best[0]:>8.2f}"
-                f"{best[1]:>13.0f}{best[2]:>6.1f}",
-                flush=True,
-            )
-        rows.append((method, result))
-    if not args.skip_mergekit:
-        print()
-        print(f"{'method':<18}{'throughput x':>14}{'RSS ratio':>11}")
-        for method, r in rows:
-            speed = r["mergekit"][0] / r["evomerge"][0]
-            rss = r["evomerge"][1] / r["mergekit"][1]
-            print(f"{method:<18}{speed:>13.1f}x{rss:>11.2f}")
+    if args.in_memory:
+        run_in_memory(args, paths, input_bytes)
+    else:
+        run_cli(args, paths, input_bytes)
 
 
 if __name__ == "__main__":

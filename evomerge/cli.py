@@ -242,7 +242,7 @@ def _merge(recipe_path, out, device, dtype, seed, force, allow_pickle, shard_siz
         gbps = result.input_bytes / 1e9 / max(result.seconds, 1e-9)
         console.print(
             f"wrote {result.out} ({result.tensors} tensors, {result.output_bytes / 1e6:.1f} MB) "
-            f"in {result.seconds:.1f} s, {gbps:.2f} GB/s of input"
+            f"in {result.seconds:.2f} s, {gbps:.2f} GB/s of input"
         )
 
 

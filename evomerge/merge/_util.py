@@ -83,10 +83,50 @@ def use_output_pool(pool: OutputPool | None) -> Iterator[None]:
         _output_pool.reset(token)
 
 
+class Destination:
+    """The tensor the current op's result should be written into, handed out once.
+
+    ``InMemoryMerger`` offers each resident output tensor before merging into it, so a
+    method that builds its result with ``new_output`` writes it in place: no copy, and no
+    fresh pages (touching new memory costs more than the merge itself on some machines).
+    A tensor is handed out only for an exact match (shape, dtype, device, contiguous), to
+    the op's first ``new_output`` call; the merger copies whatever else a method returns.
+    """
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+
+    def take(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor | None:
+        t, self.tensor = self.tensor, None
+        if t is None or tuple(t.shape) != shape or t.dtype != dtype or t.device != torch.device(device):
+            return None
+        return t if t.is_contiguous() else None
+
+
+_destination: ContextVar[Destination | None] = ContextVar("evomerge_destination", default=None)
+
+
+@contextlib.contextmanager
+def use_destination(dest: Destination | None) -> Iterator[None]:
+    token = _destination.set(dest)
+    try:
+        yield
+    finally:
+        _destination.reset(token)
+
+
 def new_output(
     shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """An uninitialised output tensor: from the active pool on the CPU, else fresh."""
+    """An uninitialised output tensor: the offered destination, else from the active pool on
+    the CPU, else fresh."""
+    dest = _destination.get()
+    if dest is not None and dest.tensor is not None:
+        found = dest.take(tuple(shape), dtype, device)
+        if found is not None:
+            return found
     pool = _output_pool.get()
     if pool is None or device.type != "cpu":
         return torch.empty(tuple(shape), dtype=dtype, device=device)

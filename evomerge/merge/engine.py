@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from evomerge.errors import CheckpointError, RecipeError
@@ -35,7 +36,8 @@ from evomerge.io.tokenizer import (
     save_tokenizer,
 )
 from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, TensorSpec, check_output_dir
-from evomerge.merge._util import OutputPool, use_output_pool
+from evomerge.merge import sparsify
+from evomerge.merge._util import Destination, OutputPool, use_destination, use_output_pool
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
 
@@ -121,8 +123,21 @@ def finite_flag(t: torch.Tensor) -> torch.Tensor | None:
     """
     if not t.is_floating_point() or t.numel() == 0:
         return None
+    if sparsify.use_numpy(t) and t.is_contiguous():
+        # numpy's min/max on our worker threads: torch's OpenMP reductions stalled for seconds
+        # when another process shared the cores (spinning workers waiting on a descheduled one).
+        flat = sparsify.flat_np(t)
+        step = max(sparsify.CHUNK, -(-flat.size // sparsify.workers()))
+        ends = [(i, min(i + step, flat.size)) for i in range(0, flat.size, step)]
+        ok = all(sparsify.parallel_map(_finite_range, [flat] * len(ends), ends))
+        return torch.tensor(ok)
     lo, hi = torch.aminmax(t)
     return torch.isfinite(lo) & torch.isfinite(hi)
+
+
+def _finite_range(flat, bounds: tuple[int, int]) -> bool:
+    part = flat[bounds[0] : bounds[1]]
+    return bool(np.isfinite(part.min()) and np.isfinite(part.max()))  # NaN propagates through both
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
@@ -296,6 +311,9 @@ class InMemoryMerger:
                 for name in src.tensor_names()
             }
             self.sources[ref] = StateDictSource(ref, tensors, dict(src.config))
+        self._source_storages = {
+            _storage(t) for s in self.sources.values() for t in s.tensors.values()
+        }
 
     def plan(self, recipe: Recipe, seed: int | None = None) -> MergePlan:
         return build_plan(recipe, self.sources, seed=seed, vocabulary=self._vocabulary(recipe))
@@ -336,24 +354,67 @@ class InMemoryMerger:
         else:
             target = into
         finite: list[tuple[str, torch.Tensor]] = []
-        for op in plan.ops:
-            merged = plan.run_op(op, lambda m, t: self.sources[m].tensors[t], self.device)
-            existing = target.get(op.name)
-            if existing is not None and existing.shape == merged.shape:
-                existing.copy_(merged)  # a narrower dtype there can overflow: checked as stored
-            elif isinstance(into, torch.nn.Module):
-                found = "no such tensor" if existing is None else f"shape {list(existing.shape)}"
-                raise CheckpointError(
-                    f"Tensor {op.name}: the resident model has {found} but the recipe makes shape "
-                    f"{list(merged.shape)}; build a model from merger.output_config(recipe) for this recipe."
-                )
-            else:
-                target[op.name] = merged
-            flag = finite_flag(target[op.name])
-            if flag is not None:
-                finite.append((op.name, flag))
+        dest = Destination()
+        with use_destination(dest):
+            for op in plan.ops:
+                existing = target.get(op.name)
+                if existing is not None and _storage(existing) in self._source_storages:
+                    # A source tensor stored by reference (a copied tensor, from into=None):
+                    # never merge into it; a state dict gets a tensor of its own instead.
+                    if not isinstance(into, torch.nn.Module):
+                        existing = target.pop(op.name) and None
+                    dest.tensor = None
+                else:
+                    dest.tensor = existing  # a method may build its result right there
+                try:
+                    merged = plan.run_op(op, lambda m, t: self.sources[m].tensors[t], self.device)
+                finally:
+                    dest.tensor = None
+                self._store(op.name, merged, existing, target, into)
+                flag = finite_flag(target[op.name])
+                if flag is not None:
+                    finite.append((op.name, flag))
         # One device sync per candidate, not one per tensor; the tensor is named only on failure.
         if finite and not bool(torch.stack([f for _, f in finite]).all()):
             name = next(n for n, f in finite if not bool(f))
             raise NonFiniteMergeError.at(name, target.get(name))
         return target
+
+    def _store(
+        self,
+        name: str,
+        merged: torch.Tensor,
+        existing: torch.Tensor | None,
+        target: MutableMapping[str, torch.Tensor],
+        into: MutableMapping[str, torch.Tensor] | torch.nn.Module | None,
+    ) -> None:
+        if existing is not None and existing.shape == merged.shape:
+            if _is_same(merged, existing):
+                return  # merged in place
+            if _storage(merged) == _storage(existing):
+                merged = merged.clone()  # a view of it: copying would overlap
+            existing.copy_(merged)  # a narrower dtype there can overflow: checked as stored
+        elif isinstance(into, torch.nn.Module):
+            found = "no such tensor" if existing is None else f"shape {list(existing.shape)}"
+            raise CheckpointError(
+                f"Tensor {name}: the resident model has {found} but the recipe makes shape "
+                f"{list(merged.shape)}; build a model from merger.output_config(recipe) for this recipe."
+            )
+        else:
+            if _storage(merged) in self._source_storages:  # e.g. a copied tensor: the source itself
+                merged = merged.clone()  # so that a later candidate merging into it cannot alter it
+            target[name] = merged
+
+
+def _storage(t: torch.Tensor) -> tuple[str, int]:
+    return (t.device.type, t.untyped_storage().data_ptr())
+
+
+def _is_same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )

@@ -14,7 +14,7 @@ and after (mergekit's convention; DARE's 1/density is the same in expectation).
 Speed matters here: this is the hot loop of every TIES/DARE merge. Deltas are
 never materialised whole; ``delta_chunks`` yields them in cache-sized pieces.
 Magnitude thresholds are exact order statistics found without sorting: a small
-sample brackets the target rank, one counting pass finds how many entries lie
+stratified sample brackets the target rank, one counting pass finds how many entries lie
 above the bracket, and only the entries inside it are selected among. Entries
 tied exactly at the threshold are all kept (for real weights that happens only
 for zeros, which change nothing). Random masks draw 16-bit uniforms (the kept
@@ -39,7 +39,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-CHUNK = 1 << 19  # elements per piece on the CPU: a few such buffers stay in cache
+CHUNK = 1 << 16  # elements per piece on the CPU: a pass's buffers stay in L2/L3, calls stay few
+PIECE = 8 * CHUNK  # elements per task on the worker threads: many tasks balance the workers
+# Rescale factors are sums of |delta| in float64, one torch sum per block of this many entries
+# and the blocks' sums added in order: the block size is part of the result, so it stays fixed.
+SUM_BLOCK = 1 << 19
 _SAMPLE = 1 << 15
 _RESCALE_EPS = 1e-7
 _NUMPY_DTYPES = (torch.float32, torch.float64)
@@ -48,7 +52,8 @@ T = TypeVar("T")
 
 
 def chunk_size(t: torch.Tensor) -> int:
-    return CHUNK if t.device.type == "cpu" else max(t.numel(), 1)
+    """Pieces of the torch path (its rescale sums are per piece, so SUM_BLOCK on the CPU)."""
+    return SUM_BLOCK if t.device.type == "cpu" else max(t.numel(), 1)
 
 
 def use_numpy(*tensors: torch.Tensor) -> bool:
@@ -123,38 +128,85 @@ def _select(values: torch.Tensor | np.ndarray, ranks: list[int]) -> list[float]:
 
 def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int]) -> list[float]:
     """Values of |x - base| at 1-based ascending ``ranks`` (1 = smallest)."""
+    if use_numpy(x, base):
+        return magnitude_order_stats_np([x], base, [ranks])[0]
     n = base.numel()
     xf, bf = x.reshape(-1), base.reshape(-1)
     if n <= 4 * _SAMPLE:
         return _select((xf - bf).abs(), ranks)
+    idx = _sample_indices(n).to(base.device)
+    windows = _windows((xf[idx] - bf[idx]).abs(), ranks, n)
+    below, inside = _count_windows(x, base, windows)
+    return _finish(ranks, below, inside, lambda: (xf - bf).abs())
+
+
+def magnitude_order_stats_np(
+    xs: list[torch.Tensor], base: torch.Tensor, ranks: list[list[int]]
+) -> list[list[float]]:
+    """``magnitude_order_stats`` of several models' deltas from one base (CPU float32/64).
+
+    The counting pass runs as (model, range) pieces on the worker threads: many small
+    pieces, so a worker that the OS deschedules (the cores are often shared) holds up
+    only its piece, not half the tensor.
+    """
+    n = base.numel()
+    ba = flat_np(base)
+    xas = [flat_np(x) for x in xs]
+    if not xs:
+        return []
+    if n <= 4 * _SAMPLE:
+        return parallel_map(lambda xa, r: _select(np.abs(xa - ba), r), xas, ranks)
+    ia = _sample_indices(n).numpy()
+    windows = [
+        _windows(np.abs(xa[ia] - ba[ia]), r, n)
+        for xa, r in zip(xas, ranks, strict=True)
+    ]
+    step = PIECE
+    jobs = [(i, a, min(a + step, n)) for i in range(len(xs)) for a in range(0, n, step)]
+    counted = parallel_map(
+        lambda i, a, b: _count_windows_np(xas[i][a:b], ba[a:b], windows[i]), *zip(*jobs, strict=True)
+    )
+    out = []
+    for i, (xa, r) in enumerate(zip(xas, ranks, strict=True)):
+        mine = [c for (j, _, _), c in zip(jobs, counted, strict=True) if j == i]
+        below = [sum(c[0][w] for c in mine) for w in range(len(r))]
+        inside = [np.concatenate([c[1][w] for c in mine]) for w in range(len(r))]
+        out.append(_finish(r, below, inside, lambda xa=xa: np.abs(xa - ba)))
+    return out
+
+
+def _sample_indices(n: int) -> torch.Tensor:
+    """A stratified sample: one random entry from each of _SAMPLE equal strides.
+
+    It brackets at least as tightly as an i.i.d. sample (its counts vary less), its indices
+    come sorted (pages touched in order, no sort), and it costs a fraction of drawing and
+    sorting _SAMPLE indices, which with many small tensors was a large part of the selection.
+    """
     gen = torch.Generator(device="cpu").manual_seed(n)
-    idx = torch.randint(0, n, (_SAMPLE,), generator=gen)
-    fast = use_numpy(x, base)
-    if fast:  # sorted, so memory-mapped pages are touched in order (the sample is a set)
-        xa, ba = flat_np(xf), flat_np(bf)
-        ia = np.sort(idx.numpy())
-        sample = np.abs(xa[ia] - ba[ia])
-    else:
-        idx = idx.to(base.device)
-        sample = (xf[idx] - bf[idx]).abs()
+    stride = n // _SAMPLE
+    offsets = torch.randint(0, stride, (_SAMPLE,), generator=gen)
+    return offsets.add_(torch.arange(0, _SAMPLE * stride, stride))
+
+
+def _windows(sample, ranks: list[int], n: int) -> list[tuple[float, float]]:
+    """Per rank, a range of values that holds it with overwhelming probability."""
     positions = []
     for r in ranks:
         pos = (r - 0.5) / n * _SAMPLE
         margin = 6 * math.sqrt(_SAMPLE * (r / n) * (1 - r / n)) + 8
         positions += [max(int(pos - margin), 0) + 1, min(int(pos + margin), _SAMPLE - 1) + 1]
     bounds = _select(sample, positions)
-    windows = [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
-    if fast:
-        below, inside = _count_windows_np(xa, ba, windows)
-    else:
-        below, inside = _count_windows(x, base, windows)
+    return [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
+
+
+def _finish(ranks: list[int], below: list[int], inside: list, everything) -> list[float]:
     out = []
     for j, r in enumerate(ranks):
         cand = inside[j]
         if below[j] < r <= below[j] + len(cand):
             out.append(_select(cand, [r - below[j]])[0])
         else:  # the sample missed the rank (vanishingly rare): select over everything
-            out.append(_select((xf - bf).abs(), [r])[0])
+            out.append(_select(everything(), [r])[0])
     return out
 
 
@@ -192,7 +244,7 @@ def _count_windows_np(
             below[j] += m - int(np.count_nonzero(ge))
             np.less_equal(mags, hi, out=le)
             np.logical_and(ge, le, out=ge)
-            inside[j].append(mags[ge])
+            inside[j].append(np.compress(ge, mags))  # faster than mags[ge]
     return below, [np.concatenate(c) for c in inside]
 
 
@@ -272,8 +324,8 @@ def _random_mask_np(
     n = ba.size
     keep = np.empty(n, dtype=np.bool_)
     before = after = 0.0
-    for start in range(0, n, CHUNK):
-        stop = min(start + CHUNK, n)
+    for start in range(0, n, SUM_BLOCK):
+        stop = min(start + SUM_BLOCK, n)
         k = keep[start:stop]
         if thr >= 1 << 16:  # every uniform is below it; the stream is not needed
             k.fill(True)
@@ -304,8 +356,8 @@ def l1_ratio_in_band(x: torch.Tensor, base: torch.Tensor, lo: float, hi: float) 
     before = after = 0.0
     if use_numpy(x, base):
         xa, ba = flat_np(x), flat_np(base)
-        for start in range(0, ba.size, CHUNK):
-            stop = min(start + CHUNK, ba.size)
+        for start in range(0, ba.size, SUM_BLOCK):
+            stop = min(start + SUM_BLOCK, ba.size)
             m = stop - start
             mags = np.subtract(xa[start:stop], ba[start:stop], out=scratch("mags", m, ba.dtype))
             np.abs(mags, out=mags)
