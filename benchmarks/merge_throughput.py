@@ -95,6 +95,26 @@ RECIPES = {
         "models": [("base", None), ("a", None)],
         "parameters": {"t": 0.4},
     },
+    # mergekit 0.1.5's other methods (issue 17)
+    "nearswap": {"merge_method": "nearswap", "base": True, "models": [("a", None)], "parameters": {"t": 0.001}},
+    "multislerp": {"merge_method": "multislerp", "base": True, "models": [("a", {"weight": 0.5}), ("b", {"weight": 0.5})]},
+    "karcher": {"merge_method": "karcher", "models": [("base", None), ("a", None), ("b", None)]},
+    "sce": {"merge_method": "sce", "base": True, "models": [("a", None), ("b", None)], "parameters": {"select_topk": 0.5}},
+    "arcee_fusion": {"merge_method": "arcee_fusion", "base": True, "models": [("a", None)]},
+    "ram": {"merge_method": "ram", "base": True, "models": [("a", None), ("b", None)], "parameters": {"epsilon": 0.001}},
+    "ramplus_tl": {"merge_method": "ramplus_tl", "base": True, "models": [("a", None), ("b", None)],
+                   "parameters": {"epsilon": 0.001, "r": 0.5, "alpha": 0.5}},
+    # evomerge's own (no mergekit run: `--methods` with these times evomerge alone)
+    "lines": {"merge_method": "lines", "base": True, "models": [("a", {"weight": 1.0}), ("b", {"weight": 1.0})],
+              "evomerge_only": True},
+    "pcb": {"merge_method": "pcb", "base": True, "models": [("a", {"weight": 1.0}), ("b", {"weight": 1.0})],
+            "evomerge_only": True},
+    "cabs": {"merge_method": "cabs", "base": True, "models": [("a", {"weight": 1.0}), ("b", {"weight": 1.0})],
+             "evomerge_only": True},
+    "tsv": {"merge_method": "tsv", "base": True, "models": [("a", None), ("b", None)], "evomerge_only": True},
+    "iso_c": {"merge_method": "iso_c", "base": True, "models": [("a", None), ("b", None)], "evomerge_only": True},
+    "iso_cts": {"merge_method": "iso_cts", "base": True, "models": [("a", None), ("b", None)], "evomerge_only": True},
+    "star": {"merge_method": "star", "base": True, "models": [("a", None), ("b", None)], "evomerge_only": True},
 }
 
 
@@ -235,6 +255,8 @@ def run_cli(args, paths: dict[str, Path], input_bytes: int) -> None:
         for i in range(args.repeat):
             row = {}
             for tool, template in tools.items():
+                if tool == "mergekit" and RECIPES[method].get("evomerge_only"):
+                    continue
                 out = work / f"out-{tool}-{method}"
                 shutil.rmtree(out, ignore_errors=True)
                 os.sync()  # start each run with no dirty pages from the last one being written back
