@@ -163,7 +163,7 @@ def main() -> int:
 
 def report(results: list[dict]) -> None:
     plain = next((x["rows"] for x in results if x["method"] == "plain"), None)
-    print(f"\n{'':22}" + "".join(f"{s:>10}" for s in (*SKILLS, "mean")) + f"{'seeds':>8}")
+    print(f"\n{'':22}" + "".join(f"{s:>10}" for s in (*SKILLS, "mean")) + f"{'seeds':>8}{'mean min..max':>16}")
     if plain:
         for name in ("base", *SKILLS, "average", "task_arithmetic"):
             label = f"expert {name}" if name in SKILLS else name + (" (w=1)" if name == "task_arithmetic" else "")
@@ -176,7 +176,7 @@ def report(results: list[dict]) -> None:
         means = [mean_score(x["best"]) for x in runs]
         fixed = "" if RANGES.get(method) else " (defaults)"
         print(f"{method + fixed:22}" + "".join(f"{c:>10.3f}" for c in cells)
-              + f"{statistics.median(means):>10.3f}{len(runs):>8}")
+              + f"{statistics.median(means):>10.3f}{len(runs):>8}{min(means):>9.3f}..{max(means):.3f}")
 
 
 if __name__ == "__main__":
