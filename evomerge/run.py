@@ -343,7 +343,7 @@ def dry_run(config_path: Path, run_dir: Path | None = None, *, trials: int | Non
         schedule=schedule(config, [t.size() for t in p.tasks], trials or config.budget.trials),
         budget_seconds=config.budget.seconds, executor=f"{kind}, {workers}{threads} on {config.device}",
         parallel=slots.parallel, storage=storage, notes=slots.notes,
-        timed_recipe=timed_words,
+        timed_recipe=timed_words, constraints=[str(c) for c in p.constraints],
     )
     if kind == "ray" and config.device.startswith("cuda"):
         plan.not_timed = "device cuda is the Ray cluster's; this machine does not time it"

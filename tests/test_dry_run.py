@@ -187,3 +187,13 @@ def test_more_worker_threads_than_cores_is_a_note_and_the_estimate_counts_the_co
     assert plan.parallel == cores
     assert any("share cores" in n for n in plan.notes)
     assert plan.schedule.evaluations == 4
+
+
+def test_the_plan_lists_the_constraints_and_how_the_optimiser_is_told(tmp_path, zoo):
+    cfg = write_run(tmp_path, zoo, optimizer={"name": "cmaes"},
+                    constraints=["cost/layers <= 2", {"metric": "zoo_text/perplexity", "max": 1e6}])
+    result = _dry(cfg)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "constraints: cost/layers <= 2, zoo_text/perplexity <= 1e+06" in out
+    assert "told as a penalty" in out and "feasible trials only" in out

@@ -179,6 +179,7 @@ class RunPlan:
     timing: Timing | None = None
     not_timed: str | None = None  # why there is no estimate
     notes: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)  # "metric <= bound", as bound
 
 
 GENES_SHOWN = 12
@@ -195,6 +196,11 @@ def print_plan(plan: RunPlan, console) -> None:
         highlight=False)
     tasks = ", ".join(n if k is None else f"{n} ({k} examples)" for n, k in plan.tasks)
     out(f"tasks: {escape(tasks)}; data loaded. objectives: {escape(', '.join(plan.objectives))}", highlight=False)
+    if plan.constraints:
+        how = {"cmaes": "told as a penalty", "random": "not told (random search learns nothing)"}.get(
+            plan.optimizer, "told as Optuna constraints")
+        out(f"constraints: {escape(', '.join(plan.constraints))} (task metrics judged at the top "
+            f"fidelity; {how}; best, front and export count feasible trials only)", highlight=False)
 
     out(f"space: {escape(plan.space_file)} ({plan.space_kind})", highlight=False)
     genes = Table(title=f"{len(plan.genes)} genes", title_justify="left")
