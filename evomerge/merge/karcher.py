@@ -40,7 +40,9 @@ def karcher_tensors(tensors: list[torch.Tensor], max_iter: int, tol: float) -> t
         moving = angle >= tol  # directions already at the mean add no tangent
         factor = torch.where(moving, angle / torch.sin(torch.where(moving, angle, torch.ones_like(angle))),
                              torch.zeros_like(angle))
-        tangent = (share * factor) @ (units - cos.unsqueeze(1) * mean)
+        # sum_i w_i (u_i - cos_i m), without the k x n temporary of u_i - cos_i m
+        w = share * factor
+        tangent = (w @ units).sub_(mean, alpha=float(w @ cos))
         step = torch.linalg.vector_norm(tangent)
         if step.item() < tol:
             break
