@@ -75,12 +75,17 @@ _output_pool: ContextVar[OutputPool | None] = ContextVar("evomerge_output_pool",
 
 
 @contextlib.contextmanager
-def use_output_pool(pool: OutputPool | None) -> Iterator[None]:
-    token = _output_pool.set(pool)
+def _using(var: ContextVar, value) -> Iterator[None]:
+    """``var`` set to ``value`` for the block (and reset after it, also on errors)."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _output_pool.reset(token)
+        var.reset(token)
+
+
+def use_output_pool(pool: OutputPool | None) -> contextlib.AbstractContextManager[None]:
+    return _using(_output_pool, pool)
 
 
 class Destination:
@@ -108,13 +113,8 @@ class Destination:
 _destination: ContextVar[Destination | None] = ContextVar("evomerge_destination", default=None)
 
 
-@contextlib.contextmanager
-def use_destination(dest: Destination | None) -> Iterator[None]:
-    token = _destination.set(dest)
-    try:
-        yield
-    finally:
-        _destination.reset(token)
+def use_destination(dest: Destination | None) -> contextlib.AbstractContextManager[None]:
+    return _using(_destination, dest)
 
 
 def new_output(
