@@ -461,16 +461,24 @@ class Drill:
 
     def _drill_workers(self) -> None:
         proc = self._launch(False)
+        # The first evaluation bounds how long a worker takes to start and finish one.
+        if not self._wait_for(proc, len(self.watch.seen) + 1):
+            self.report.anomalies.append("the search ended before its first evaluation")
+            self._finish(proc)
+            return
         for i in range(self.kills):
             target = self._target(self.kills - i)
             if target > len(self.watch.seen) and not self._wait_for(proc, target):
                 break
             if not _sleep_alive(proc, self.rng.uniform(0, 0.3)):
                 break
-            # Aim at an evaluation: wait (a little) until every worker has one.
+            # Aim at an evaluation: wait (a little) until every worker has one, and spare a
+            # replacement still starting (younger than the first worker took to finish one
+            # evaluation). Killing workers before they are up is the pool's start-up guard's
+            # case (it stops the search after a few in a row), not the evaluation loss drilled.
             workers, until = [], time.monotonic() + 5.0
             while proc.poll() is None:
-                workers = self._workers(proc)
+                workers = [p for p in self._workers(proc) if _age(p) >= self.startup]
                 if workers and (self._running() >= len(workers) or time.monotonic() > until):
                     break
                 self._poll(proc)
@@ -647,6 +655,16 @@ def check_mlflow(run_dir: Path, completions: list) -> list[str]:
 
 
 # -- small helpers ----------------------------------------------------------------------------
+
+def _age(process) -> float:
+    """Seconds since ``process`` (psutil) started; 0 if it is gone."""
+    import psutil
+
+    try:
+        return time.time() - process.create_time()
+    except psutil.Error:
+        return 0.0
+
 
 def _sleep_alive(proc, seconds: float) -> bool:
     end = time.monotonic() + seconds

@@ -131,3 +131,25 @@ def new_output(
     if pool is None or device.type != "cpu":
         return torch.empty(tuple(shape), dtype=dtype, device=device)
     return pool.take(tuple(shape), dtype)
+
+
+# A fused merge loop checks its output for NaN/inf as it writes it; it marks that tensor so
+# that the engine's check need not read it again. The engine checks each op's result right
+# after the op and takes the mark either way, so a mark never outlives its op. (Inference
+# tensors keep no version counter: a method must not change its result in place after the
+# loop wrote it; merge_task_vectors returns it as written.)
+_finite_mark = threading.local()
+
+
+def _finite_key(t: torch.Tensor) -> tuple:
+    return (t.data_ptr(), t.numel(), t.dtype, t.device)
+
+
+def mark_finite(t: torch.Tensor) -> None:
+    _finite_mark.key = _finite_key(t)
+
+
+def take_finite_mark(t: torch.Tensor) -> bool:
+    """Whether ``t`` is the tensor last marked finite, unchanged; clears the mark."""
+    key, _finite_mark.key = getattr(_finite_mark, "key", None), None
+    return key is not None and key == _finite_key(t)

@@ -37,7 +37,13 @@ from evomerge.io.tokenizer import (
 )
 from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, TensorSpec, check_output_dir
 from evomerge.merge import sparsify
-from evomerge.merge._util import Destination, OutputPool, use_destination, use_output_pool
+from evomerge.merge._util import (
+    Destination,
+    OutputPool,
+    take_finite_mark,
+    use_destination,
+    use_output_pool,
+)
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
 
@@ -121,8 +127,8 @@ def finite_flag(t: torch.Tensor) -> torch.Tensor | None:
     One reduction and no mask the size of the tensor (``isfinite(t)`` would allocate
     one): NaN propagates through min and max, and inf shows as one of them.
     """
-    if not t.is_floating_point() or t.numel() == 0:
-        return None
+    if take_finite_mark(t) or not t.is_floating_point() or t.numel() == 0:
+        return None  # (marked: a fused merge loop checked every value as it wrote it)
     if sparsify.use_numpy(t) and t.is_contiguous():
         # numpy's min/max on our worker threads: torch's OpenMP reductions stalled for seconds
         # when another process shared the cores (spinning workers waiting on a descheduled one).

@@ -30,6 +30,7 @@ reduction order defines the rescale factors.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+
+from evomerge.merge import _kernels
 
 CHUNK = 1 << 16  # elements per piece on the CPU: a pass's buffers stay in L2/L3, calls stay few
 PIECE = 8 * CHUNK  # elements per task on the worker threads: many tasks balance the workers
@@ -157,24 +160,31 @@ def magnitude_order_stats_np(
     if n <= 4 * _SAMPLE:
         return parallel_map(lambda xa, r: _select(np.abs(xa - ba), r), xas, ranks)
     ia = _sample_indices(n).numpy()
-    windows = [
-        _windows(np.abs(xa[ia] - ba[ia]), r, n)
-        for xa, r in zip(xas, ranks, strict=True)
-    ]
-    step = PIECE
-    jobs = [(i, a, min(a + step, n)) for i in range(len(xs)) for a in range(0, n, step)]
-    counted = parallel_map(
-        lambda i, a, b: _count_windows_np(xas[i][a:b], ba[a:b], windows[i]), *zip(*jobs, strict=True)
-    )
+    windows = parallel_map(lambda xa, r: _windows(np.abs(xa[ia] - ba[ia]), r, n), xas, ranks)
+    if _kernels.ENABLED and len({len(r) for r in ranks}) == 1:
+        starts = range(0, n, PIECE)
+        counted = parallel_map(
+            lambda a: _count_windows_fused([x[a : a + PIECE] for x in xas], ba[a : a + PIECE], windows),
+            starts,
+        )
+        per_model = [[c[i] for c in counted] for i in range(len(xs))]
+    else:
+        jobs = [(i, a, min(a + PIECE, n)) for i in range(len(xs)) for a in range(0, n, PIECE)]
+        counted = parallel_map(
+            lambda i, a, b: _count_windows_np(xas[i][a:b], ba[a:b], windows[i]),
+            *zip(*jobs, strict=True),
+        )
+        per_model = [[c for (j, _, _), c in zip(jobs, counted, strict=True) if j == i]
+                     for i in range(len(xs))]
     out = []
-    for i, (xa, r) in enumerate(zip(xas, ranks, strict=True)):
-        mine = [c for (j, _, _), c in zip(jobs, counted, strict=True) if j == i]
+    for xa, r, mine in zip(xas, ranks, per_model, strict=True):
         below = [sum(c[0][w] for c in mine) for w in range(len(r))]
         inside = [np.concatenate([c[1][w] for c in mine]) for w in range(len(r))]
         out.append(_finish(r, below, inside, lambda xa=xa: np.abs(xa - ba)))
     return out
 
 
+@functools.lru_cache(maxsize=32)  # 256 KB each; a model has a few tensor sizes. Read only.
 def _sample_indices(n: int) -> torch.Tensor:
     """A stratified sample: one random entry from each of _SAMPLE equal strides.
 
@@ -246,6 +256,21 @@ def _count_windows_np(
             np.logical_and(ge, le, out=ge)
             inside[j].append(np.compress(ge, mags))  # faster than mags[ge]
     return below, [np.concatenate(c) for c in inside]
+
+
+def _count_windows_fused(
+    xas: list[np.ndarray], ba: np.ndarray, windows: list[list[tuple[float, float]]]
+) -> list[tuple[list[int], list[np.ndarray]]]:
+    """``_count_windows_np`` of several models (the same number of windows each), one pass."""
+    k, w = len(xas), len(windows[0])
+    lo = np.array([[v[0] for v in ws] for ws in windows], dtype=ba.dtype)
+    hi = np.array([[v[1] for v in ws] for ws in windows], dtype=ba.dtype)
+    inside = scratch("inside", k * w * ba.size, ba.dtype).reshape(k * w, ba.size)
+    below = np.zeros((k, w), dtype=np.int64)
+    count = np.zeros((k, w), dtype=np.int64)
+    _kernels.count_windows(tuple(xas), ba, lo, hi, inside, below, count)
+    return [([int(v) for v in below[i]], [inside[i * w + j, : count[i, j]].copy() for j in range(w)])
+            for i in range(k)]
 
 
 # -- random keep masks ----------------------------------------------------------------------

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evomerge.merge import sparsify
-from evomerge.merge._util import new_output
+from evomerge.merge import _kernels, sparsify
+from evomerge.merge._util import mark_finite, new_output
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
 
 
@@ -308,9 +308,35 @@ def _combine_np(
         for start in range(first, last, sparsify.CHUNK):
             chunk(start, min(start + sparsify.CHUNK, last))
 
+    if (_kernels.ENABLED and lambda_ == 1 and (consensus or not normalize)
+            and all(d is None for d in dense)):
+        # The common case (TIES, DARE, breadcrumbs, task arithmetic) in one fused pass.
+        modes = np.array([_kernels.MASK if m is not None else
+                          _kernels.KEEP_ALL if s.keeps_all else _kernels.BAND
+                          for s, m in zip(survivors, masks, strict=True)], dtype=np.int8)
+        lo = np.array([s.lo for s in survivors], dtype=ba.dtype)
+        hi = np.array([s.hi for s in survivors], dtype=ba.dtype)
+        factor = np.array([s.factor for s in survivors], dtype=ba.dtype)
+        weights = np.array(weight, dtype=ba.dtype)
+        none = np.zeros(0, dtype=np.bool_)
+        masks_ = tuple(none if m is None else m for m in masks)
+
+        def run(first: int, last: int) -> bool:  # noqa: F811 - the fused pass replaces the chunks
+            sl = slice(first, last)
+            scratch, block = sparsify.scratch, _kernels.BLOCK
+            d = scratch("fused-d", len(xs) * block, ba.dtype).reshape(len(xs), block)
+            mixed = scratch("fused-mixed", block, ba.dtype)
+            return _kernels.combine(ba[sl], tuple(x[sl] for x in xs), modes, lo, hi,
+                             tuple(m if m.size == 0 else m[sl] for m in masks_), factor, weights,
+                             consensus, normalize, oa[sl], d, d.view(it), mixed, mixed.view(it),
+                             scratch("fused-total", block, ba.dtype),
+                             scratch("fused-divisor", block, ba.dtype))
+
     # Chunk-aligned pieces, several per worker: a descheduled worker holds up one piece only.
     starts = range(0, n, sparsify.PIECE)
-    sparsify.parallel_map(run, starts, [min(a + sparsify.PIECE, n) for a in starts])
+    finite = sparsify.parallel_map(run, starts, [min(a + sparsify.PIECE, n) for a in starts])
+    if all(f is True for f in finite):
+        mark_finite(out)
     return out
 
 

@@ -111,3 +111,77 @@ def test_a_source_tensor_stored_by_reference_is_never_merged_into():
     before = {k: v.clone() for k, v in base.items()}
     merger.merge(_recipe(None), into=copied)  # a later candidate into the same state dict
     assert all(torch.equal(base[k], before[k]) for k in base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_models", [1, 2, 3])
+@pytest.mark.parametrize(
+    "method",
+    ["ties", "ties_unnormalized", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
+     "task_arithmetic"],
+)
+def test_fused_kernels_equal_the_numpy_path_bit_for_bit(monkeypatch, method, n_models, dtype):
+    from evomerge.merge import _kernels
+
+    base, experts = _family()
+    experts.append(base + 0.05 * torch.randn(base.shape, generator=torch.Generator().manual_seed(9)))
+    experts = [e.to(dtype) for e in experts[:n_models]]
+    base = base.to(dtype)
+    experts[0][1, :3] = base[1, :3]  # exact-zero deltas in every model...
+    experts[-1][1, :3] = base[1, :3]
+    experts[0][2, 0] = -experts[0][2, 0]  # ...and deltas of opposite signs
+    sparsification, consensus, normalize = {
+        "ties": ("magnitude", True, True),
+        "ties_unnormalized": ("magnitude", True, False),
+        "dare_ties": ("random", True, False),
+        "dare_linear": ("random", False, False),
+        "breadcrumbs": ("magnitude_outliers", False, False),
+        "breadcrumbs_ties": ("magnitude_outliers", True, False),
+        "task_arithmetic": (None, False, False),
+    }[method]
+    kwargs = dict(
+        sparsification=sparsification, consensus=consensus, normalize=normalize,
+        weight=[0.7, -0.45, 1.3][:n_models], density=[0.3, 0.6, 0.9][:n_models],
+        rescale=sparsification == "random", gamma=[0.01, 0.02, 0.0][:n_models],
+    )
+    outs = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_kernels, "ENABLED", enabled)
+        outs.append(merge_task_vectors(TensorGroup("t", experts, base, seed=3), **kwargs))
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(outs[0].view(bits), outs[1].view(bits))
+    assert not torch.equal(outs[0], base)  # the merge did something
+
+
+def test_fused_counting_finds_the_numpy_path_order_statistics(monkeypatch):
+    from evomerge.merge import _kernels
+
+    base, experts = _family(seed=4)
+    ranks = [[2_000, 180_000], [1, 209_999]]
+    got = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_kernels, "ENABLED", enabled)
+        got.append(sparsify.magnitude_order_stats_np(experts, base, ranks))
+    assert got[0] == got[1]
+    mags = np.sort(np.abs((experts[1] - base).numpy()).ravel())
+    assert got[0][1] == [float(mags[0]), float(mags[209_998])]
+
+
+def test_the_fused_combine_reports_non_finite_output():
+    from evomerge.merge import _kernels
+
+    b = np.zeros(4, dtype=np.float32)
+    one = np.ones(1, dtype=np.float32)
+    d = np.empty((1, _kernels.BLOCK), np.float32)
+    mixed, total, divisor = (np.empty(_kernels.BLOCK, np.float32) for _ in range(3))
+    out = np.empty(4, dtype=np.float32)
+
+    def combine(x):  # one model kept whole, TIES-normalized
+        return _kernels.combine(b, (x,), np.zeros(1, np.int8), one * 0, one * np.inf,
+                                (np.zeros(0, np.bool_),), one, one, True, True, out,
+                                d, d.view(np.int32), mixed, mixed.view(np.int32), total, divisor)
+
+    assert not combine(np.array([1, 2, np.inf, 4], dtype=np.float32))
+    assert not combine(np.array([1, np.nan, 3, 4], dtype=np.float32))
+    assert combine(np.array([1, -2, 3, 0], np.float32))
+    assert out.tolist() == [1, -2, 3, 0]
