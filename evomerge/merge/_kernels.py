@@ -1,40 +1,65 @@
 """Fused CPU loops of the task-vector family, compiled with numba.
 
 numpy runs a TIES merge as some twenty passes over each piece (subtract, abs, compare,
-mask, sum, sign, ...), each one a function call and a trip through memory; these loops
-do the same arithmetic element by element in one pass. They are the hot path of every
-TIES/DARE candidate a search merges in memory.
+mask, sum, sign, ...), each one a call and a trip through memory; these loops do the same
+arithmetic in one or two passes over cache-sized blocks. They are the hot path of every
+TIES/DARE candidate a search merges in memory, and of ``evomerge merge``.
 
 Bit-identical to the numpy path (and so to the torch path and mergekit): the same IEEE
 operations in the same order, in the tensors' own dtype (scalars come in as arrays of that
-dtype, so nothing widens to float64), no fast-math and so no fused multiply-add. Compiled
-on first use and cached on disk (``EVOMERGE_FUSED=0`` turns them off) (numba's ``cache=True``); ``nogil`` so that the merge's
+dtype, so nothing widens to float64), no fast-math and so no fused multiply-add.
+``error_model="numpy"``: a division by zero gives inf as numpy's does, with no check per
+element (that check stopped the division loop from vectorising). ``nogil``: the merge's
 worker threads run them side by side, each on its own piece.
+
+numba is imported and a loop compiled (or loaded from numba's on-disk cache) on its first
+call, not on import: a command that merges nothing of this family does not pay for it.
+``EVOMERGE_FUSED=0`` turns them off; the numpy path is the reference they match.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import threading
 
 import numpy as np
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; without it numpy does the work
-    njit = None
+ENABLED = (
+    importlib.util.find_spec("numba") is not None and os.environ.get("EVOMERGE_FUSED", "1") != "0"
+)
 
-# EVOMERGE_FUSED=0 turns the compiled loops off (the numpy path is the reference they match).
-ENABLED = njit is not None and os.environ.get("EVOMERGE_FUSED", "1") != "0"
-if njit is None:  # pragma: no cover
-    def njit(**_):
-        return lambda fn: fn
+
+class _Compiled:
+    """A function compiled with numba on its first call."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+        self._compiled = None
+
+    def __call__(self, *args):
+        if self._compiled is None:
+            with self._lock:
+                if self._compiled is None:
+                    from numba import njit
+
+                    self._compiled = njit(nogil=True, cache=True, error_model="numpy")(self.fn)
+        return self._compiled(*args)
+
+
+def njit(fn):
+    return _Compiled(fn)
+
 
 # How each model's delta is kept (``modes``): all of it, a band of magnitudes, a bool mask.
 KEEP_ALL, BAND, MASK = 0, 1, 2
 BLOCK = 2048  # elements per inner loop: a block's buffers stay in L1
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit
 def count_windows(xs, b, lo, hi, inside, below, count):  # pragma: no cover - compiled
     """Per model i and window j: how many |xs[i] - b| lie below lo[i, j] (into below[i, j]),
     and those in [lo[i, j], hi[i, j]], copied in order to ``inside[i * windows + j]`` (their
@@ -62,7 +87,7 @@ def count_windows(xs, b, lo, hi, inside, below, count):  # pragma: no cover - co
             count[i, j] = c
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit
 def combine(b, xs, modes, lo, hi, masks, factor, weight, consensus, normalize, out,
             d, d_bits, mixed, mixed_bits, total, divisor):  # pragma: no cover - compiled
     """``merge_task_vectors``' second pass over one piece: rebuild each kept, weighted delta,
