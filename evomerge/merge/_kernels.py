@@ -13,21 +13,44 @@ element (that check stopped the division loop from vectorising). ``nogil``: the 
 worker threads run them side by side, each on its own piece.
 
 numba is imported and a loop compiled (or loaded from numba's on-disk cache) on its first
-call, not on import: a command that merges nothing of this family does not pay for it.
-``EVOMERGE_FUSED=0`` turns them off; the numpy path is the reference they match.
+call, not on import: a command that merges nothing of this family does not pay for it,
+and a one-off merge of a small model (``use_fused``) skips them. ``EVOMERGE_FUSED=0``
+turns them off; the numpy path is the reference they match.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import numpy as np
 
 ENABLED = (
     importlib.util.find_spec("numba") is not None and os.environ.get("EVOMERGE_FUSED", "1") != "0"
 )
+# Loading numba and its compiled loops costs a process about a second (more on a busy
+# machine); they save about that much per GB of TIES input. A search merges many
+# candidates and always gains; a one-off merge gains from about this much input on.
+ONE_OFF_MIN_BYTES = 2 << 30
+_wanted: ContextVar[bool] = ContextVar("evomerge_fused", default=True)
+
+
+def active() -> bool:
+    """Whether the merges running in this context use the compiled loops."""
+    return ENABLED and _wanted.get()
+
+
+@contextlib.contextmanager
+def use_fused(flag: bool) -> Iterator[None]:
+    token = _wanted.set(flag)
+    try:
+        yield
+    finally:
+        _wanted.reset(token)
 
 
 class _Compiled:

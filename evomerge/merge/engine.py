@@ -36,7 +36,7 @@ from evomerge.io.tokenizer import (
     save_tokenizer,
 )
 from evomerge.io.writer import DEFAULT_SHARD_BYTES, CheckpointWriter, TensorSpec, check_output_dir
-from evomerge.merge import sparsify
+from evomerge.merge import _kernels, sparsify
 from evomerge.merge._util import (
     Destination,
     OutputPool,
@@ -203,7 +203,8 @@ def merge_to_disk(
         template = resolve_chat_template(recipe.chat_template, [c.path for c in sources.values()])
     plan = build_plan(recipe, sources, vocabulary=vocabulary)
     specs = plan.specs()
-    with CheckpointWriter(
+    input_bytes = _input_bytes(plan, sources)
+    with _kernels.use_fused(input_bytes >= _kernels.ONE_OFF_MIN_BYTES), CheckpointWriter(
         out, specs, max_shard_bytes=max_shard_bytes, force=force, prefill=prefill
     ) as writer:
         pool = OutputPool()  # written tensors' buffers hold later ones: no fresh pages
@@ -227,7 +228,7 @@ def merge_to_disk(
     return MergeResult(
         out=out,
         tensors=len(specs),
-        input_bytes=_input_bytes(plan, sources),
+        input_bytes=input_bytes,
         output_bytes=sum(s.nbytes for s in specs),
         seconds=time.perf_counter() - start,
         warnings=plan.warnings,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -160,8 +161,8 @@ def magnitude_order_stats_np(
     if n <= 4 * _SAMPLE:
         return parallel_map(lambda xa, r: _select(np.abs(xa - ba), r), xas, ranks)
     ia = _sample_indices(n).numpy()
-    windows = parallel_map(lambda xa, r: _windows(np.abs(xa[ia] - ba[ia]), r, n), xas, ranks)
-    if _kernels.ENABLED and len({len(r) for r in ranks}) == 1:
+    windows = parallel_map(lambda xa, r: _kept_sample_windows(xa, ba, ia, r), xas, ranks)
+    if _kernels.active() and len({len(r) for r in ranks}) == 1:
         starts = range(0, n, PIECE)
         counted = parallel_map(
             lambda a: _count_windows_fused([x[a : a + PIECE] for x in xas], ba[a : a + PIECE], windows),
@@ -198,15 +199,55 @@ def _sample_indices(n: int) -> torch.Tensor:
     return offsets.add_(torch.arange(0, _SAMPLE * stride, stride))
 
 
-def _windows(sample, ranks: list[int], n: int) -> list[tuple[float, float]]:
-    """Per rank, a range of values that holds it with overwhelming probability."""
+def _window_positions(ranks: list[int], n: int) -> list[int]:
+    """Per rank, two 1-based positions in the sorted sample that hold it between them with
+    overwhelming probability."""
     positions = []
     for r in ranks:
         pos = (r - 0.5) / n * _SAMPLE
         margin = 6 * math.sqrt(_SAMPLE * (r / n) * (1 - r / n)) + 8
         positions += [max(int(pos - margin), 0) + 1, min(int(pos + margin), _SAMPLE - 1) + 1]
-    bounds = _select(sample, positions)
+    return positions
+
+
+def _windows(sample, ranks: list[int], n: int) -> list[tuple[float, float]]:
+    """Per rank, a range of values that holds it with overwhelming probability."""
+    bounds = _select(sample, _window_positions(ranks, n))
     return [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
+
+
+# A search merges the same sources candidate after candidate, with new densities: each
+# delta's sample is kept (sorted once it is seen a second time) so that its windows are
+# looked up, not gathered (a cache miss per sampled entry) and selected again. Found by a
+# fingerprint of its values, not by address: memory is reused, values differ. A wrong
+# window would only cost time (``_finish`` checks and falls back), never a wrong value.
+_kept_samples: OrderedDict = OrderedDict()
+_kept_lock = threading.Lock()
+_KEPT_SAMPLES = 512  # 128 KB each: at most 64 MB
+
+
+def _kept_sample_windows(
+    xa: np.ndarray, ba: np.ndarray, ia: np.ndarray, ranks: list[int]
+) -> list[tuple[float, float]]:
+    n = ba.size
+    probe = ia[:: max(1, ia.size // 64)]
+    key = (n, xa.dtype.str, xa[probe].tobytes(), ba[probe].tobytes())
+    with _kept_lock:
+        entry = _kept_samples.get(key)
+        if entry is not None:
+            _kept_samples.move_to_end(key)
+    if entry is not None and entry[1]:
+        bounds = [float(entry[0][p - 1]) for p in _window_positions(ranks, n)]
+        return [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
+    if entry is None:
+        sample, sorted_ = np.abs(xa[ia] - ba[ia]), False
+    else:  # float32, as _select compares in
+        sample, sorted_ = np.sort(entry[0].astype(np.float32, copy=False)), True
+    with _kept_lock:
+        _kept_samples[key] = (sample, sorted_)
+        while len(_kept_samples) > _KEPT_SAMPLES:
+            _kept_samples.popitem(last=False)
+    return _windows(sample, ranks, n)
 
 
 def _finish(ranks: list[int], below: list[int], inside: list, everything) -> list[float]:

@@ -308,7 +308,7 @@ def _combine_np(
         for start in range(first, last, sparsify.CHUNK):
             chunk(start, min(start + sparsify.CHUNK, last))
 
-    if (_kernels.ENABLED and lambda_ == 1 and (consensus or not normalize)
+    if (_kernels.active() and lambda_ == 1 and (consensus or not normalize)
             and all(d is None for d in dense)):
         # The common case (TIES, DARE, breadcrumbs, task arithmetic) in one fused pass.
         modes = np.array([_kernels.MASK if m is not None else

@@ -185,3 +185,25 @@ def test_the_fused_combine_reports_non_finite_output():
     assert not combine(np.array([1, np.nan, 3, 4], dtype=np.float32))
     assert combine(np.array([1, -2, 3, 0], np.float32))
     assert out.tolist() == [1, -2, 3, 0]
+
+
+def test_kept_samples_give_the_same_order_statistics_and_never_a_wrong_one():
+    base, experts = _family(seed=7)
+    ranks = [[50_000], [150_000]]
+    sparsify._kept_samples.clear()
+    runs = [sparsify.magnitude_order_stats_np(experts, base, ranks) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]  # gathered, then sorted, then looked up
+    assert all(entry[1] for entry in sparsify._kept_samples.values())
+    # Another delta with the same fingerprint (equal at the probed entries): the kept windows
+    # are wrong for it, and the answer must still be exact.
+    ia = sparsify._sample_indices(base.numel()).numpy()
+    probe = ia[:: max(1, ia.size // 64)]
+    other = experts[0].clone()
+    keep = np.zeros(base.numel(), dtype=bool)
+    keep[probe] = True
+    flat, flat_base = other.view(-1), base.view(-1)
+    flat[~torch.from_numpy(keep)] = flat_base[~torch.from_numpy(keep)] + 50 * (
+        flat[~torch.from_numpy(keep)] - flat_base[~torch.from_numpy(keep)])
+    got = sparsify.magnitude_order_stats_np([other], base, [ranks[0]])[0]
+    mags = np.sort(np.abs((other - base).numpy()).ravel())
+    assert got == [float(mags[ranks[0][0] - 1])]
