@@ -92,3 +92,25 @@ def test_recipe_show_prints_hash_and_mergekit_form(untied_family, tmp_path):
         and "merge_method: ties" in result.output
         and "seed" not in result.output
     )
+
+
+def test_the_console_entry_point_writes_the_whole_model_before_it_exits(untied_family, tmp_path):
+    """``main`` leaves without the interpreter's teardown after a merge: the files must be complete
+    (the same tensors as a merge in this process), the summary printed, and failures still exit 2."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = _write(tmp_path, untied_family)
+    cmd = [sys.executable, "-c", "from evomerge.cli import main; main()", "merge", str(recipe)]
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout
+    assert runner.invoke(app, ["merge", str(recipe), "--out", str(tmp_path / "b")]).exit_code == 0
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "config.json").read_text() == (tmp_path / "b" / "config.json").read_text()
+    again = subprocess.run([*cmd, "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert again.returncode == 2 and "--force" in again.stderr + again.stdout
