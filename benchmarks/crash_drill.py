@@ -461,11 +461,16 @@ class Drill:
 
     def _drill_workers(self) -> None:
         proc = self._launch(False)
-        # The first evaluation bounds how long a worker takes to start and finish one.
-        if not self._wait_for(proc, len(self.watch.seen) + 1):
-            self.report.anomalies.append("the search ended before its first evaluation")
-            self._finish(proc)
-            return
+        # The pool's workers' age at the first evaluation bounds how long one takes to start
+        # and finish an evaluation. (Ray keeps its actors' processes from a pool of its own,
+        # and has no start-up guard to trip: any actor is fair game there.)
+        ready_age = 0.0
+        if self.target == "pool-workers":
+            if not self._wait_for(proc, len(self.watch.seen) + 1):
+                self.report.anomalies.append("the search ended before its first evaluation")
+                self._finish(proc)
+                return
+            ready_age = max((_age(p) for p in self._workers(proc)), default=0.0)
         for i in range(self.kills):
             target = self._target(self.kills - i)
             if target > len(self.watch.seen) and not self._wait_for(proc, target):
@@ -473,12 +478,12 @@ class Drill:
             if not _sleep_alive(proc, self.rng.uniform(0, 0.3)):
                 break
             # Aim at an evaluation: wait (a little) until every worker has one, and spare a
-            # replacement still starting (younger than the first worker took to finish one
+            # replacement still starting (younger than the first workers were at the first
             # evaluation). Killing workers before they are up is the pool's start-up guard's
             # case (it stops the search after a few in a row), not the evaluation loss drilled.
             workers, until = [], time.monotonic() + 5.0
             while proc.poll() is None:
-                workers = [p for p in self._workers(proc) if _age(p) >= self.startup]
+                workers = [p for p in self._workers(proc) if _age(p) >= ready_age]
                 if workers and (self._running() >= len(workers) or time.monotonic() > until):
                     break
                 self._poll(proc)
