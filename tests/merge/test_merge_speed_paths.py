@@ -207,3 +207,43 @@ def test_kept_samples_give_the_same_order_statistics_and_never_a_wrong_one():
     got = sparsify.magnitude_order_stats_np([other], base, [ranks[0]])[0]
     mags = np.sort(np.abs((other - base).numpy()).ravel())
     assert got == [float(mags[ranks[0][0] - 1])]
+
+
+def test_a_search_merges_with_the_compiled_loops_and_a_small_one_off_merge_does_not(
+    monkeypatch, tmp_path
+):
+    """Loading numba costs a process about a second: worth it for the many candidates of a
+    search, not for one merge of a small model (``_kernels.ONE_OFF_MIN_BYTES``)."""
+    from evomerge.merge import _kernels, engine
+
+    monkeypatch.setattr(_kernels, "ENABLED", True)  # numba is a dependency (whatever EVOMERGE_FUSED says)
+    calls = []
+    real = _kernels.combine
+    monkeypatch.setattr(_kernels, "combine", lambda *a: calls.append(1) or real(*a))
+    merger = InMemoryMerger(_sources())
+    merger.merge(_recipe(None))
+    assert calls, "the in-memory merge did not use the compiled loop"
+    calls.clear()
+
+    from evomerge.testing import llama_config, llama_state, save_model
+
+    config = llama_config(tied=False)
+    gen = torch.Generator().manual_seed(0)
+    base = llama_state(config, gen)
+    for name, sd in (("base", base), ("a", {k: v + 0.01 for k, v in base.items()}),
+                     ("b", {k: v - 0.02 * torch.randn(v.shape, generator=gen) for k, v in base.items()})):
+        save_model(tmp_path / name, sd, config)
+    recipe = Recipe.from_dict({
+        "merge_method": "ties", "base_model": str(tmp_path / "base"),
+        "models": [{"model": str(tmp_path / m), "parameters": {"weight": 0.5, "density": 0.5}}
+                   for m in ("a", "b")],
+    })
+    engine.merge_to_disk(recipe, tmp_path / "out")
+    assert not calls
+    monkeypatch.setattr(_kernels, "ONE_OFF_MIN_BYTES", 0)
+    engine.merge_to_disk(recipe, tmp_path / "out2")
+    assert calls
+    from safetensors.torch import load_file
+
+    one, two = (load_file(tmp_path / d / "model.safetensors") for d in ("out", "out2"))
+    assert all(torch.equal(one[k].view(torch.int32), two[k].view(torch.int32)) for k in one)
