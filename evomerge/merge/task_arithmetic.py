@@ -304,9 +304,10 @@ def _combine_np(
             torch.from_numpy(mixed).mul_(lambda_)
         np.add(b, mixed, out=oa[start:stop])
 
-    def run(first: int, last: int) -> None:
+    def run(first: int, last: int) -> bool | None:
         for start in range(first, last, sparsify.CHUNK):
             chunk(start, min(start + sparsify.CHUNK, last))
+        return None  # (finiteness is checked by the engine)
 
     if (_kernels.active() and lambda_ == 1 and (consensus or not normalize)
             and all(d is None for d in dense)):
@@ -321,7 +322,7 @@ def _combine_np(
         none = np.zeros(0, dtype=np.bool_)
         masks_ = tuple(none if m is None else m for m in masks)
 
-        def run(first: int, last: int) -> bool:  # noqa: F811 - the fused pass replaces the chunks
+        def run(first: int, last: int) -> bool:  # noqa: F811 - the compiled pass instead
             sl = slice(first, last)
             scratch, block = sparsify.scratch, _kernels.BLOCK
             d = scratch("fused-d", len(xs) * block, ba.dtype).reshape(len(xs), block)
