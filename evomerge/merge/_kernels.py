@@ -24,10 +24,11 @@ import contextlib
 import importlib.util
 import os
 import threading
-from collections.abc import Iterator
 from contextvars import ContextVar
 
 import numpy as np
+
+from evomerge.merge._util import _using
 
 ENABLED = (
     importlib.util.find_spec("numba") is not None and os.environ.get("EVOMERGE_FUSED", "1") != "0"
@@ -44,13 +45,9 @@ def active() -> bool:
     return ENABLED and _wanted.get()
 
 
-@contextlib.contextmanager
-def use_fused(flag: bool) -> Iterator[None]:
-    token = _wanted.set(flag)
-    try:
-        yield
-    finally:
-        _wanted.reset(token)
+def use_fused(flag: bool) -> contextlib.AbstractContextManager[None]:
+    """Within the block, merges in this context use the compiled loops only if ``flag``."""
+    return _using(_wanted, flag)
 
 
 class _Compiled:

@@ -210,9 +210,11 @@ def _window_positions(ranks: list[int], n: int) -> list[int]:
     return positions
 
 
-def _windows(sample, ranks: list[int], n: int) -> list[tuple[float, float]]:
-    """Per rank, a range of values that holds it with overwhelming probability."""
-    bounds = _select(sample, _window_positions(ranks, n))
+def _windows(sample, ranks: list[int], n: int, *, is_sorted: bool = False) -> list[tuple[float, float]]:
+    """Per rank, a range of values that holds it with overwhelming probability (``is_sorted``:
+    ``sample`` is sorted float32, so the bounds are looked up, not selected)."""
+    positions = _window_positions(ranks, n)
+    bounds = [float(sample[p - 1]) for p in positions] if is_sorted else _select(sample, positions)
     return [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
 
 
@@ -237,17 +239,16 @@ def _kept_sample_windows(
         if entry is not None:
             _kept_samples.move_to_end(key)
     if entry is not None and entry[1]:
-        bounds = [float(entry[0][p - 1]) for p in _window_positions(ranks, n)]
-        return [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(ranks))]
-    if entry is None:
-        sample, sorted_ = np.abs(xa[ia] - ba[ia]), False
-    else:  # float32, as _select compares in
-        sample, sorted_ = np.sort(entry[0].astype(np.float32, copy=False)), True
+        return _windows(entry[0], ranks, n, is_sorted=True)
+    if entry is None:  # first visit: gathered, kept as it is
+        sample, is_sorted = np.abs(xa[ia] - ba[ia]), False
+    else:  # second: sorted once (in float32, as _select compares), looked up from now on
+        sample, is_sorted = np.sort(entry[0].astype(np.float32, copy=False)), True
     with _kept_lock:
-        _kept_samples[key] = (sample, sorted_)
+        _kept_samples[key] = (sample, is_sorted)
         while len(_kept_samples) > _KEPT_SAMPLES:
             _kept_samples.popitem(last=False)
-    return _windows(sample, ranks, n)
+    return _windows(sample, ranks, n, is_sorted=is_sorted)
 
 
 def _finish(ranks: list[int], below: list[int], inside: list, everything) -> list[float]:

@@ -304,11 +304,11 @@ def _combine_np(
             torch.from_numpy(mixed).mul_(lambda_)
         np.add(b, mixed, out=oa[start:stop])
 
-    def run(first: int, last: int) -> bool | None:
+    def run_chunks(first: int, last: int) -> None:  # (finiteness is checked by the engine)
         for start in range(first, last, sparsify.CHUNK):
             chunk(start, min(start + sparsify.CHUNK, last))
-        return None  # (finiteness is checked by the engine)
 
+    run = run_chunks
     if (_kernels.active() and lambda_ == 1 and (consensus or not normalize)
             and all(d is None for d in dense)):
         # The common case (TIES, DARE, breadcrumbs, task arithmetic) in one fused pass.
@@ -322,7 +322,7 @@ def _combine_np(
         none = np.zeros(0, dtype=np.bool_)
         masks_ = tuple(none if m is None else m for m in masks)
 
-        def run(first: int, last: int) -> bool:  # noqa: F811 - the compiled pass instead
+        def run_compiled(first: int, last: int) -> bool:  # whether every output is finite
             sl = slice(first, last)
             scratch, block = sparsify.scratch, _kernels.BLOCK
             d = scratch("fused-d", len(xs) * block, ba.dtype).reshape(len(xs), block)
@@ -333,6 +333,7 @@ def _combine_np(
                              scratch("fused-total", block, ba.dtype),
                              scratch("fused-divisor", block, ba.dtype))
 
+        run = run_compiled
     # Chunk-aligned pieces, several per worker: a descheduled worker holds up one piece only.
     starts = range(0, n, sparsify.PIECE)
     finite = sparsify.parallel_map(run, starts, [min(a + sparsify.PIECE, n) for a in starts])

@@ -210,7 +210,7 @@ def test_kept_samples_give_the_same_order_statistics_and_never_a_wrong_one():
 
 
 def test_a_search_merges_with_the_compiled_loops_and_a_small_one_off_merge_does_not(
-    monkeypatch, tmp_path
+    monkeypatch, tmp_path, untied_family
 ):
     """Loading numba costs a process about a second: worth it for the many candidates of a
     search, not for one merge of a small model (``_kernels.ONE_OFF_MIN_BYTES``)."""
@@ -225,18 +225,10 @@ def test_a_search_merges_with_the_compiled_loops_and_a_small_one_off_merge_does_
     assert calls, "the in-memory merge did not use the compiled loop"
     calls.clear()
 
-    from evomerge.testing import llama_config, llama_state, save_model
-
-    config = llama_config(tied=False)
-    gen = torch.Generator().manual_seed(0)
-    base = llama_state(config, gen)
-    for name, sd in (("base", base), ("a", {k: v + 0.01 for k, v in base.items()}),
-                     ("b", {k: v - 0.02 * torch.randn(v.shape, generator=gen) for k, v in base.items()})):
-        save_model(tmp_path / name, sd, config)
     recipe = Recipe.from_dict({
-        "merge_method": "ties", "base_model": str(tmp_path / "base"),
-        "models": [{"model": str(tmp_path / m), "parameters": {"weight": 0.5, "density": 0.5}}
-                   for m in ("a", "b")],
+        "merge_method": "ties", "base_model": str(untied_family["base"]),
+        "models": [{"model": str(untied_family[m]), "parameters": {"weight": 0.5, "density": 0.5}}
+                   for m in ("expert0", "expert1")],
     })
     engine.merge_to_disk(recipe, tmp_path / "out")
     assert not calls
