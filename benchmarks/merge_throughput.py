@@ -160,20 +160,28 @@ def _make_gqa12(root: Path, seed: int = 1) -> None:
         save_model(root / f"expert{e}", expert, config)
 
 
-def make_models(family: str = "default") -> dict[str, Path]:
-    """A base and two fine-tunes of the family, generated once."""
-    root = work_dir(family) / "models"
+# The seed each family's models are generated with unless --seed says otherwise.
+DEFAULT_SEEDS = {"default": 0, "gqa12": 1}
+
+
+def make_models(family: str = "default", seed: int | None = None) -> dict[str, Path]:
+    """A base and two fine-tunes of the family, generated once per seed."""
+    seed = DEFAULT_SEEDS[family] if seed is None else seed
+    root = work_dir(family, seed) / "models"
     paths = {"base": root / "base", "a": root / "expert0", "b": root / "expert1"}
     if not all((p / "model.safetensors").exists() for p in paths.values()):
         if family == "default":
-            make_family(root, tied=False, n_experts=2, seed=0, delta=0.002, **SHAPE)
+            make_family(root, tied=False, n_experts=2, seed=seed, delta=0.002, **SHAPE)
         else:
-            _make_gqa12(root)
+            _make_gqa12(root, seed)
     return paths
 
 
-def work_dir(family: str) -> Path:
-    return ROOT / ("throughput" if family == "default" else f"throughput_{family}")
+def work_dir(family: str, seed: int | None = None) -> Path:
+    name = "throughput" if family == "default" else f"throughput_{family}"
+    if seed is not None and seed != DEFAULT_SEEDS[family]:
+        name += f"_seed{seed}"
+    return ROOT / name
 
 
 def recipe_dict(method: str, paths: dict[str, Path]) -> dict:
@@ -227,7 +235,7 @@ def warm(paths: dict[str, Path]) -> None:
 
 
 def run_cli(args, paths: dict[str, Path], input_bytes: int) -> None:
-    work = work_dir(args.family)
+    work = work_dir(args.family, args.seed)
     bindir = Path(sys.executable).parent
     tools = {"evomerge": [str(bindir / "evomerge"), "merge", "{cfg}", "--out", "{out}", "--force"]}
     if not args.skip_mergekit:
@@ -338,6 +346,10 @@ def main() -> None:
     parser.add_argument("--family", choices=("default", "gqa12"), default="default")
     parser.add_argument("--methods", default="ties,dare_ties,linear")
     parser.add_argument(
+        "--seed", type=int, default=None,
+        help="seed the family's models are generated with (default: default 0, gqa12 1)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="runs per tool and method (min/median/max shown)"
     )
     parser.add_argument("--skip-mergekit", action="store_true")
@@ -346,12 +358,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    work_dir(args.family).mkdir(parents=True, exist_ok=True)
-    paths = make_models(args.family)
+    work_dir(args.family, args.seed).mkdir(parents=True, exist_ok=True)
+    paths = make_models(args.family, args.seed)
     input_bytes = sum((p / "model.safetensors").stat().st_size for p in paths.values())
     warm(paths)
     print(
-        f"family {args.family}: 3 models, {input_bytes / 1e9:.2f} GB fp32 in all; "
+        f"family {args.family} (seed {DEFAULT_SEEDS[args.family] if args.seed is None else args.seed}): 3 models, {input_bytes / 1e9:.2f} GB fp32 in all; "
         f"torch threads: {torch.get_num_threads()}; cores: {os.cpu_count()}"
     )
     if args.in_memory:
