@@ -153,15 +153,38 @@ def _score(args) -> float:
     return 0.0 if out.values is None else sum(out.values[f"{t}/exact_match"] for t in TASKS) / len(TASKS)
 
 
+def _mergekit_defaults(space) -> tuple[list[float], float, dict]:
+    """x0, sigma0 and options of mergekit-evolve's own defaults (mergekit 0.1.5,
+    scripts/evolve.py and evo/genome.py), in the unit cube: x0 at weight 1/n_models and density
+    1, sigma0 1/6 in gene units (per-gene stds rescale it to the cube), pycma's default
+    population, no bounds (the decode clips, as mergekit's genotype clamps). The method gene,
+    which mergekit-evolve does not have (one method per run), starts at TIES."""
+    genes = space.genes()
+    n_models = len(space.models)
+    x0, stds = [], []
+    for g in genes:
+        if g.choices:
+            x0.append(g.encode("ties") if "ties" in g.choices else 0.5)
+            stds.append(1.0)
+            continue
+        default = 1.0 / n_models if g.name.endswith("weight") or ".weight" in g.name else 1.0
+        x0.append(g.encode(min(max(default, g.low), g.high)))
+        stds.append(1.0 / (g.high - g.low))
+    return x0, 1 / 6, {"CMA_stds": stds}
+
+
 def run_mergekit_evolve_style(
-    seed: int, budget: int, top: int, zoo: Path, compact: bool = True, workers: int = 1
+    seed: int, budget: int, top: int, zoo: Path, compact: bool = True, workers: int = 1,
+    defaults: bool = False,
 ) -> Trace:
     """pycma ``fmin2`` over the space's genes, decoded to a recipe and scored, a generation at a
     time on ``workers`` processes, as mergekit-evolve searched (its default genome is the compact
     space: one TIES weight and density per expert). x0, sigma0, bounds, population and seed are
     those the controller's CMA-ES uses, so that for one seed this run and "cmaes" on the same
     space are paired: differences between them are then the controller's doing, not seed noise.
-    ``budget`` only stops the run, so a longer run's first evaluations are the shorter one's."""
+    ``budget`` only stops the run, so a longer run's first evaluations are the shorter one's.
+    ``defaults``: mergekit-evolve's own x0, sigma0 and population instead (``_mergekit_defaults``),
+    as a user of that tool runs it."""
     import multiprocessing
 
     import cma
@@ -169,7 +192,7 @@ def run_mergekit_evolve_style(
     from evomerge.search.executors import TaskSpec, WorkerSpec
     from evomerge.search.space import load_space
 
-    work = WORK / f"baseline-{'6' if compact else 'full'}-s{seed}"
+    work = WORK / f"baseline-{'6' if compact else 'full'}{'-defaults' if defaults else ''}-s{seed}"
     work.mkdir(parents=True, exist_ok=True)
     (work / "space.yaml").write_text(yaml.safe_dump(_space(compact, zoo)))
     space = load_space(work / "space.yaml")
@@ -189,16 +212,15 @@ def run_mergekit_evolve_style(
 
     t0 = time.perf_counter()
     try:
-        cma.fmin2(
-            None,
-            [0.5] * space.dimension,
-            0.25,
-            {"bounds": [0, 1], "maxfevals": budget, "seed": seed + 1, "verbose": -9, "popsize": 9},
-            parallel_objective=objectives,
-        )
+        common = {"maxfevals": budget, "seed": seed + 1, "verbose": -9}
+        if defaults:
+            x0, sigma0, options = _mergekit_defaults(space)
+        else:
+            x0, sigma0, options = [0.5] * space.dimension, 0.25, {"bounds": [0, 1], "popsize": 9}
+        cma.fmin2(None, x0, sigma0, common | options, parallel_objective=objectives)
     finally:
         pool.terminate()
-    name = f"mergekit-evolve-style{' (6 genes)' if compact else ''}"
+    name = f"mergekit-evolve-style{' (6 genes)' if compact else ''}{', its defaults' if defaults else ''}"
     return Trace(name, seed, points[:budget], time.perf_counter() - t0)
 
 
@@ -233,7 +255,8 @@ def main() -> int:
                    help="the optimisers are told the three scores, not their mean (MOTPE for tpe)")
     p.add_argument("--no-baseline", action="store_true", help="skip the mergekit-evolve-style runs")
     p.add_argument("--baselines", default="full,compact",
-                   help="mergekit-evolve-style runs: on the full space, on the compact 6-gene one")
+                   help="mergekit-evolve-style runs: on the full space, on the compact 6-gene one, and "
+                        "(defaults) on the full space with mergekit-evolve's own x0, sigma0 and population")
     p.add_argument("--baseline-budget", type=int, default=None,
                    help="candidates of the full-space baseline (default --budget): a longer run shows "
                         "how much more it needs to reach what the others reached")
@@ -306,6 +329,10 @@ def main() -> int:
                 ran(run_mergekit_evolve_style(seed, budget, args.top, zoo, compact=False, workers=args.workers))
             if "compact" in args.baselines:
                 ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=True, workers=args.workers))
+            if "defaults" in args.baselines:
+                budget = args.baseline_budget or args.budget
+                ran(run_mergekit_evolve_style(seed, budget, args.top, zoo, compact=False, workers=args.workers,
+                                              defaults=True))
         controller_runs(seed, args.compact, compact=True)
     report(traces, header)
     return 0
