@@ -157,8 +157,9 @@ def _mergekit_defaults(space) -> tuple[list[float], float, dict]:
     """x0, sigma0 and options of mergekit-evolve's own defaults (mergekit 0.1.5,
     scripts/evolve.py and evo/genome.py), in the unit cube: x0 at weight 1/n_models and density
     1, sigma0 1/6 in gene units (per-gene stds rescale it to the cube), pycma's default
-    population, no bounds (the decode clips, as mergekit's genotype clamps). The method gene,
-    which mergekit-evolve does not have (one method per run), starts at TIES."""
+    population, no bounds. Out-of-range genes: mergekit takes their absolute value (and clamps
+    density to [0, 1]); here the decode clips them to the space's ranges. The method gene, which
+    mergekit-evolve does not have (one method per run), starts at TIES."""
     genes = space.genes()
     n_models = len(space.models)
     x0, stds = [], []
