@@ -28,7 +28,8 @@ def _finished(run_dir) -> int:
 @pytest.mark.slow  # a subprocess search with a worker pool: ~1 min on 2 quiet cores
 def test_ctrl_c_stops_a_pool_search_without_worker_tracebacks(tmp_path):
     zoo = build_zoo(tmp_path / "zoo", mini_zoo_config(), log=lambda s: None)
-    cfg = write_run(tmp_path, zoo, executor={"kind": "pool", "workers": 2}, budget={"trials": 40})
+    # A budget it cannot finish before the signal, however fast the machine (40 trials once did).
+    cfg = write_run(tmp_path, zoo, executor={"kind": "pool", "workers": 2}, budget={"trials": 2000})
     run_dir = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
