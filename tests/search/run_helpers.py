@@ -44,3 +44,14 @@ def completions(run_dir: Path) -> list:
         return led.completions()
     finally:
         led.close()
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a search started as from a terminal: SIGINT and SIGHUP at their defaults.
+    A shell starts background jobs with SIGINT ignored and ``nohup`` ignores SIGHUP; a child
+    inherits both, and Python and evomerge then keep them ignored, which is right for the user
+    who asked for it and wrong for a test that sends them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)

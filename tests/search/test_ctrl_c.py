@@ -12,7 +12,7 @@ import time
 
 import psutil
 import pytest
-from run_helpers import completions, write_run
+from run_helpers import as_from_a_terminal, completions, write_run
 
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
@@ -28,12 +28,13 @@ def _finished(run_dir) -> int:
 @pytest.mark.slow  # a subprocess search with a worker pool: ~1 min on 2 quiet cores
 def test_ctrl_c_stops_a_pool_search_without_worker_tracebacks(tmp_path):
     zoo = build_zoo(tmp_path / "zoo", mini_zoo_config(), log=lambda s: None)
-    # A budget it cannot finish before the signal, however fast the machine (40 trials once did).
-    cfg = write_run(tmp_path, zoo, executor={"kind": "pool", "workers": 2}, budget={"trials": 2000})
+    # More trials than it can finish between its second result and the signal (~1 s for 40 here).
+    cfg = write_run(tmp_path, zoo, executor={"kind": "pool", "workers": 2}, budget={"trials": 200})
     run_dir = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=as_from_a_terminal,
     )
     try:
         end = time.monotonic() + 300

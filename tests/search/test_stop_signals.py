@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from run_helpers import completions, write_run
+from run_helpers import as_from_a_terminal, completions, write_run
 
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
@@ -45,7 +45,7 @@ def test_a_stopped_pool_search_leaves_no_worker_and_resumes(tmp_path, zoo, sig):
     run_dir = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=as_from_a_terminal,
     )
     try:
         _wait_for(lambda: _finished(run_dir) >= 2 or proc.poll() is not None, 300, "two trials")
