@@ -165,7 +165,7 @@ DEFAULT_SEEDS = {"default": 0, "gqa12": 1}
 
 
 def make_models(family: str = "default", seed: int | None = None) -> dict[str, Path]:
-    """A base and two fine-tunes of the family, generated once per seed."""
+    """A base and two fine-tunes of the family, generated once per seed (default: the family's)."""
     seed = DEFAULT_SEEDS[family] if seed is None else seed
     root = work_dir(family, seed) / "models"
     paths = {"base": root / "base", "a": root / "expert0", "b": root / "expert1"}
@@ -177,9 +177,9 @@ def make_models(family: str = "default", seed: int | None = None) -> dict[str, P
     return paths
 
 
-def work_dir(family: str, seed: int | None = None) -> Path:
+def work_dir(family: str, seed: int) -> Path:
     name = "throughput" if family == "default" else f"throughput_{family}"
-    if seed is not None and seed != DEFAULT_SEEDS[family]:
+    if seed != DEFAULT_SEEDS[family]:
         name += f"_seed{seed}"
     return ROOT / name
 
@@ -357,13 +357,15 @@ def main() -> None:
         "--in-memory", action="store_true", help="time InMemoryMerger candidates instead"
     )
     args = parser.parse_args()
+    if args.seed is None:
+        args.seed = DEFAULT_SEEDS[args.family]
 
     work_dir(args.family, args.seed).mkdir(parents=True, exist_ok=True)
     paths = make_models(args.family, args.seed)
     input_bytes = sum((p / "model.safetensors").stat().st_size for p in paths.values())
     warm(paths)
     print(
-        f"family {args.family} (seed {DEFAULT_SEEDS[args.family] if args.seed is None else args.seed}): 3 models, {input_bytes / 1e9:.2f} GB fp32 in all; "
+        f"family {args.family} (seed {args.seed}): 3 models, {input_bytes / 1e9:.2f} GB fp32 in all; "
         f"torch threads: {torch.get_num_threads()}; cores: {os.cpu_count()}"
     )
     if args.in_memory:

@@ -325,14 +325,13 @@ def main() -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         controller_runs(seed, args.optimizers, compact=False)
         if not args.no_baseline:
+            full_budget = args.baseline_budget or args.budget
             if "full" in args.baselines:
-                budget = args.baseline_budget or args.budget
-                ran(run_mergekit_evolve_style(seed, budget, args.top, zoo, compact=False, workers=args.workers))
+                ran(run_mergekit_evolve_style(seed, full_budget, args.top, zoo, compact=False, workers=args.workers))
             if "compact" in args.baselines:
                 ran(run_mergekit_evolve_style(seed, args.budget, args.top, zoo, compact=True, workers=args.workers))
             if "defaults" in args.baselines:
-                budget = args.baseline_budget or args.budget
-                ran(run_mergekit_evolve_style(seed, budget, args.top, zoo, compact=False, workers=args.workers,
+                ran(run_mergekit_evolve_style(seed, full_budget, args.top, zoo, compact=False, workers=args.workers,
                                               defaults=True))
         controller_runs(seed, args.compact, compact=True)
     report(traces, header)

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from run_helpers import as_from_a_terminal
 
 from evomerge.tracking.ui import free_port, start_group, stop_group
 
@@ -179,11 +180,6 @@ def test_a_signal_stops_the_whole_server_tree_and_frees_the_port(tracked_run, tm
 
 
 def _popen(command, stdout, stderr):
-    # As from a terminal: a process group of its own, and SIGINT not ignored (a shell starts
-    # background jobs, this test's runner perhaps among them, with SIGINT ignored, which a
-    # child inherits and Python then keeps).
-    def default_sigint():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
+    # As from a terminal: a process group of its own, SIGINT and SIGHUP not ignored.
     return subprocess.Popen(command, stdout=stdout, stderr=stderr, start_new_session=True,
-                            preexec_fn=default_sigint)
+                            preexec_fn=as_from_a_terminal)
