@@ -23,6 +23,13 @@ CLI with MlflowClient's methods wrapped; nothing in evomerge knows about it):
   (a child created but not yet given its params; metrics logged but the run not terminated; the
   parent's series logged but not its ``series_done`` tag, ...).
 
+A drill given a gate (``gate=``: the folder of a task made by the tests' ``write_gate``, see
+tests/search/gate_module.py, which the run config has as an objective) cannot see the search end
+before its last kill: the gate lets ``pass`` evaluations through and holds the later ones until
+the drill writes its ``release`` file, after the last kill, and kill points are capped to what it
+lets finish. The tests' short form uses one; the full drill does not (it reports a search that
+ended before a kill as an anomaly).
+
 While it runs, the drill reads the ledger read-only every few milliseconds and checks each
 snapshot of the finished evaluations holds every earlier one unchanged (none missing, changed or
 duplicated). At the end: every trial is in MLflow exactly once (one child run per trial, each
@@ -259,7 +266,7 @@ class Drill:
 
     def __init__(self, config: Path, run_dir: Path, *, target: str = "controller", kills: int = 3,
                  mlflow_kills: int = 1, seed: int = 0, log=print, timeout: float = 1800.0,
-                 work: Path | None = None) -> None:
+                 work: Path | None = None, gate: Path | None = None) -> None:
         if target not in ("controller", "pool-workers", "ray-workers"):
             raise ValueError(f"unknown target {target!r}")
         self.config, self.run_dir = Path(config).resolve(), Path(run_dir).resolve()
@@ -273,6 +280,7 @@ class Drill:
         self.report = Report(target)
         self.total = expected_evaluations(self.config)
         self.startup = 30.0  # seconds from a launch to its first new evaluation: the least measured
+        self.gate = Path(gate).resolve() if gate is not None else None
 
     # -- processes ----------------------------------------------------------------------
 
@@ -324,11 +332,23 @@ class Drill:
             time.sleep(0.01)
         return False
 
-    def _target(self, kills_left: int) -> int:
-        """A random number of finished evaluations to wait for, spread over what is left."""
+    def _target(self, kills_left: int, margin: int = 0) -> int:
+        """A random number of finished evaluations to wait for, spread over what is left (with a
+        gate, at most what it lets finish less ``margin``)."""
         now = len(self.watch.seen)
         left = max(0, int(0.75 * self.total) - now)
-        return now + self.rng.randint(0, max(0, 2 * left // (kills_left + 1)))
+        target = now + self.rng.randint(0, max(0, 2 * left // (kills_left + 1)))
+        if self.gate is not None:
+            # Evaluations numbered below `pass` go through; each number taken by one that did
+            # not finish (killed, or in flight now) is one fewer to finish.
+            passes = json.loads((self.gate / "gate.json").read_text())["pass"]
+            starts = len(list(self.gate.glob("claim-*")))
+            target = min(target, now + max(0, passes - starts - margin))
+        return target
+
+    def _open_gate(self) -> None:
+        if self.gate is not None:
+            (self.gate / "release").touch()
 
     # -- the drill ----------------------------------------------------------------------
 
@@ -340,6 +360,7 @@ class Drill:
             else:
                 self._drill_workers()
         finally:
+            self._open_gate()
             self.report.wall_s = time.monotonic() - t0
         self._final_checks()
         return self.report
@@ -376,6 +397,7 @@ class Drill:
                      f"{kill.seconds:.1f} s after start {kill.detail}")
             hold = Path(f"{self.work / 'mlflow.trace'}.hold")
             hold.unlink(missing_ok=True)
+        self._open_gate()
         # Resume until done (or search, if the last kill struck before the run existed).
         proc = self._launch(has_run(self.run_dir))
         self._finish(proc)
@@ -419,7 +441,8 @@ class Drill:
         return None
 
     def _aim_mlflow_write(self, proc, kills_left: int) -> Kill | None:
-        target = self._target(kills_left)
+        # Room for k <= 10 writes after the target (each evaluation logged makes two or more).
+        target = self._target(kills_left, margin=5)
         if target > len(self.watch.seen) and not self._wait_for(proc, target):
             return None
         trace = Trace(self.work / "mlflow.trace")
@@ -504,6 +527,7 @@ class Drill:
         if len(self.report.kills) < self.kills:
             self.report.anomalies.append(
                 f"the search ended after {len(self.report.kills)} of {self.kills} worker kills")
+        self._open_gate()
         self._finish(proc)
 
     def _running(self) -> int:

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -86,12 +85,13 @@ def test_usage_errors_exit_2():
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_stop_a_command_like_ctrl_c(tmp_path, sig):
     # A command that blocks: `evomerge ui` would start a server; a Python snippet runs the
-    # app with a command patched to sleep, so only the signal path is measured.
+    # app with a command patched to sleep, so only the signal path is measured. It says
+    # "ready" inside its try (the CLI's handlers are in place by then): the signal's cue.
     code = (
         "import time, evomerge.search.front as f\n"
         "def slow(run_dir):\n"
-        "    print('ready', flush=True)\n"
         "    try:\n"
+        "        print('ready', flush=True)\n"
         "        time.sleep(60)\n"
         "    finally:\n"
         "        print('cleaned up', flush=True)\n"
@@ -102,7 +102,6 @@ def test_sigterm_and_sighup_stop_a_command_like_ctrl_c(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.2)
     proc.send_signal(sig)
     out = proc.stdout.read()
     assert proc.wait(timeout=30) == 128 + sig

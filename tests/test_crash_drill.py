@@ -5,6 +5,10 @@ of 9, TPE, a pool of two workers, MLflow tracking on) over the tests' mini zoo, 
 SIGKILL three times: the controller's whole process group (once while MLflow creates its store,
 once held between two MLflow writes, once at random), then its pool workers, then (``ray``) its
 Ray actors. Every kill is followed by a check of the ledger; at the end, MLflow against the ledger.
+
+A gate (tests/search/gate_module.py, a third objective) holds the search's last evaluation until
+the drill has made its three kills, so the search cannot end before one of them lands, however
+fast the machine.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from run_helpers import write_gate
 
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
@@ -37,12 +42,12 @@ def zoo(tmp_path_factory):
     return build_zoo(tmp_path_factory.mktemp("zoo"), mini_zoo_config(), log=lambda s: None)
 
 
-def _config(tmp_path: Path, zoo: Path, executor: dict, trials: int) -> Path:
+def _config(tmp_path: Path, zoo: Path, executor: dict, trials: int, gate) -> Path:
     space = {"base_model": str(zoo / "base"), "models": [str(zoo / "add"), str(zoo / "rev")],
              "methods": ["task_arithmetic", "ties"],
              "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    config = {"space": "space.yaml", "objectives": [{"task": "addition"}, {"task": "reversal"}],
+    config = {"space": "space.yaml", "objectives": [{"task": "addition"}, {"task": "reversal"}, gate.objective],
               "optimizer": {"name": "tpe"}, "multi_fidelity": {"levels": [4, 12, 36], "eta": 3, "bracket": 9},
               "budget": {"trials": trials}, "executor": executor, "tracking": {"enabled": True}, "seed": 0}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
@@ -50,13 +55,18 @@ def _config(tmp_path: Path, zoo: Path, executor: dict, trials: int) -> Path:
 
 
 def _drill(tmp_path, zoo, target, executor, trials=27, **kwargs):
-    drill = _drill_module().Drill(_config(tmp_path, zoo, executor, trials), tmp_path / "run", target=target,
-                                  kills=3, seed=0, timeout=900, log=lambda s: None, **kwargs)
-    report = drill.run()
+    evaluations = trials // 9 * 13  # brackets of 9 + 3 + 1 evaluations per 9 trials
+    gate = write_gate(tmp_path / "gate", passes=evaluations - 1)  # the last one waits for the drill
+    drill = _drill_module().Drill(_config(tmp_path, zoo, executor, trials, gate), tmp_path / "run",
+                                  target=target, kills=3, seed=0, timeout=900, log=lambda s: None,
+                                  gate=gate.folder, **kwargs)
+    try:
+        report = drill.run()
+    finally:
+        gate.release()
     assert report.problems == [], report.summary()
     assert len(report.kills) == 3, report.summary()
-    # brackets of 9 + 3 + 1 evaluations per 9 trials
-    assert report.evaluations == trials // 9 * 13 and report.trials == trials, report.summary()
+    assert report.evaluations == evaluations and report.trials == trials, report.summary()
     return report
 
 
@@ -71,9 +81,7 @@ def test_killing_the_controller_loses_and_repeats_nothing(tmp_path, zoo):
 
 @pytest.mark.slow
 def test_killing_pool_workers_loses_nothing(tmp_path, zoo):
-    # 81 trials: the drill spares a replacement worker until it is as old as the first workers were
-    # at the first evaluation, so on a fast machine 27 trials could end before the third kill.
-    report = _drill(tmp_path, zoo, "pool-workers", {"kind": "pool", "workers": 2, "torch_threads": 1}, trials=81)
+    report = _drill(tmp_path, zoo, "pool-workers", {"kind": "pool", "workers": 2, "torch_threads": 1})
     assert report.resumes == 0 and {k.kind for k in report.kills} == {"worker"}
 
 

@@ -13,7 +13,10 @@ Markers, as a comment line inside a block (output blocks, ```console / ```text, 
   holds (each must answer 200), then presses Ctrl-C (SIGINT to the block's process group); the
   block must end.
 - `# walkthrough: interrupt after "TEXT"` -- when TEXT appears in the output, the test presses
-  Ctrl-C; the block must then end as interrupted (exit code 130).
+  Ctrl-C; the block must then end as interrupted (exit code 130). So that the command cannot end
+  by itself first, however fast the machine, `evomerge` in that block is the real CLI with one
+  hook (a shell function running `HOLD_AT_CUE`): once its progress line holds TEXT, the search
+  waits there (the controller, in its progress report) until the Ctrl-C.
 
 What the copy reuses instead of installing and training (to fit CI; nothing else is shared):
 
@@ -31,6 +34,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -99,6 +103,39 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
+# `evomerge ARGS` for a block the test interrupts (argv: the cue text, then ARGS): the real CLI,
+# whose progress printer, once it has printed a line holding the cue, holds the search there
+# until Ctrl-C (KeyboardInterrupt, as anywhere in the search loop) ends it. A pool's workers
+# import this file as __mp_main__: they only define the function.
+HOLD_AT_CUE = """\
+import sys
+import time
+
+
+def hold_after(cue):
+    from evomerge.search import progress
+
+    report = progress.ProgressPrinter.__call__
+
+    def report_then_hold(self, p):
+        report(self, p)
+        if cue in progress.format_progress(p):
+            end = time.monotonic() + 900  # the test presses Ctrl-C long before
+            while time.monotonic() < end:
+                time.sleep(0.05)
+
+    progress.ProgressPrinter.__call__ = report_then_hold
+
+
+if __name__ == "__main__":
+    hold_after(sys.argv.pop(1))
+    from evomerge.cli import main
+
+    sys.argv[0] = "evomerge"
+    main()
+"""
+
+
 @dataclass
 class Terminal:
     """One shell session's state between blocks: the directory and the exported environment."""
@@ -111,10 +148,15 @@ class Terminal:
         env_file, cwd_file = self.state / "env.sh", self.state / "cwd"
         path = self.state / f"block{n:02d}.sh"
         restore = f"source {env_file}\ncd \"$(cat {cwd_file})\"\n" if env_file.exists() else ""
+        hook = ""
+        if block.interrupt_after:  # a shell function: not exported, so this block's alone
+            (self.state / "hold_at_cue.py").write_text(HOLD_AT_CUE)
+            hook = (f"evomerge() {{ {shlex.quote(sys.executable)} {shlex.quote(str(self.state / 'hold_at_cue.py'))} "
+                    f"{shlex.quote(block.interrupt_after)} \"$@\"; }}\n")
         path.write_text(
             "set -eo pipefail\n"
             f"trap 'export -p > {env_file}.new && mv {env_file}.new {env_file}; pwd > {cwd_file}' EXIT\n"
-            f"{restore}{block.code}"
+            f"{restore}{hook}{block.code}"
         )
         return path
 

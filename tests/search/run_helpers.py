@@ -1,7 +1,14 @@
-"""Run configs over the tests' mini zoo, and reading a run's ledger back (shared by search tests)."""
+"""Run configs over the tests' mini zoo, reading a run's ledger back, and gates that hold a
+search's evaluations so a test kills or interrupts it on a cue (shared by search tests)."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -55,3 +62,94 @@ def as_from_a_terminal() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+# -- gates: kills and interrupts on a cue from the code under test, never by racing the clock --
+
+GATE_MODULE = Path(__file__).with_name("gate_module.py")
+CUE_LIMIT = 600.0  # seconds a wait for a cue may take before the test calls it a hang (a guard only)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A gate task's folder (``gate_module.py`` says what it does); ``objective`` goes into a run
+    config's objectives, ``task`` into a ``WorkerSpec``'s tasks (as ``TaskSpec(str(task), ...)``)."""
+
+    folder: Path
+    task: Path  # the task YAML, named after the folder: task FOLDER, objective FOLDER/score
+
+    @property
+    def objective(self) -> dict:
+        return {"task": str(self.task)}
+
+    def release(self) -> None:
+        """Let every held evaluation go on, and every later one through."""
+        (self.folder / "release").touch()
+
+    def held(self) -> list[dict]:
+        """The evaluations held so far (each: pid, score, Ray node or None), by number."""
+        files = sorted(self.folder.glob("held-*"), key=lambda p: int(p.name.split("-")[1]))
+        return [json.loads(p.read_text()) for p in files]
+
+    def imports_held(self) -> list[dict]:
+        """The imports held so far (each: pid), by number."""
+        files = sorted(self.folder.glob("import-held-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+        return [json.loads(p.read_text()) for p in files]
+
+    def starts(self) -> int:
+        """Evaluations that reached the gate (re-runs count again)."""
+        return len(list(self.folder.glob("claim-*")))
+
+
+def write_gate(folder: Path, *, passes: int | None = None, hold: list[int] | None = None,
+               hold_imports: list[int] | None = None, seconds: float | None = None) -> Gate:
+    """A gate task in ``folder``, under a module name of its own (modules are cached by name).
+    Evaluations numbered ``passes`` and up are held, or those numbered in ``hold``; imports of
+    the module numbered in ``hold_imports`` are held (a worker process starting); ``seconds``:
+    a held one goes on after that long even without a release. Released, the same config runs
+    uninterrupted (a run to compare a killed and resumed one with)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    module = "gate_" + re.sub(r"\W", "_", f"{folder.parent.name}_{folder.name}")
+    shutil.copy(GATE_MODULE, folder / f"{module}.py")
+    settings = {"pass": passes, "hold": hold, "hold_imports": hold_imports or [], "seconds": seconds}
+    (folder / "gate.json").write_text(json.dumps(settings))
+    task = folder / f"{folder.name}.yaml"
+    task.write_text(yaml.safe_dump({"type": "python", "function": f"{module}:score", "python_path": ".",
+                                    "objectives": {"score": "maximize"}}))
+    return Gate(folder, task)
+
+
+def wait_for(cue: Callable[[], bool], what: str, *, alive: Callable[[], bool] | None = None,
+             output: Callable[[], str] = lambda: "", limit: float = CUE_LIMIT) -> None:
+    """Until ``cue()``. Fails if ``alive()`` turns false first (what should give the cue ended),
+    or after ``limit`` seconds (a guard against a hang, never the moment of a kill)."""
+    end = time.monotonic() + limit
+    while not cue():
+        if alive is not None and not alive():
+            if cue():
+                return
+            raise AssertionError(f"it ended before {what}:\n{output()[-3000:]}")
+        if time.monotonic() > end:
+            raise AssertionError(f"no {what} after {limit:g} s:\n{output()[-3000:]}")
+        time.sleep(0.05)
+
+
+def wait_at_gate(gate: Gate, run_dir: Path, complete: int, held: int = 1, **kwargs) -> list:
+    """Until ``complete`` evaluations are complete in the run's ledger and ``held`` are held at
+    ``gate`` (a gate letting ``complete`` through): the moment to kill. Returns the complete
+    ones, exactly ``complete`` of them whatever the machine's speed (``kwargs``: ``wait_for``'s)."""
+    wait_for(lambda: len(evaluations(run_dir, missing_ok=True)) >= complete and len(gate.held()) >= held,
+             f"{complete} complete evaluations and {held} held at the gate", **kwargs)
+    done = evaluations(run_dir)
+    assert len(done) == complete, f"{len(done)} complete, the gate lets {complete} through"
+    return done
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie waiting for its parent has)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

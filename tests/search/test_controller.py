@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from run_helpers import gone, wait_at_gate, wait_for, write_gate
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -112,29 +113,36 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_nothing(tmp_path, zoo):
     import signal
     import subprocess
     import sys
-    import time
 
-    # More trials than a fast machine finishes between the third result and the kill.
-    trials = 40
-    cfg = _run(tmp_path, zoo, optimizer={"name": "cmaes", "options": {"popsize": 4}}, budget={"trials": trials})
-    run_search(cfg, tmp_path / "whole", log=lambda s: None)
+    # The gate lets 3 evaluations through and holds the 4th: the kill lands with exactly 3
+    # finished and one in flight, whatever the machine's speed.
+    trials = 8
+    gate = write_gate(tmp_path / "gate", passes=3)
+    cfg = _run(tmp_path, zoo, optimizer={"name": "cmaes", "options": {"popsize": 4}}, budget={"trials": trials},
+               objectives=[{"task": "addition"}, {"task": "cost", "metric": "params", "weight": 0.5},
+                           gate.objective])
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (run_dir / "ledger.db").exists() and len(_hashes(run_dir)) >= 3:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    log = tmp_path / "search.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_at_gate(gate, run_dir, 3, alive=lambda: proc.poll() is None, output=log.read_text)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        gate.release()
     done = _hashes(run_dir)
-    assert 3 <= len(done) < trials, "the kill should land mid-search"
+    assert len(done) == 3
     res = CliRunner().invoke(app, ["resume", str(run_dir)])
     assert res.exit_code == 0, res.output
     after = _hashes(run_dir)
     assert after[: len(done)] == done  # finished trials kept, in order
     assert len(after) == len(set(after)) == trials  # none evaluated twice
+    run_search(cfg, tmp_path / "whole", log=lambda s: None)  # the same config, the gate open
     assert after == _hashes(tmp_path / "whole")  # the same trajectory as an uninterrupted run
 
 
@@ -333,10 +341,17 @@ def test_resume_with_a_larger_budget_replays_without_divergence(tmp_path, zoo):
 def test_a_wall_time_stop_is_replayed_where_it_happened(tmp_path, zoo):
     from evomerge.run import resume_search
 
-    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 40, "seconds": 0.5})
+    # The first evaluation outlasts the time budget (held 0.6 s), so the clock stops the search
+    # in its first bracket, however fast the machine.
+    gate = write_gate(tmp_path / "gate", hold=[0], seconds=0.6)
+    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 40, "seconds": 0.5},
+               objectives=[{"task": "addition"}, {"task": "cost", "metric": "params", "weight": 0.5},
+                           gate.objective])
     run_search(cfg, tmp_path / "run", log=lambda s: None)
     done = len(_rows(tmp_path / "run"))
-    assert 0 < done < 40 + 20 + 10  # stopped by the clock, not the budget
+    assert 0 < done <= 4 + 2 + 1  # stopped by the clock, not the budget
+    sessions = Ledger(tmp_path / "run" / "ledger.db").sessions()
+    assert sessions[-1].closed_asks is not None  # where the asking stopped, for a resume to replay
     logs = []
     data = yaml.safe_load(cfg.read_text())
     data["budget"].pop("seconds")
@@ -363,37 +378,56 @@ def test_a_dead_worker_process_is_replaced_and_its_evaluation_rerun(tmp_path, zo
     from evomerge.search.executors import TaskSpec, WorkerSpec, open_executor
 
     refs = {str(zoo / m): zoo / m for m in ("base", "add", "rev")}
-    spec = WorkerSpec(refs, str(zoo / "base"), (TaskSpec("addition", "search", False),), torch_threads=1)
+
+    def spec(*gates):  # each holds the evaluations it numbers in `hold` (a re-run takes a new number)
+        tasks = (TaskSpec("addition", "search", False), *(TaskSpec(str(g.task), "search", False) for g in gates))
+        return WorkerSpec(refs, str(zoo / "base"), tasks, torch_threads=1)
+
+    def held(gate, n):  # the pid of the worker holding the n-th held evaluation, once it is held
+        wait_for(lambda: len(gate.held()) >= n, f"evaluation {n} held at the gate", limit=120)
+        return gate.held()[n - 1]["pid"]
+
     recipe = Recipe.from_dict({"merge_method": "linear", "models": [
         {"model": str(zoo / "add"), "parameters": {"weight": 1.0}},
         {"model": str(zoo / "rev"), "parameters": {"weight": 1.0}}]})
-    pool = open_executor(ExecutorSpec(kind="pool", workers=1, max_retries=1), spec)
+    gate = write_gate(tmp_path / "gate", hold=[1])
+    pool = open_executor(ExecutorSpec(kind="pool", workers=1, max_retries=1), spec(gate))
     try:
         pool.submit(0, recipe, 4)
         assert pool.wait()[1].values is not None  # the worker is up
         pid = pool._slots[0].process.pid
-        pool.submit(1, recipe, None)  # every example: still running when it is killed
+        pool.submit(1, recipe, 4)
+        assert held(gate, 1) == pid  # mid-evaluation, held at the gate
         os.kill(pid, signal.SIGKILL)
         job, outcome = pool.wait()
         assert job == 1 and outcome.values is not None, outcome.error  # rerun on a new process
-        assert pool.deaths == 1 and pool._slots[0].process.pid != pid
+        assert pool.deaths == 1 and pool._slots[0].process.pid != pid and gone(pid)
+        assert gate.starts() == 3  # the held evaluation never finished: it ran again
     finally:
         pool.close()
-    pool = open_executor(ExecutorSpec(kind="pool", workers=1, max_retries=0, timeout=0.05), spec)
+        gate.release()
+    # `shut` holds every evaluation until released; `kill` holds its second one.
+    shut, kill = write_gate(tmp_path / "shut", passes=0), write_gate(tmp_path / "kill", hold=[1])
+    pool = open_executor(ExecutorSpec(kind="pool", workers=1, max_retries=0, timeout=0.05), spec(shut, kill))
     try:
-        pool.submit(0, recipe, None)
+        pool.submit(0, recipe, 4)  # cannot finish: the timeout kills its worker
         job, outcome = pool.wait()
         assert outcome.values is None and "timed out after 0.05 s" in outcome.error
         pool.timeout = None
+        shut.release()
         pool.submit(1, recipe, 4)  # the replacement serves the next one
         assert pool.wait()[1].values is not None
         pid = pool._slots[0].process.pid
-        pool.submit(2, recipe, None)
+        pool.submit(2, recipe, 4)
+        assert held(kill, 1) == pid
         os.kill(pid, signal.SIGKILL)
         job, outcome = pool.wait()
         assert job == 2 and outcome.values is None and "worker died once: killed by signal 9" in outcome.error
     finally:
         pool.close()
+        shut.release()
+        kill.release()
+
 
 def test_an_unexpected_merge_error_fails_the_trial_not_the_search(tmp_path, zoo, monkeypatch):
     from evomerge.merge.engine import InMemoryMerger

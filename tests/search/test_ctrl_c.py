@@ -8,47 +8,43 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
-from run_helpers import as_from_a_terminal, completions, write_run
+from run_helpers import as_from_a_terminal, wait_at_gate, write_gate, write_run
 
 from evomerge.testing import mini_zoo_config
 from evomerge.zoo.build import build_zoo
 
 
-def _finished(run_dir) -> int:
-    try:
-        return len(completions(run_dir))
-    except Exception:  # noqa: BLE001 - no ledger yet
-        return 0
-
-
-@pytest.mark.slow  # a subprocess search with a worker pool: ~1 min on 2 quiet cores
+@pytest.mark.slow  # a subprocess search with a worker pool: ~20 s on 2 quiet cores
 def test_ctrl_c_stops_a_pool_search_without_worker_tracebacks(tmp_path):
     zoo = build_zoo(tmp_path / "zoo", mini_zoo_config(), log=lambda s: None)
-    # More trials than it can finish between its second result and the signal (~1 s for 40 here).
-    cfg = write_run(tmp_path, zoo, executor={"kind": "pool", "workers": 2}, budget={"trials": 200})
+    # The gate lets 2 evaluations through and holds the next on each worker: Ctrl-C lands with
+    # both workers mid-evaluation, the search certainly unfinished.
+    gate = write_gate(tmp_path / "gate", passes=2)
+    cfg = write_run(tmp_path, zoo, executor={"kind": "pool", "workers": 2}, budget={"trials": 6},
+                    objectives=[{"task": "zoo_text"}, gate.objective])
     run_dir = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        preexec_fn=as_from_a_terminal,
-    )
+    out_file = tmp_path / "search.log"
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
+            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            preexec_fn=as_from_a_terminal,
+        )
     try:
-        end = time.monotonic() + 300
-        while _finished(run_dir) < 2 and proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read()
+        wait_at_gate(gate, run_dir, 2, held=2, alive=lambda: proc.poll() is None, output=out_file.read_text)
         workers = psutil.Process(proc.pid).children(recursive=True)
-        assert workers, "the pool should have started worker processes"
+        assert {h["pid"] for h in gate.held()} <= {p.pid for p in workers}
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        gate.release()
+    out = out_file.read_text()
     assert proc.returncode == 130, out
     assert "interrupted (SIGINT)" in out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import ray  # noqa: E402  (a core dependency: never skipped)
-from run_helpers import evaluations, write_run
+from run_helpers import evaluations, wait_for, write_gate, write_run
 
 from evomerge.config.run import ExecutorSpec
 from evomerge.errors import EvomergeError
@@ -64,28 +64,47 @@ def test_a_ray_search_gives_the_serial_trials(runtime, tmp_path, zoo):
         assert b[key] == pytest.approx(a[key], rel=1e-6)
 
 
-def test_an_actor_killed_mid_evaluation_is_replaced_and_its_evaluation_rerun(runtime, zoo):
-    ex = open_executor(ExecutorSpec(kind="ray", workers=1, max_retries=1), _spec(zoo))
+def _gated(zoo, *gates) -> WorkerSpec:
+    """The worker spec with gate tasks after addition (each holds the evaluations it numbers)."""
+    spec = _spec(zoo)
+    return WorkerSpec(spec.sources, spec.base, (*spec.tasks, *(TaskSpec(str(g.task), "search", False) for g in gates)),
+                      torch_threads=1)
+
+
+def _held(gate, n: int = 1) -> int:
+    """The pid of the actor holding the gate's n-th held evaluation, once it is held."""
+    wait_for(lambda: len(gate.held()) >= n, f"evaluation {n} held at the gate", limit=120)
+    return gate.held()[n - 1]["pid"]
+
+
+def test_an_actor_killed_mid_evaluation_is_replaced_and_its_evaluation_rerun(runtime, zoo, tmp_path):
+    gate = write_gate(tmp_path / "gate", hold=[1])  # the second evaluation waits for the kill
+    ex = open_executor(ExecutorSpec(kind="ray", workers=1, max_retries=1), _gated(zoo, gate))
     try:
         ex.submit(0, _recipe(zoo), 4)
         assert ex.wait()[1].values is not None  # up and scoring
         pid = ray.get(ex.actors[0].pid.remote())
-        ex.submit(1, _recipe(zoo, 0.3), None)  # every example: still running when it is killed
+        ex.submit(1, _recipe(zoo, 0.3), 4)
+        assert _held(gate) == pid  # mid-evaluation
         os.kill(pid, signal.SIGKILL)
         job, outcome = ex.wait()
         assert job == 1 and outcome.values is not None, outcome.error  # run again on the restarted actor
         assert ex.deaths == 1 and ray.get(ex.actors[0].pid.remote()) != pid
+        assert gate.starts() == 3  # the held one never finished: it ran again
     finally:
         ex.close()
+        gate.release()
 
 
-def test_an_evaluation_whose_worker_dies_twice_fails_with_the_reason(runtime, zoo):
-    ex = open_executor(ExecutorSpec(kind="ray", workers=1, max_retries=0), _spec(zoo))
+def test_an_evaluation_whose_worker_dies_twice_fails_with_the_reason(runtime, zoo, tmp_path):
+    gate = write_gate(tmp_path / "gate", hold=[1])
+    ex = open_executor(ExecutorSpec(kind="ray", workers=1, max_retries=0), _gated(zoo, gate))
     try:
         ex.submit(0, _recipe(zoo), 4)
         ex.wait()
         pid = ray.get(ex.actors[0].pid.remote())
-        ex.submit(1, _recipe(zoo, 0.2), None)  # every example: still running when it is killed
+        ex.submit(1, _recipe(zoo, 0.2), 4)
+        assert _held(gate) == pid
         os.kill(pid, signal.SIGKILL)
         job, outcome = ex.wait()
         assert job == 1 and outcome.values is None and "worker died once" in outcome.error
@@ -93,19 +112,23 @@ def test_an_evaluation_whose_worker_dies_twice_fails_with_the_reason(runtime, zo
         assert ex.wait()[1].values is not None
     finally:
         ex.close()
+        gate.release()
 
 
-def test_an_evaluation_past_the_timeout_fails_and_the_worker_recovers(runtime, zoo):
-    ex = open_executor(ExecutorSpec(kind="ray", workers=1, timeout=0.05), _spec(zoo))
+def test_an_evaluation_past_the_timeout_fails_and_the_worker_recovers(runtime, zoo, tmp_path):
+    shut = write_gate(tmp_path / "shut", passes=0)  # every evaluation waits until released
+    ex = open_executor(ExecutorSpec(kind="ray", workers=1, timeout=0.05), _gated(zoo, shut))
     try:
-        ex.submit(0, _recipe(zoo), None)  # every example: far longer than 50 ms
+        ex.submit(0, _recipe(zoo), 4)  # cannot finish: the timeout kills its actor
         job, outcome = ex.wait()
         assert outcome.values is None and "timed out after 0.05 s" in outcome.error
         ex.timeout = None
+        shut.release()
         ex.submit(1, _recipe(zoo), 4)
         assert ex.wait()[1].values is not None
     finally:
         ex.close()
+        shut.release()
 
 
 def test_every_node_must_see_the_models(runtime, zoo, tmp_path):

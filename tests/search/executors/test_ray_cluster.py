@@ -4,13 +4,12 @@ worker nodes with one slot each, a custom resource standing in for a GPU)."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import ray
 import yaml
 from ray.cluster_utils import Cluster
-from run_helpers import evaluations, write_run
+from run_helpers import evaluations, gone, wait_at_gate, wait_for, write_gate, write_run
 
 from evomerge.run import run_search
 from evomerge.testing import mini_zoo_config
@@ -36,9 +35,11 @@ def zoo(tmp_path_factory):
     return build_zoo(tmp_path_factory.mktemp("zoo"), mini_zoo_config(), log=lambda s: None)
 
 
-def _config(tmp_path, zoo, executor, trials=8, name="run"):
+def _config(tmp_path, zoo, executor, trials=8, name="run", gate=None):
+    """``gate``: its objective joins the others (a gate holds evaluations until a test's cue)."""
+    objectives = [{"task": "zoo_text"}, {"task": "addition"}, *([gate.objective] if gate else [])]
     return write_run(tmp_path, zoo, name, executor=executor, seed=11, fidelity=8,
-                     objectives=[{"task": "zoo_text"}, {"task": "addition"}], scalarization="weighted_sum",
+                     objectives=objectives, scalarization="weighted_sum",
                      optimizer={"name": "cmaes", "options": {"popsize": 4}}, budget={"trials": trials})
 
 
@@ -60,9 +61,13 @@ def test_the_cluster_search_gives_the_serial_trials(cluster, tmp_path, zoo):
 
 
 def test_losing_a_worker_node_mid_search_loses_no_finished_evaluation(cluster, tmp_path, zoo):
+    """The node goes while one of its evaluations is held at a gate (3 finished before it, the
+    rest of CMA-ES's first generation): that evaluation's process dies with the node and the
+    evaluation runs again on the other node, once the gate opens."""
     c, workers = cluster
+    gate = write_gate(tmp_path / "gate", passes=3)
     cfg = _config(tmp_path, zoo, {"kind": "ray", "address": "auto", "workers": 2, "resources": SLOT,
-                                  "max_retries": 2}, trials=12, name="lossy")
+                                  "max_retries": 2}, trials=12, name="lossy", gate=gate)
     box: dict = {}
 
     def search():
@@ -73,30 +78,34 @@ def test_losing_a_worker_node_mid_search_loses_no_finished_evaluation(cluster, t
 
     thread = threading.Thread(target=search)
     thread.start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(_safe_complete(tmp_path / "lossy")) < 3:
-        time.sleep(0.2)
-    before = {(e.id, e.recipe_hash, e.seq) for e in _safe_complete(tmp_path / "lossy")}
-    assert len(before) >= 3, "the search never got going"
-    c.remove_node(workers[1], allow_graceful=False)
-    thread.join(timeout=600)
-    workers[1] = c.add_node(num_cpus=1, resources={"evomerge_slot": 1})  # the cluster heals, for later tests
-    c.wait_for_nodes()
+    lost = None
+    try:
+        finished = wait_at_gate(gate, tmp_path / "lossy", 3, alive=thread.is_alive, output=lambda: repr(box))
+        victim = gate.held()[0]
+        lost = next(i for i, w in enumerate(workers) if w.node_id == victim["node"])
+        c.remove_node(workers[lost], allow_graceful=False)
+        wait_for(lambda: gone(victim["pid"]), "the held evaluation's process gone with its node", limit=120)
+    finally:
+        gate.release()
+        thread.join(timeout=600)
+        if lost is not None:  # the cluster heals, for later tests
+            workers[lost] = c.add_node(num_cpus=1, resources={"evomerge_slot": 1})
+            c.wait_for_nodes()
     assert not thread.is_alive() and "error" not in box, box.get("error")
     result = box["result"]
+    before = {(e.id, e.recipe_hash, e.seq) for e in finished}
     after = _complete(tmp_path / "lossy")
     assert before <= {(e.id, e.recipe_hash, e.seq) for e in after}  # nothing finished was lost
     assert result.trials == 12 and len(after) == 12 and len({e.recipe_hash for e in after}) == 12
     assert result.failed == 0  # the evaluation on the lost node ran again on the other
-
-
-def _safe_complete(run_dir):
-    return evaluations(run_dir, missing_ok=True)
+    assert sum(e.scores["gate/score"] == pytest.approx(victim["score"], rel=1e-9) for e in after) == 1  # once
+    assert gate.starts() == 13  # 12 evaluations, one of them twice
 
 
 def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluster, tmp_path, zoo, monkeypatch):
     """The controller dies with its actors; a new one resumes against the same cluster and the same
-    PostgreSQL ledger: nothing finished is lost or evaluated twice."""
+    PostgreSQL ledger: nothing finished is lost or evaluated twice. A gate lets CMA-ES's first
+    generation (4 evaluations) through and holds the second's on both slots: the kill lands there."""
     import os
     import signal
     import subprocess
@@ -108,10 +117,11 @@ def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluste
 
     c, _ = cluster
     pg = PostgresServer()
+    gate = write_gate(tmp_path / "gate", passes=4)
     try:
         monkeypatch.setenv("EVOMERGE_TEST_DB_PASSWORD", PASSWORD)
         cfg = _config(tmp_path, zoo, {"kind": "ray", "workers": "auto", "resources": SLOT}, trials=12,
-                      name="killed")
+                      name="killed", gate=gate)
         data = yaml.safe_load(cfg.read_text())
         data["ledger"] = {"kind": "sql", "url": pg.url(), "password_env": "EVOMERGE_TEST_DB_PASSWORD"}
         cfg.write_text(yaml.safe_dump(data))
@@ -122,23 +132,27 @@ def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluste
                 [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir),
                  "--ray-address", c.address],
                 stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True)
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and len(_safe_complete(run_dir)) < 4:
-            assert proc.poll() is None, f"the controller ended early:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        try:
+            wait_at_gate(gate, run_dir, 4, held=2, alive=lambda: proc.poll() is None, output=log.read_text)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            gate.release()
         done = {(e.id, e.recipe_hash, e.seq) for e in _complete(run_dir)}
-        assert 4 <= len(done) < 12, "the kill should land mid-search"
+        assert len(done) == 4
         result = resume_search(run_dir, ray_address=c.address, log=lambda s: None)
         after = _complete(run_dir)
         assert done <= {(e.id, e.recipe_hash, e.seq) for e in after}
         assert len(after) == 12 and len({e.recipe_hash for e in after}) == 12 and result.failed == 0
-        serial = run_search(_config(tmp_path, zoo, {"kind": "serial"}, trials=12, name="whole"),
-                            tmp_path / "whole", log=lambda s: None)
+        serial = run_search(_config(tmp_path, zoo, {"kind": "serial"}, trials=12, name="whole", gate=gate),
+                            tmp_path / "whole", log=lambda s: None)  # uninterrupted: the gate is open
         assert serial.trials == 12
         assert {(e.trial, e.recipe_hash) for e in after} == {(e.trial, e.recipe_hash) for e in _complete(tmp_path / "whole")}
     finally:
+        gate.release()
         pg.stop()
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 from pg_server import PASSWORD, PostgresServer
-from run_helpers import completions, write_run
+from run_helpers import completions, wait_at_gate, write_gate, write_run
 
 from evomerge.config.run import LedgerSpec
 from evomerge.errors import EvomergeError
@@ -163,21 +163,29 @@ def test_resume_from_a_machine_that_has_only_the_database(pg, password, tmp_path
 
 
 def test_kill_9_then_resume_on_postgres_loses_and_repeats_nothing(pg, password, tmp_path, zoo):
-    # More trials than a fast machine finishes between the third result and the kill (8 once did).
-    trials = 40
-    cfg = _config(tmp_path, zoo, pg, "killed", trials)
+    # The gate lets 3 evaluations through and holds the 4th: the kill lands with exactly 3
+    # finished and one in flight, whatever the machine's speed.
+    trials = 8
+    gate = write_gate(tmp_path / "gate", passes=3)
+    cfg = write_run(tmp_path, zoo, "killed", optimizer={"name": "tpe"}, budget={"trials": trials}, seed=2,
+                    objectives=[{"task": "zoo_text"}, gate.objective],
+                    ledger={"kind": "sql", "url": pg.url(), "password_env": ENV, "run": "killed"})
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if (run_dir / "ledger.sql.yaml").exists() and len(_hashes(run_dir)) >= 3:
-            break
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    log = tmp_path / "search.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
+                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        wait_at_gate(gate, run_dir, 3, alive=lambda: proc.poll() is None, output=log.read_text)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        gate.release()
     done = _hashes(run_dir)
-    assert 3 <= len(done) < trials
+    assert len(done) == 3
     result = resume_search(run_dir, log=lambda s: None)  # the dead PID's lease is taken at once
     after = _hashes(run_dir)
     assert after[: len(done)] == done and len(after) == len(set(after)) == trials
