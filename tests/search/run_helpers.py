@@ -153,3 +153,27 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def search_killed_at_gate(cfg: Path, run_dir: Path, gate: Gate, complete: int, *, held: int = 1,
+                          extra: tuple = (), cwd: Path | None = None, env: dict | None = None) -> list:
+    """``evomerge search CFG --out RUN_DIR`` in a process group of its own, SIGKILLed (the whole
+    group) once ``complete`` evaluations are complete and ``held`` are held at ``gate``; the gate
+    is then released. Returns the complete evaluations at the kill (exactly ``complete``)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    log = Path(run_dir).parent / f"{Path(run_dir).name}.search.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir),
+                                 *map(str, extra)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        done = wait_at_gate(gate, run_dir, complete, held, alive=lambda: proc.poll() is None, output=log.read_text)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        gate.release()
+    return done

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from run_helpers import gone, wait_at_gate, wait_for, write_gate
+from run_helpers import gone, search_killed_at_gate, wait_for, write_gate
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -109,10 +109,6 @@ def test_resume_continues_the_same_trajectory(tmp_path, zoo, optimizer):
 
 
 def test_kill_9_mid_search_then_resume_loses_and_repeats_nothing(tmp_path, zoo):
-    import os
-    import signal
-    import subprocess
-    import sys
 
     # The gate lets 3 evaluations through and holds the 4th: the kill lands with exactly 3
     # finished and one in flight, whatever the machine's speed.
@@ -122,19 +118,7 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_nothing(tmp_path, zoo):
                objectives=[{"task": "addition"}, {"task": "cost", "metric": "params", "weight": 0.5},
                            gate.objective])
     run_dir = tmp_path / "killed"
-    log = tmp_path / "search.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_at_gate(gate, run_dir, 3, alive=lambda: proc.poll() is None, output=log.read_text)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        gate.release()
+    search_killed_at_gate(cfg, run_dir, gate, 3)
     done = _hashes(run_dir)
     assert len(done) == 3
     res = CliRunner().invoke(app, ["resume", str(run_dir)])

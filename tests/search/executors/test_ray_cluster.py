@@ -9,7 +9,15 @@ import pytest
 import ray
 import yaml
 from ray.cluster_utils import Cluster
-from run_helpers import evaluations, gone, wait_at_gate, wait_for, write_gate, write_run
+from run_helpers import (
+    evaluations,
+    gone,
+    search_killed_at_gate,
+    wait_at_gate,
+    wait_for,
+    write_gate,
+    write_run,
+)
 
 from evomerge.run import run_search
 from evomerge.testing import mini_zoo_config
@@ -107,9 +115,6 @@ def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluste
     PostgreSQL ledger: nothing finished is lost or evaluated twice. A gate lets CMA-ES's first
     generation (4 evaluations) through and holds the second's on both slots: the kill lands there."""
     import os
-    import signal
-    import subprocess
-    import sys
 
     from pg_server import PASSWORD, PostgresServer
 
@@ -126,21 +131,8 @@ def test_kill_9_of_the_controller_then_resume_on_the_cluster_and_postgres(cluste
         data["ledger"] = {"kind": "sql", "url": pg.url(), "password_env": "EVOMERGE_TEST_DB_PASSWORD"}
         cfg.write_text(yaml.safe_dump(data))
         run_dir = tmp_path / "killed-run"
-        log = tmp_path / "controller.log"
-        with open(log, "w") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir),
-                 "--ray-address", c.address],
-                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True)
-        try:
-            wait_at_gate(gate, run_dir, 4, held=2, alive=lambda: proc.poll() is None, output=log.read_text)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            gate.release()
+        search_killed_at_gate(cfg, run_dir, gate, 4, held=2, extra=("--ray-address", c.address),
+                              env=dict(os.environ))
         done = {(e.id, e.recipe_hash, e.seq) for e in _complete(run_dir)}
         assert len(done) == 4
         result = resume_search(run_dir, ray_address=c.address, log=lambda s: None)

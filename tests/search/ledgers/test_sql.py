@@ -4,15 +4,13 @@ and a run resumed from a machine that has only the database."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 from pg_server import PASSWORD, PostgresServer
-from run_helpers import completions, wait_at_gate, write_gate, write_run
+from run_helpers import completions, search_killed_at_gate, write_gate, write_run
 
 from evomerge.config.run import LedgerSpec
 from evomerge.errors import EvomergeError
@@ -171,19 +169,7 @@ def test_kill_9_then_resume_on_postgres_loses_and_repeats_nothing(pg, password, 
                     objectives=[{"task": "zoo_text"}, gate.objective],
                     ledger={"kind": "sql", "url": pg.url(), "password_env": ENV, "run": "killed"})
     run_dir = tmp_path / "killed"
-    log = tmp_path / "search.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(cfg), "--out", str(run_dir)],
-                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    try:
-        wait_at_gate(gate, run_dir, 3, alive=lambda: proc.poll() is None, output=log.read_text)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        gate.release()
+    search_killed_at_gate(cfg, run_dir, gate, 3, env=dict(os.environ))
     done = _hashes(run_dir)
     assert len(done) == 3
     result = resume_search(run_dir, log=lambda s: None)  # the dead PID's lease is taken at once
