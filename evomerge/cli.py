@@ -373,7 +373,8 @@ def zoo_data(
 
 @app.command("eval")
 def eval_cmd(
-    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model directory.")],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help=(
+        "A model directory, a Hub id (org/name[@revision]) or MODEL+ADAPTER (a PEFT LoRA adapter)."))],
     task: Annotated[
         list[str], typer.Option("--task", "-t", help="Task name or YAML path (repeatable).")
     ],
@@ -392,13 +393,12 @@ def eval_cmd(
     from rich.table import Table
 
     from evomerge.eval import load_task
-    from evomerge.io.hf import load_causal_lm
-    from evomerge.merge.engine import check_device, resolve_model_path
+    from evomerge.io.sources import load_source_lm
+    from evomerge.merge.engine import check_device
 
     evaluators = [load_task(t, split=split) for t in task]
     dev = check_device(device)
-    model, tokenizer = load_causal_lm(
-        resolve_model_path(str(model_dir)), device=dev, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_source_lm(str(model_dir), device=dev, trust_remote_code=trust_remote_code)
     results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")

@@ -289,6 +289,23 @@ class Recipe(StrictModel):
             refs.extend(src.model for src in s.sources)
         return list(dict.fromkeys(refs))
 
+    def with_models_renamed(self, names: dict[str, str], source: str = "the recipe") -> Recipe:
+        """This recipe with model references replaced by ``names`` (``model`` and ``base_model``,
+        top level and in slices, and a ``tokenizer_source``/``tokenizer.source`` naming a model)."""
+        data = self.to_dict()
+        entries = [data, *(data.get("models") or [])]
+        for s in data.get("slices") or []:
+            entries += [s, *s["sources"]]
+        for entry in entries:
+            for key in ("model", "base_model"):
+                if entry.get(key) in names:
+                    entry[key] = names[entry[key]]
+        if data.get("tokenizer_source") in names:
+            data["tokenizer_source"] = names[data["tokenizer_source"]]
+        if (data.get("tokenizer") or {}).get("source") in names:
+            data["tokenizer"]["source"] = names[data["tokenizer"]["source"]]
+        return Recipe.from_dict(data, source)
+
     def summary(self) -> str:
         """One line for tables: the method, or the layer path (``model[start:end]``, merged slices
         by their method, ``x1.2`` for a scale)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from evomerge.config.run import RunConfig, RunConfigError
 from evomerge.errors import EvomergeError
+from evomerge.io.sources import model_dir
 from evomerge.search import fingerprints
 from evomerge.search.constraints import bind_constraints, feasible
 from evomerge.search.controller import Controller
@@ -321,7 +322,7 @@ def dry_run(config_path: Path, run_dir: Path | None = None, *, trials: int | Non
     sources = resolve_sources(p.space, config, config_path)
     where = space_path(config, config_path)
     check_sources(p.space, sources, where=where)  # headers, fit, NaN/inf: no model is built
-    check_base(sources[p.space.source_models()[0]], trust_remote_code=config.trust_remote_code)
+    check_base(model_dir(p.space.source_models()[0], sources), trust_remote_code=config.trust_remote_code)
     timed, timed_words = _typical_recipe(p.space, config.seed)
     _check_plans(timed, sources, where)
     ledger = "not checked (give --out)" if run_dir is None else check_run_dir(run_dir, config.ledger.kind)
@@ -404,10 +405,10 @@ def _layers(recipe) -> int | None:
 
 def _check_plans(recipe, sources: dict[str, Path], where: Path) -> None:
     """``recipe`` (a decoded genome) plans over the sources' headers: what a worker does first."""
-    from evomerge.io.checkpoint import Checkpoint
+    from evomerge.io.sources import open_source
     from evomerge.merge.plan import build_plan
 
-    opened = {ref: Checkpoint(path) for ref, path in sources.items()}
+    opened = {ref: open_source(ref, sources) for ref in sources}
     try:
         build_plan(recipe, opened)
     except EvomergeError as e:
@@ -454,7 +455,7 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
     else:
         prints = fingerprints.fingerprint_sources(sources)
     check_sources(p.space, sources, where=space_path(config, config_path), scan_weights=scan)
-    check_base(sources[p.space.source_models()[0]], trust_remote_code=config.trust_remote_code)
+    check_base(model_dir(p.space.source_models()[0], sources), trust_remote_code=config.trust_remote_code)
     return prints, write
 
 

@@ -22,3 +22,18 @@ def tied_family(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(params=["untied", "tied"])
 def family(request, untied_family, tied_family) -> dict[str, Path]:
     return untied_family if request.param == "untied" else tied_family
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache for this test, offline: ``huggingface_hub`` reads its
+    variables once, at import, so its constants are set here (subprocesses get the variables)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache

@@ -55,7 +55,7 @@ def test_bad_recipe_exits_nonzero_with_one_clear_error(untied_family, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_model_directory(tmp_path):
+def test_missing_model_directory(tmp_path, hub_cache):
     path = tmp_path / "r.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -67,7 +67,9 @@ def test_missing_model_directory(tmp_path):
     )
     result = runner.invoke(app, ["merge", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "local directories only" in result.output
+    # Not a directory, so a Hub id: not in the (empty, offline) cache, with the command that fetches it.
+    assert "org/model" in result.output and "not a local directory" in result.output
+    assert "hf download org/model" in result.output
 
 
 def test_cuda_request_without_cuda_is_refused(untied_family, tmp_path):

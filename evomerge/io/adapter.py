@@ -9,12 +9,10 @@ in peft's order: float32 results are bit-identical to peft's, with no peft at ru
 dense copy on disk. What would merge differently and is not implemented (DoRA and the other
 LoRA variants, trained biases, layer replication, inits that alter the base) is refused by name.
 
-Key mapping (peft 0.21 ``save_pretrained``), for base tensor ``<m>.weight`` of module ``<m>``:
-``base_model.model.<m>.lora_A.weight`` / ``.lora_B.weight`` (Linear, Conv1D);
-``base_model.model.<m>.lora_embedding_A`` / ``.lora_embedding_B`` (Embedding, no ``.weight``);
-``base_model.model.<m>.base_layer.<p>``: the base tensor ``<m>.<p>`` saved with a targeted
-embedding or head, loaded in its place; ``base_model.model.<m>.<p>``: for ``<m>`` matching
-``modules_to_save``, the trained copy that replaces ``<m>.<p>``.
+Keys (peft 0.21), for base tensor ``<m>.weight``, under ``base_model.model.``: ``<m>.lora_A.weight``
+/ ``.lora_B.weight`` (Linear, Conv1D); ``<m>.lora_embedding_A`` / ``_B`` (Embedding); ``<m>.base_layer.<p>``
+(a copy of ``<m>.<p>`` saved with a targeted embedding or head, loaded in its place); ``<m>.<p>``
+for ``<m>`` in ``modules_to_save`` (the trained copy that replaces ``<m>.<p>``).
 """
 
 from __future__ import annotations
@@ -389,8 +387,12 @@ class AdaptedSource:
         """Whether ``get`` starts from the adapter's saved tensor instead of the base's."""
         return tensor in self.adapter.replacements
 
-    def close(self) -> None:
-        """Drop the adapter file's handle (the base is the caller's to close)."""
+    def exact_factors(self, tensor: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """``factors`` if ``(W + (B @ A) * scale).to(W.dtype)`` is bitwise ``get`` (plain Linear)."""
+        plain = tensor in self.adapter.targets and not self._transposed[tensor] and not self.replaced(tensor)
+        return self.factors(tensor) if plain else None
+
+    def close(self) -> None:  # the adapter file's handle; the base is the caller's to close
         self.adapter._handle = None
 
     def __repr__(self) -> str:

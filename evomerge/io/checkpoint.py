@@ -240,3 +240,7 @@ class StateDictSource:
 
     def get(self, tensor: str) -> torch.Tensor:
         return self.tensors[tensor]
+
+    def resident_tensors(self) -> list[torch.Tensor]:
+        """The tensors this source holds (an in-memory merger never merges into them)."""
+        return list(self.tensors.values())

@@ -73,8 +73,13 @@ def _no_progress_bar():
 
 
 def _check_weights(path: Path) -> None:
+    """Safetensors weights whose headers and lengths hold (truncated, corrupt or missing shards
+    are refused naming the file, as a merge refuses them, before Transformers reads a byte)."""
+    from evomerge.io.checkpoint import Checkpoint
+
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(
             f"{path} has no .safetensors weights; evomerge loads models from safetensors only "
             f"(convert the checkpoint, or merge it with `evomerge merge --allow-pickle`)."
         )
+    Checkpoint(path).close()

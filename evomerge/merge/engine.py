@@ -26,8 +26,16 @@ import numpy as np
 import torch
 
 from evomerge.errors import CheckpointError, RecipeError
-from evomerge.io.checkpoint import Checkpoint, StateDictSource, TensorSource
+from evomerge.io.checkpoint import StateDictSource, TensorSource
 from evomerge.io.prefill import OutputPrefill
+from evomerge.io.sources import (
+    hub_pins,
+    is_adapter_entry,
+    model_dir,
+    open_source,
+    resolve_sources,
+    split_adapter,
+)
 from evomerge.io.tokenizer import (
     Vocabulary,
     build_vocabulary,
@@ -44,6 +52,7 @@ from evomerge.merge._util import (
     use_destination,
     use_output_pool,
 )
+from evomerge.merge.low_rank import LowRankSource
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
 
@@ -60,38 +69,6 @@ TOKENIZER_FILES = (
 )
 
 Progress = Callable[[int, int, str], None]
-
-
-def resolve_model_path(ref: str, search_dirs: Sequence[Path] = ()) -> Path:
-    """A model reference is a local directory: as given (relative to the working
-    directory), else relative to each of ``search_dirs`` (e.g. the recipe's folder)."""
-    path = Path(ref).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    for d in search_dirs:
-        if (d / path).exists():
-            return d / path
-    if "/" in ref and not ref.startswith((".", "/")) and len(path.parts) == 2:
-        hint = " It looks like a Hub id; evomerge reads local directories only: download the model first."
-    else:
-        hint = ""
-    raise CheckpointError(f"Model {ref!r} was not found as a local directory.{hint}")
-
-
-def open_sources(
-    recipe: Recipe,
-    search_dirs: Sequence[Path] = (),
-    *,
-    allow_pickle: bool = False,
-    check_finite: bool = False,
-) -> dict[str, Checkpoint]:
-    """The recipe's models, opened lazily; ``check_finite``: refuse NaN/inf as tensors are read."""
-    return {
-        ref: Checkpoint(
-            resolve_model_path(ref, search_dirs), allow_pickle=allow_pickle, check_finite=check_finite
-        )
-        for ref in recipe.referenced_models()
-    }
 
 
 def with_overrides(recipe: Recipe, dtype: str | None = None, seed: int | None = None) -> Recipe:
@@ -194,13 +171,18 @@ def merge_to_disk(
     dev = check_device(device)
     check_output_dir(out, force)  # before any compute
     # A NaN in a source is refused naming the model and tensor, as it is read.
-    sources = open_sources(recipe, search_dirs, allow_pickle=allow_pickle, check_finite=True)
-    vocabulary = build_vocabulary(
-        recipe, {m: c.path for m, c in sources.items()}, {m: c.config for m, c in sources.items()}
-    )
+    refs = recipe.referenced_models()
+    dirs = resolve_sources(refs, search_dirs, allow_pickle=allow_pickle)
+    sources = {
+        ref: open_source(ref, dirs, allow_pickle=allow_pickle, check_finite=True) for ref in refs
+    }
+    # The written recipe names Hub ids at the commit merged (``org/name@<commit>``).
+    written = recipe.with_models_renamed(hub_pins(refs, dirs), "the merged recipe")
+    paths = {ref: model_dir(ref, dirs) for ref in refs}  # configs and tokenizers
+    vocabulary = build_vocabulary(recipe, paths, {m: c.config for m, c in sources.items()})
     template = None
     if recipe.chat_template:
-        template = resolve_chat_template(recipe.chat_template, [c.path for c in sources.values()])
+        template = resolve_chat_template(recipe.chat_template, list(paths.values()))
     plan = build_plan(recipe, sources, vocabulary=vocabulary)
     specs = plan.specs()
     input_bytes = _input_bytes(plan, sources)
@@ -222,9 +204,9 @@ def merge_to_disk(
         if progress:
             progress(len(plan.ops), len(plan.ops), "")
         writer.write_json("config.json", plan.output_config(sources))
-        _write_tokenizer(recipe, sources, vocabulary, template, writer)
-        writer.write_text("evomerge_recipe.yaml", recipe.to_yaml())
-        _write_mergekit_config(recipe, writer)
+        _write_tokenizer(recipe, paths, vocabulary, template, writer)
+        writer.write_text("evomerge_recipe.yaml", written.to_yaml())
+        _write_mergekit_config(written, writer)
     return MergeResult(
         out=out,
         tensors=len(specs),
@@ -245,7 +227,7 @@ def _input_bytes(plan: MergePlan, sources: Mapping[str, TensorSource]) -> int:
 
 def _write_tokenizer(
     recipe: Recipe,
-    sources: Mapping[str, Checkpoint],
+    paths: Mapping[str, Path],
     vocabulary: Vocabulary | None,
     template: str | None,
     writer: CheckpointWriter,
@@ -257,19 +239,19 @@ def _write_tokenizer(
         src = recipe.vocabulary_source
         if src in (None, "base"):
             src = recipe.base_model or recipe.referenced_models()[0]
-        if src not in sources:
+        if src not in paths:
             raise RecipeError(
                 f"tokenizer_source {src!r} is not one of the recipe's models; use 'base' or one of them."
             )
         if template is not None:
-            tokenizer = load_tokenizer(sources[src].path)
+            tokenizer = load_tokenizer(paths[src])
         if tokenizer is None:
             for name in TOKENIZER_FILES:
-                path = sources[src].path / name
+                path = paths[src] / name
                 if path.exists():
                     writer.copy_file(path)
             if template is not None:  # no tokenizer loads from the files: set the key in place
-                config_path = sources[src].path / "tokenizer_config.json"
+                config_path = paths[src] / "tokenizer_config.json"
                 config = json.loads(config_path.read_text()) if config_path.exists() else {}
                 writer.write_json("tokenizer_config.json", {**config, "chat_template": template})
             return
@@ -306,20 +288,29 @@ class InMemoryMerger:
     ) -> None:
         self.device = check_device(device)
         self.dtype = dtype
-        self.sources: dict[str, StateDictSource] = {}
+        self.sources: dict[str, StateDictSource | LowRankSource] = {}
         self._paths: dict[str, Path] = {}  # model directories: their tokenizers
         self._vocabularies: dict[str, Vocabulary | None] = {}
+        dirs = {r: Path(s) for r, s in sources.items() if isinstance(s, (str, Path))}
+        adapters = []  # kept as their factors once their base is resident
         for ref, src in sources.items():
             if isinstance(src, (str, Path)):
-                src = Checkpoint(resolve_model_path(str(src)), allow_pickle=allow_pickle)
-                self._paths[ref] = src.path
+                src = open_source(ref, dirs, allow_pickle=allow_pickle)
+                self._paths[ref] = model_dir(ref, dirs)
+                if is_adapter_entry(ref, dirs) and split_adapter(ref)[0] in dirs:
+                    adapters.append((ref, src))
+                    continue
             tensors = {
                 name: src.get(name).to(device=self.device, dtype=dtype or src.dtype(name))
                 for name in src.tensor_names()
             }
             self.sources[ref] = StateDictSource(ref, tensors, dict(src.config))
+        for ref, src in adapters:
+            base = self.sources[split_adapter(ref)[0]]
+            self.sources[ref] = LowRankSource(ref, src, base, device=self.device, dtype=dtype)
+            src.close()
         self._source_storages = {
-            _storage(t) for s in self.sources.values() for t in s.tensors.values()
+            _storage(t) for s in self.sources.values() for t in s.resident_tensors()
         }
 
     def plan(self, recipe: Recipe, seed: int | None = None) -> MergePlan:

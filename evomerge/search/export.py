@@ -59,37 +59,26 @@ def export_trial(
         )
     recipe = Recipe.from_yaml(chosen.recipe, f"trial {chosen.trial}")
     # The ledger keeps the recipe as searched (paths relative to the space file's folder, which
-    # its hash covers); the exported files get absolute paths, so they merge from any directory.
-    recipe = _absolute_model_paths(recipe, [Path(config.space).parent, run_dir])
+    # its hash covers); the exported files get absolute paths, so they merge from any directory,
+    # and Hub ids pinned to the commit the run searched (never a cache path).
+    recipe = _portable_model_refs(recipe, run_dir, [Path(config.space).parent, run_dir])
     merge_to_disk(recipe, out, device=device, force=force)
     card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe, missed)
     atomic_write_text(Path(out) / "README.md", card)
     return chosen.trial, Path(out)
 
 
-def _absolute_model_paths(recipe: Recipe, search_dirs: Sequence[Path]) -> Recipe:
+def _portable_model_refs(recipe: Recipe, run_dir: Path, search_dirs: Sequence[Path]) -> Recipe:
     """``recipe`` with every model reference (``model``, ``base_model``, top level and in slices,
-    and a ``tokenizer_source`` naming a model) resolved to an absolute path."""
-    from evomerge.merge.engine import resolve_model_path
-    from evomerge.recipe import Recipe
+    and a ``tokenizer_source`` naming a model) as ``pinned_ref`` gives it: an absolute path, or a
+    Hub id at the commit the run resolved it to (recorded in its ``sources.json``)."""
+    from evomerge.io.sources import pinned_ref, resolve_sources
+    from evomerge.search.fingerprints import recorded_dirs
 
-    absolute = {
-        ref: str(resolve_model_path(ref, search_dirs).resolve())
-        for ref in recipe.referenced_models()
-    }
-    data = recipe.to_dict()
-    entries = [data, *(data.get("models") or [])]
-    for s in data.get("slices") or []:
-        entries += [s, *s["sources"]]
-    for entry in entries:
-        for key in ("model", "base_model"):
-            if key in entry:
-                entry[key] = absolute[entry[key]]
-    if data.get("tokenizer_source") in absolute:
-        data["tokenizer_source"] = absolute[data["tokenizer_source"]]
-    if (data.get("tokenizer") or {}).get("source") in absolute:
-        data["tokenizer"]["source"] = absolute[data["tokenizer"]["source"]]
-    return Recipe.from_dict(data, "the exported recipe")
+    refs = recipe.referenced_models()
+    dirs = recorded_dirs(run_dir)
+    dirs.update(resolve_sources([r for r in refs if r not in dirs], search_dirs))
+    return recipe.with_models_renamed({ref: pinned_ref(ref, dirs) for ref in refs}, "the exported recipe")
 
 
 def _card(run_dir: Path, t, config: RunConfig, fit: float, recipe: Recipe, missed: str = "") -> str:

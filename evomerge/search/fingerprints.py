@@ -45,7 +45,8 @@ SMALL = 1024 * 1024  # files below this are hashed whole
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
-                "tokenizer.model", "special_tokens_map.json", "vocab.json", "merges.txt")
+                "tokenizer.model", "special_tokens_map.json", "vocab.json", "merges.txt",
+                "adapter_config.json")
 
 
 def file_fingerprint(path: Path) -> dict:
@@ -81,10 +82,26 @@ def model_fingerprint(model_dir: Path) -> dict[str, dict]:
 
 def fingerprint_sources(sources: Mapping[str, Path]) -> dict:
     """The record for ``sources`` (reference -> model directory) as ``sources.json`` holds it."""
-    return {"version": VERSION, "sources": {
-        ref: {"path": str(Path(path).resolve()), "files": model_fingerprint(Path(path))}
-        for ref, path in sources.items()
-    }}
+    return {"version": VERSION, "sources": {ref: _source_record(path) for ref, path in sources.items()}}
+
+
+def _source_record(path: Path) -> dict:
+    """A source's fingerprints, and for a Hub id the commit it resolved to (kept as resolved, not
+    through the cache's symlinks, so the snapshot stays named)."""
+    from evomerge.io.hub import snapshot_identity
+
+    out: dict = {"path": str(Path(path).absolute()), "files": model_fingerprint(Path(path))}
+    identity = snapshot_identity(Path(path).absolute())
+    if identity is not None:
+        out["hub"] = {"repo": identity[0], "commit": identity[1]}
+    return out
+
+
+def recorded_dirs(run_dir: Path) -> dict[str, Path]:
+    """The directories the run's sources resolved to when fingerprinted (those that still exist)."""
+    data = recorded(run_dir) or {"sources": {}}
+    return {ref: Path(r["path"]) for ref, r in data["sources"].items()
+            if isinstance(r, dict) and isinstance(r.get("path"), str) and Path(r["path"]).is_dir()}
 
 
 def record(run_dir: Path, prints: dict) -> None:
@@ -118,6 +135,11 @@ def changes(before: dict, now: dict) -> list[str]:
             continue
         if ref not in old:
             out.append(f"model {ref} was not a source when the run started")
+            continue
+        was, now_at = (old[ref].get("hub") or {}).get("commit"), (new[ref].get("hub") or {}).get("commit")
+        if was and now_at and was != now_at:
+            out.append(f"model {ref} now resolves to Hub commit {now_at} (the run started on {was}: "
+                       f"the branch or tag moved)")
             continue
         a, b = old[ref].get("files", {}), new[ref].get("files", {})
         for name in sorted(set(a) | set(b)):

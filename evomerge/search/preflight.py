@@ -23,13 +23,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from evomerge.errors import CheckpointError
-from evomerge.io.checkpoint import Checkpoint
+from evomerge.io.checkpoint import TensorSource
 from evomerge.io.compat import (
     check_finite_tensor,
     check_remote_code,
     check_sources_fit,
     check_tokenizer,
 )
+from evomerge.io.sources import model_dir, open_source
 
 
 def check_base(path: Path, *, trust_remote_code: bool = False) -> None:
@@ -56,14 +57,14 @@ def check_sources(space, sources: Mapping[str, Path], *, where: str | Path = "th
     recipes cannot merge: unreadable or truncated checkpoints, other architectures, shapes,
     vocabularies or depths, missing tensors, and (``scan_weights``) NaN or inf in any tensor.
     ``where`` (the space file) starts the message."""
-    opened: dict[str, Checkpoint] = {}
+    opened: dict[str, TensorSource] = {}
     try:
         try:
-            for ref, path in sources.items():
-                opened[ref] = Checkpoint(path)
+            for ref in sources:
+                opened[ref] = open_source(ref, sources)
             whole = [r for r in whole_model_sources(space) if r in opened]
             check_sources_fit({r: c.config for r, c in opened.items()},
-                              {r: sources[r] for r in opened}, same_depth=False)
+                              {r: model_dir(r, sources) for r in opened}, same_depth=False)
             if whole:
                 check_sources_fit({r: opened[r].config for r in whole}, same_depth=True,
                                   where=f"the merge of {', '.join(whole)}")
@@ -79,7 +80,7 @@ def check_sources(space, sources: Mapping[str, Path], *, where: str | Path = "th
             c.close()
 
 
-def _check_tensors(opened: Mapping[str, Checkpoint], whole: list[str]) -> None:
+def _check_tensors(opened: Mapping[str, TensorSource], whole: list[str]) -> None:
     """The same shape for every tensor two sources share; the same tensors among ``whole``."""
     (base_ref, base), *_ = opened.items()
     for ref, c in opened.items():

@@ -44,13 +44,14 @@ def freeze_config(config: RunConfig, config_path: Path, run_dir: Path) -> None:
 
 
 def resolve_sources(space, config: RunConfig, config_path: Path) -> dict[str, Path]:
-    """Every source model of ``space`` as a directory, or an error naming the space file."""
-    from evomerge.merge.engine import resolve_model_path
+    """Every source model of ``space`` as a directory (``evomerge.io.sources``: local paths,
+    Hub ids from the cache or downloaded, ``MODEL+ADAPTER``), or an error naming the space file."""
+    from evomerge.io.sources import resolve_sources as resolve
 
     here = Path(config_path).resolve().parent
     where = space_path(config, config_path)
     try:
-        sources = {r: resolve_model_path(r, [where.parent, here]) for r in space.source_models()}
+        sources = resolve(space.source_models(), [where.parent, here])
         missing = [str(p) for p in sources.values() if not Path(p).is_dir()]
         if missing:
             raise EvomergeError(f"Model {missing[0]} is not a directory.")

@@ -176,8 +176,9 @@ def tiny_char_lm(seed: int = 0, *, layers: int = 2, hidden: int = 32, tied: bool
     return model, tokenizer
 
 
-def run_mergekit(config: dict, out: Path) -> dict[str, torch.Tensor]:
-    """Run mergekit (the reference, a test-only dependency) in-process; returns its tensors."""
+def run_mergekit(config: dict, out: Path, *, lora_cache: Path | None = None) -> dict[str, torch.Tensor]:
+    """Run mergekit (the reference, a test-only dependency) in-process; returns its tensors.
+    ``lora_cache``: where mergekit writes the dense models of ``base+adapter`` references."""
     import logging
 
     from mergekit.config import MergeConfiguration
@@ -188,7 +189,8 @@ def run_mergekit(config: dict, out: Path) -> dict[str, torch.Tensor]:
     run_merge(
         MergeConfiguration.model_validate(config),
         str(out),
-        MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, device="cpu"),
+        MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, device="cpu",
+                     lora_merge_cache=str(lora_cache) if lora_cache else None),
     )
     state: dict[str, torch.Tensor] = {}
     for f in sorted(Path(out).glob("*.safetensors")):

@@ -132,9 +132,9 @@ class SpaceSuite:
 
     @staticmethod
     def sources(space: Space, space_file: Path) -> dict[str, Path]:
-        from evomerge.merge.engine import resolve_model_path
+        from evomerge.io.sources import resolve_sources
 
-        return {ref: resolve_model_path(ref, [space_file.parent]) for ref in space.source_models()}
+        return resolve_sources(space.source_models(), [space_file.parent])
 
     # -- the contract ------------------------------------------------------------------
 

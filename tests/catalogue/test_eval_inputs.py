@@ -5,7 +5,9 @@ model directory and the fix, no traceback, the model directory left as it was):
 
 11. a model whose config needs its own code (``auto_map``) without ``--trust-remote-code``;
 15. a model directory without a tokenizer (was a raw transformers traceback);
-1.  a model directory without weights (eval's side of entry 1).
+1.  a model directory without weights (eval's side of entry 1);
+3.  a truncated safetensors file (eval's side of entry 3: was "unexpected SafetensorError ...
+    This is a bug in evomerge", from Transformers' loader).
 """
 
 from __future__ import annotations
@@ -71,3 +73,13 @@ def test_15_model_without_tokenizer(model_dir, tmp_path):
 def test_01_model_without_weights(model_dir, tmp_path):
     model = _copy(model_dir, tmp_path, without=("model.safetensors",))
     assert_refused(evaluate(model), str(model), "safetensors")
+
+
+def test_03_truncated_safetensors(model_dir, tmp_path):
+    model = _copy(model_dir, tmp_path)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    before = snapshot(model)
+    message = assert_refused(evaluate(model), str(weights), "truncated", "re-download")
+    assert "bug" not in message
+    assert_untouched(model, before)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import peft  # a test-only dependency (with mergekit, in the test extra)
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -14,8 +15,6 @@ from evomerge.errors import CheckpointError
 from evomerge.io import Checkpoint
 from evomerge.io.adapter import AdaptedSource, read_adapter
 from evomerge.testing.models import tiny_char_lm
-
-peft = pytest.importorskip("peft")
 
 
 def _llama(tied=False, **shape):

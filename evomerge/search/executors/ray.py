@@ -88,10 +88,13 @@ class _ActorBody:
 
 
 def _missing(paths: list[str]) -> tuple[str, list[str]]:
-    """Run on one node: which of ``paths`` it cannot see."""
+    """Run on one node: which of ``paths`` it cannot see. A Hub snapshot the node lacks is
+    fetched into the same cache path first, where the node may download."""
     import socket
 
-    return socket.gethostname(), [p for p in paths if not os.path.exists(p)]
+    from evomerge.io.hub import fetch_snapshot
+
+    return socket.gethostname(), [p for p in paths if not os.path.exists(p) and not fetch_snapshot(p)]
 
 
 @dataclass
@@ -188,7 +191,9 @@ class RayExecutor:
                     f"executor (ray): node {node.get('NodeManagerAddress')} ({host}) cannot see "
                     f"{missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}. "
                     f"Model directories, task files and evaluator modules must exist at the same "
-                    f"path on every node (shared storage, or a copy at the same path)."
+                    f"path on every node (shared storage, or a copy at the same path); a Hub id's "
+                    f"snapshot is fetched by a node that may download (not HF_HUB_OFFLINE), into "
+                    f"a Hugging Face cache at the controller's path (HF_HUB_CACHE)."
                 )
 
     # -- the executor contract ---------------------------------------------------------

@@ -21,6 +21,7 @@ class Worker:
 
         from evomerge.eval import load_task
         from evomerge.io.hf import load_causal_lm
+        from evomerge.io.sources import model_dir
         from evomerge.merge.engine import InMemoryMerger
 
         if spec.torch_threads:
@@ -31,7 +32,7 @@ class Worker:
         self.device = spec.device
         dtype = getattr(torch, spec.dtype) if spec.dtype else None
         self.merger = InMemoryMerger(spec.sources, device=spec.device, dtype=dtype)
-        self.model, self.tokenizer = load_causal_lm(spec.sources[spec.base], device=spec.device,
+        self.model, self.tokenizer = load_causal_lm(model_dir(spec.base, spec.sources), device=spec.device,
                                                     dtype=dtype or torch.float32,
                                                     trust_remote_code=spec.trust_remote_code)
 

@@ -226,7 +226,7 @@ UNION_TAGS: set[str] = set()
 def read_depth(ref: str, dirs: Sequence[Path]) -> int:
     """The number of layers of the model directory ``ref`` (ValueError naming the fix otherwise)."""
     from evomerge.io.model_config import layer_count
-    from evomerge.merge.engine import resolve_model_path
+    from evomerge.io.sources import resolve_model_path
 
     try:
         config_path = resolve_model_path(ref, list(dirs)) / "config.json"

@@ -98,37 +98,38 @@ def _parse(load) -> Recipe:
 def _rebase(recipe: Recipe, recipe_dir: Path, ctx: LoadContext) -> Recipe:
     """Rewrite the recipe's model references that resolve only from its own folder so
     that they resolve from the space's folder (where a search looks them up)."""
-    from evomerge.merge.engine import resolve_model_path
+    from evomerge.io.sources import ADAPTER_SEP, split_adapter
 
     moved: dict[str, str] = {}
     for ref in recipe.referenced_models():
-        try:
-            resolve_model_path(ref, ctx.dirs)
-            continue
-        except EvomergeError:
-            pass
-        try:
-            found = resolve_model_path(ref, [recipe_dir])
-        except EvomergeError:
-            raise ValueError(
-                f"its model {ref!r} is found neither from {recipe_dir} nor from {ctx.where}; "
-                "fix the path in the recipe"
-            ) from None
-        moved[ref] = os.path.relpath(os.path.abspath(found), os.path.abspath(ctx.where or Path.cwd()))
+        model, adapter = split_adapter(ref)
+        parts = [(model, False)] + ([(adapter, True)] if adapter is not None else [])
+        rebased = [_rebase_part(part, is_adapter, recipe_dir, ctx) for part, is_adapter in parts]
+        if rebased != [p for p, _ in parts]:
+            moved[ref] = ADAPTER_SEP.join(rebased)
     if not moved:
         return recipe
-    return Recipe.from_dict(_replace_refs(recipe.to_dict(), moved), "the rebased recipe")
+    return recipe.with_models_renamed(moved, "the rebased recipe")
 
 
-def _replace_refs(data: Any, moved: dict[str, str]) -> Any:
-    if isinstance(data, dict):
-        return {
-            k: (moved.get(v, v) if k in ("model", "base_model") and isinstance(v, str) else _replace_refs(v, moved))
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [_replace_refs(v, moved) for v in data]
-    return data
+def _rebase_part(ref: str, adapter: bool, recipe_dir: Path, ctx: LoadContext) -> str:
+    """One side of a reference, relative to the space's folder if it resolves only from the
+    recipe's own (a Hub id resolves from anywhere and stays as it is)."""
+    from evomerge.io.sources import resolve_part
+
+    try:
+        resolve_part(ref, ctx.dirs, adapter=adapter)
+        return ref
+    except EvomergeError:
+        pass
+    try:
+        found = resolve_part(ref, [recipe_dir], adapter=adapter)
+    except EvomergeError:
+        raise ValueError(
+            f"its {'adapter' if adapter else 'model'} {ref!r} is found neither from {recipe_dir} "
+            f"nor from {ctx.where}; fix the path in the recipe"
+        ) from None
+    return os.path.relpath(os.path.abspath(found), os.path.abspath(ctx.where or Path.cwd()))
 
 
 def recipe_depth(recipe: Recipe, dirs: Sequence[Path] = ()) -> int:
