@@ -373,7 +373,7 @@ def zoo_data(
 
 @app.command("eval")
 def eval_cmd(
-    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help=(
+    model_dir: Annotated[str, typer.Argument(metavar="MODEL", help=(
         "A model directory, a Hub id (org/name[@revision]) or MODEL+ADAPTER (a PEFT LoRA adapter)."))],
     task: Annotated[
         list[str], typer.Option("--task", "-t", help="Task name or YAML path (repeatable).")
@@ -398,7 +398,7 @@ def eval_cmd(
 
     evaluators = [load_task(t, split=split) for t in task]
     dev = check_device(device)
-    model, tokenizer = load_source_lm(str(model_dir), device=dev, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_source_lm(model_dir, device=dev, trust_remote_code=trust_remote_code)
     results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")

@@ -31,9 +31,14 @@ from evomerge.errors import CheckpointError
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)(?:@(?P<rev>[^\s@]+))?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
-MODEL_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+# What a merge or an evaluation reads, at the top of a repo (subfolders hold ONNX exports, original
+# checkpoints and the like: never fetched). Weights come second, once the index says which shards.
+SMALL_PATTERNS = ["*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+MODEL_PATTERNS = [*SMALL_PATTERNS, "*.safetensors"]
 ADAPTER_PATTERNS = ["adapter_config.json", "adapter_model.safetensors"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+SUBFOLDERS = ["*/*"]
+DUPLICATE_WEIGHTS = ["consolidated*"]  # a second copy of the weights in another layout (Mistral)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,12 @@ def parse_hub_id(ref: str) -> HubId | None:
         return None
     m = _HUB_ID.match(ref)
     if m is None or ".." in m["repo"] or "--" in m["repo"]:
+        return None
+    from huggingface_hub.utils import validate_repo_id
+
+    try:  # the Hub's own rules (no trailing '.' or '-', no '.git', length, ASCII)
+        validate_repo_id(m["repo"])
+    except ValueError:
         return None
     return HubId(m["repo"], m["rev"])
 
@@ -82,9 +93,14 @@ def offline() -> bool:
 
 
 def fetch_command(hub_id: HubId, *, adapter: bool = False, allow_pickle: bool = False) -> str:
+    """The ``hf download`` command that fetches what evomerge reads (``--include`` takes one
+    pattern each time it is given)."""
+    import shlex
+
     patterns = ADAPTER_PATTERNS if adapter else MODEL_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
-    rev = f" --revision {hub_id.revision}" if hub_id.revision else ""
-    return f"hf download {hub_id.repo}{rev} --include {' '.join(repr(p) for p in patterns)}"
+    rev = f" --revision {shlex.quote(hub_id.revision)}" if hub_id.revision else ""
+    includes = " ".join(f"--include {shlex.quote(p)}" for p in patterns)
+    return f"hf download {hub_id.repo}{rev} {includes} --exclude '*/*'"
 
 
 def missing_files(snapshot: Path, *, adapter: bool = False, allow_pickle: bool = False) -> list[str]:
@@ -109,7 +125,7 @@ def missing_files(snapshot: Path, *, adapter: bool = False, allow_pickle: bool =
 def resolve_hub(hub_id: HubId, *, adapter: bool = False, allow_pickle: bool = False) -> Path:
     """The snapshot directory of ``hub_id`` holding what it needs: from the cache, else downloaded
     (online only). A one-paragraph ``CheckpointError`` names the repo and the fix otherwise."""
-    cached = _cached_snapshot(hub_id)
+    cached = _cached_snapshot(hub_id, adapter=adapter)
     if cached is not None and not missing_files(cached, adapter=adapter, allow_pickle=allow_pickle):
         return cached
     if cached is not None and not adapter and not missing_files(cached, adapter=True):
@@ -131,45 +147,74 @@ def resolve_hub(hub_id: HubId, *, adapter: bool = False, allow_pickle: bool = Fa
     return got
 
 
+def snapshot_complete(path: str | Path) -> bool:
+    """Whether a resolved directory holds what it needs (a model's or an adapter's files)."""
+    path = Path(path)
+    adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    return path.is_dir() and not missing_files(path, adapter=adapter)
+
+
 def fetch_snapshot(path: str | Path) -> bool:
     """Download the Hub snapshot ``path`` names (``.../models--org--name/snapshots/<commit>``)
-    into the cache that holds that path; True if it exists afterwards. For a worker node that
-    lacks what the controller resolved: nothing happens offline or for other paths."""
+    into the cache that holds that path; True if it is complete afterwards. For a worker node
+    that lacks what the controller resolved: nothing is fetched offline or for other paths."""
     identity = snapshot_identity(path)
-    if identity is None or offline():
-        return Path(path).exists()
+    if identity is not None and not snapshot_complete(path) and not offline():
+        repo, commit = identity
+        try:
+            _fetch(repo, commit, cache=str(Path(path).parents[2]))
+        except Exception:  # noqa: BLE001 - the caller reports the path as missing, with the fix
+            return False
+    return snapshot_complete(path) if identity is not None else Path(path).exists()
+
+
+def _cached_snapshot(hub_id: HubId, *, adapter: bool = False) -> Path | None:
+    """The cached snapshot of ``hub_id``, complete or not (``missing_files`` judges it), or None.
+    huggingface_hub raises ``IncompleteSnapshotError`` for a snapshot lacking files its cached
+    tree lists (a README evomerge never fetched, say): that snapshot is still the one wanted."""
     from huggingface_hub import snapshot_download
-
-    repo, commit = identity
-    try:
-        got = snapshot_download(repo, revision=commit, cache_dir=str(Path(path).parents[2]),
-                                allow_patterns=MODEL_PATTERNS)
-    except Exception:  # noqa: BLE001 - the caller reports the path as missing, with the fix
-        return False
-    return Path(got) == Path(path) and Path(path).exists()
-
-
-def _cached_snapshot(hub_id: HubId) -> Path | None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(hub_id.repo, revision=hub_id.revision, local_files_only=True))
+        return Path(snapshot_download(hub_id.repo, revision=hub_id.revision, local_files_only=True,
+                                      allow_patterns=ADAPTER_PATTERNS if adapter else MODEL_PATTERNS))
+    except IncompleteSnapshotError as e:
+        return Path(e.snapshot_path)
     except (LocalEntryNotFoundError, FileNotFoundError):
         return None
 
 
-def _download(hub_id: HubId, *, adapter: bool, allow_pickle: bool) -> Path:
-    from huggingface_hub import errors as hub_errors
+def _fetch(repo: str, revision: str | None, *, adapter: bool = False, allow_pickle: bool = False,
+           cache: str | None = None) -> Path:
+    """Download what a merge reads of ``repo`` at ``revision``: the small files first, then the
+    weights the index lists (or the one checkpoint file), never subfolders or duplicate layouts."""
     from huggingface_hub import snapshot_download
 
-    patterns = ADAPTER_PATTERNS if adapter else MODEL_PATTERNS
+    def get(patterns, rev, ignore=()) -> Path:
+        return Path(snapshot_download(repo, revision=rev, allow_patterns=patterns, cache_dir=cache,
+                                      ignore_patterns=[*SUBFOLDERS, *ignore]))
+
+    if adapter:
+        return get(ADAPTER_PATTERNS, revision)
+    got = get(SMALL_PATTERNS, revision)
+    index = got / "model.safetensors.index.json"
     try:
-        got = Path(snapshot_download(hub_id.repo, revision=hub_id.revision, allow_patterns=patterns))
-        if allow_pickle and not adapter and missing_files(got, allow_pickle=False):
-            got = Path(snapshot_download(hub_id.repo, revision=got.name,
-                                         allow_patterns=patterns + PICKLE_PATTERNS))
-        return got
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        shards = []
+    got = get(shards or ["model.safetensors"], got.name)
+    if missing_files(got):
+        got = get(["*.safetensors"], got.name, DUPLICATE_WEIGHTS)
+    if allow_pickle and missing_files(got):
+        got = get(PICKLE_PATTERNS, got.name)
+    return got
+
+
+def _download(hub_id: HubId, *, adapter: bool, allow_pickle: bool) -> Path:
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        return _fetch(hub_id.repo, hub_id.revision, adapter=adapter, allow_pickle=allow_pickle)
     except hub_errors.GatedRepoError:
         raise CheckpointError(
             f"Hub repo {hub_id.repo} is gated: its files need an account that accepted its terms. "
@@ -187,7 +232,7 @@ def _download(hub_id: HubId, *, adapter: bool, allow_pickle: bool) -> Path:
             f"it is private: log in with `hf auth login` or set HF_TOKEN). Fix the id, or give the "
             f"path of a local model directory."
         ) from None
-    except (hub_errors.HfHubHTTPError, OSError) as e:
+    except (hub_errors.HfHubHTTPError, OSError, _transport_error()) as e:
         raise CheckpointError(
             f"Model {hub_id} is not a local directory, and as a Hub id it is not in the cache "
             f"{cache_dir()} and could not be downloaded ({type(e).__name__}: {_one_line(e)}). Check "
@@ -225,6 +270,18 @@ def _cached_revisions(repo: str) -> list[str]:
     refs = sorted(p.name for p in (root / "refs").glob("*") if p.is_file())
     commits = sorted(p.name[:12] for p in (root / "snapshots").glob("*") if p.is_dir())
     return refs + commits
+
+
+def _transport_error() -> type[BaseException]:
+    """The HTTP client's own errors (a proxy, a timeout after the retries), which are not OSError."""
+    try:
+        import httpx2
+
+        return httpx2.HTTPError
+    except ImportError:  # an older huggingface_hub, on httpx
+        import httpx
+
+        return httpx.HTTPError
 
 
 def _one_line(e: BaseException) -> str:

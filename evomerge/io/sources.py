@@ -60,6 +60,11 @@ def _whole_local(ref: str, search_dirs: Sequence[Path]) -> Path | None:
     return found if found is not None and found.exists() else None
 
 
+def resolves_whole(ref: str, search_dirs: Sequence[Path]) -> bool:
+    """Whether ``ref`` is an existing local path as a whole (a directory whose name holds '+')."""
+    return _whole_local(ref, search_dirs) is not None
+
+
 def resolve_part(ref: str, search_dirs: Sequence[Path] = (), *, adapter: bool = False,
                  allow_pickle: bool = False) -> Path:
     """One side of a reference (no '+') as a directory: local first, then the Hub."""
@@ -158,7 +163,9 @@ def open_source(ref: str, sources: Mapping[str, Path], *, allow_pickle: bool = F
     from evomerge.io.adapter import AdaptedSource, read_adapter
 
     base = Checkpoint(model_dir(ref, sources), allow_pickle=allow_pickle, check_finite=check_finite)
-    return AdaptedSource(base, read_adapter(Path(sources[ref])))
+    adapted = AdaptedSource(base, read_adapter(Path(sources[ref])))
+    adapted.path = base.path  # its config's and tokenizer's directory, as a Checkpoint's path is
+    return adapted
 
 
 def pinned_ref(ref: str, sources: Mapping[str, Path]) -> str:
@@ -201,9 +208,16 @@ def load_source_lm(ref: str, search_dirs: Sequence[Path] = (), *, device="cpu",
     if is_adapter_entry(ref, dirs):
         source = open_source(ref, dirs)
         state = model.state_dict()
+        changed = [*source.adapter.targets, *source.adapter.replacements]
+        unknown = [n for n in changed if n not in state]
+        if unknown:  # never score the base in the adapter's name
+            raise CheckpointError(
+                f"{ref}: the model loaded from {model_dir(ref, dirs)} has no parameter {unknown[0]}, "
+                f"which the adapter changes (its checkpoint names differ from the model's); merge "
+                f"the adapter into a model directory with `evomerge merge` and score that."
+            )
         with torch.no_grad():
-            for name in [*source.adapter.targets, *source.adapter.replacements]:
-                if name in state:
-                    state[name].copy_(source.get(name))
+            for name in changed:
+                state[name].copy_(source.get(name))
         source.close()
     return model, tokenizer

@@ -5,7 +5,8 @@ models would cost three more 7B copies; held as factors they cost their rank-r m
 every tensor an adapter leaves alone is the base's own resident tensor, shared. A merge asks
 for one tensor at a time, so the adapted tensor ``W + (B @ A) * scale`` is computed when asked
 for, with the same operations as ``AdaptedSource.get`` (``evomerge.io.adapter``), so candidates
-are bitwise those of the dense path. Targets whose dense form is not bitwise that expression
+are bitwise those of the dense path on the CPU (on CUDA the product is taken on the GPU, equal
+within rounding). Targets whose dense form is not bitwise that expression
 (embeddings, transposed Conv1D weights, a saved replacement of the base tensor) and any tensor
 the run keeps in another dtype than the adapter's base are held dense, as before.
 """

@@ -1,7 +1,10 @@
 """A local Hugging Face Hub cache laid out as ``huggingface_hub`` lays it out, for offline tests.
 
 ``models--org--name/`` holds ``blobs/<sha256>`` (the file contents), ``refs/<branch>`` (a commit
-id) and ``snapshots/<commit>/<file>`` (relative symlinks into ``blobs``). ``put_in_cache`` adds a
+id), ``snapshots/<commit>/<file>`` (relative symlinks into ``blobs``) and ``trees/<commit>.json``
+(the repo's file listing, which huggingface_hub 2.x saves with a download and checks a snapshot
+against offline; it lists a README and .gitattributes too, as a real repo has, which a download
+of selected files leaves out). ``put_in_cache`` adds a
 directory's files as a new commit and points a branch at it, so a test can publish a model,
 publish a new version (the branch moves) or leave a snapshot partial, with no network.
 """
@@ -9,6 +12,7 @@ publish a new version (the branch moves) or leave a snapshot partial, with no ne
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -42,6 +46,11 @@ def put_in_cache(cache: Path, repo: str, model_dir: Path, *, branch: str | None 
         link = snapshot / f.name
         if not link.exists():
             os.symlink(os.path.relpath(blob, snapshot), link)
+    listing = {f.name: {"size": f.stat().st_size, "blob_id": hashlib.sha1(f.read_bytes()).hexdigest()}
+               for f in files}
+    listing.update({name: {"size": 10, "blob_id": "0" * 40} for name in ("README.md", ".gitattributes")})
+    (root / "trees").mkdir(exist_ok=True)
+    (root / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": listing}))
     if branch is not None:
         move_branch(cache, repo, branch, commit)
     return commit

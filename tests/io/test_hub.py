@@ -103,11 +103,12 @@ class FakeHub:
     def __init__(self, cache: Path, published: dict[str, Path], error: Exception | None = None):
         self.cache, self.published, self.error, self.calls = cache, published, error, []
 
-    def __call__(self, repo_id, *, revision=None, local_files_only=False, allow_patterns=None, **kw):
+    def __call__(self, repo_id, *, revision=None, local_files_only=False, allow_patterns=None,
+                 ignore_patterns=None, **kw):
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         self.calls.append({"repo": repo_id, "revision": revision, "local": local_files_only,
-                           "patterns": allow_patterns})
+                           "patterns": allow_patterns, "ignore": ignore_patterns})
         if local_files_only:
             raise LocalEntryNotFoundError("not cached")
         if self.error is not None:
@@ -123,9 +124,11 @@ def test_online_an_uncached_id_is_downloaded_without_pickle_files(hub_cache, unt
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake)
     got = resolve_model_path("org/base")
     assert (got / "model.safetensors").is_file() and snapshot_identity(got)[0] == "org/base"
-    download = fake.calls[-1]
-    assert not download["local"] and "*.safetensors" in download["patterns"]
-    assert not any(p.endswith((".bin", ".pt")) for p in download["patterns"])
+    downloads = [c for c in fake.calls if not c["local"]]
+    asked = [p for c in downloads for p in c["patterns"]]
+    assert "*.json" in asked and "model.safetensors" in asked  # the small files, then the weights
+    assert not any(p.endswith((".bin", ".pt")) for p in asked)
+    assert all(c["ignore"][0] == "*/*" for c in downloads)  # no subfolders
 
 
 def _http_error(cls, status: int):
@@ -183,3 +186,48 @@ def test_resolving_again_after_the_branch_moved_gives_the_new_commit(hub_cache, 
     new = put_in_cache(hub_cache, "org/base", untied_family["base"], salt="v2", branch=None)
     move_branch(hub_cache, "org/base", "main", new)
     assert snapshot_identity(resolve_model_path("org/base"))[1] == new != old
+
+
+def test_a_node_lacking_a_snapshot_fetches_it_at_the_controllers_path(hub_cache, untied_family, tmp_path, monkeypatch):
+    """The Ray per-node check: a snapshot path the controller resolved, missing on a node, is
+    downloaded into the cache that holds that path (online), and stays missing offline."""
+    from huggingface_hub import constants
+
+    from evomerge.io.hub import fetch_snapshot
+
+    node_cache = tmp_path / "node-cache"
+    commit = put_in_cache(tmp_path / "controller-cache", "org/base", untied_family["base"])
+    wanted = snapshot_dir(node_cache, "org/base", commit)
+    asked = []
+
+    def hub(repo_id, *, revision=None, cache_dir=None, allow_patterns=None, **kw):
+        asked.append((repo_id, revision, cache_dir))
+        got = put_in_cache(Path(cache_dir), repo_id, untied_family["base"], branch=None)
+        return str(snapshot_dir(Path(cache_dir), repo_id, got))
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", hub)
+    assert not fetch_snapshot(wanted)  # offline: nothing is fetched
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert fetch_snapshot(wanted) and (wanted / "model.safetensors").is_file()
+    assert asked and set(asked) == {("org/base", commit, str(node_cache))}
+    assert not fetch_snapshot(tmp_path / "not-a-snapshot")
+
+
+def test_the_fetch_command_gives_each_pattern_its_own_include():
+    """``hf download --include`` takes one pattern per flag: further words would be read as file
+    names, and then the includes are dropped."""
+    import shlex
+
+    from evomerge.io.hub import MODEL_PATTERNS, fetch_command
+
+    words = shlex.split(fetch_command(HubId("org/m", "refs/pr/3")))
+    assert words[:5] == ["hf", "download", "org/m", "--revision", "refs/pr/3"]
+    rest = words[5:]
+    assert rest[-2:] == ["--exclude", "*/*"]
+    pairs = list(zip(rest[:-2:2], rest[1:-2:2], strict=True))
+    assert all(flag == "--include" for flag, _ in pairs) and [p for _, p in pairs] == MODEL_PATTERNS
+
+
+@pytest.mark.parametrize("ref", ["runs/merged.", "out/model.git", "org/" + "x" * 97, "org/naïve"])
+def test_what_the_hub_would_refuse_is_a_path_not_an_id(ref):
+    assert parse_hub_id(ref) is None

@@ -85,9 +85,16 @@ def test_a_worker_keeps_adapters_as_factors_and_merges_the_same_bytes(lm):
     dense = InMemoryMerger({ref: open_source(ref, dirs) for ref in dirs})  # opened: held dense
     adapters = [r for r in dirs if "+" in r]
     assert all(isinstance(low_rank.sources[r], LowRankSource) for r in adapters)
-    for _ in range(2):  # a second candidate merges into the first one's tensors
-        a, b = low_rank.merge(recipe), dense.merge(recipe)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # One adapter alone: its untouched tensors are the base's own resident ones; the next
+    # candidate then merges into what the first one wrote, which must never be the base.
+    alone = Recipe.from_dict({"merge_method": "passthrough", "dtype": "float32", "models": [
+        {"model": f"{lm['base']}+{lm['lora1']}"}]})
+    a, b = low_rank.merge(alone), dense.merge(alone)
+    a, b = low_rank.merge(recipe, into=a), dense.merge(recipe, into=b)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    on_disk = load_file(str(lm["base"] / "model.safetensors"))
+    resident = low_rank.sources[str(lm["base"])].tensors
+    assert all(torch.equal(resident[k], on_disk[k]) for k in on_disk)  # the base untouched
 
     def held(merger):
         return sum(t.numel() * t.element_size() for t in {id(t): t for s in merger.sources.values()

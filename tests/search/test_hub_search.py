@@ -152,3 +152,17 @@ def test_a_moved_branch_is_a_changed_source(hub_cache, untied_family, tmp_path):
     logs = []
     prints, _ = fingerprints.check_unchanged(tmp_path, now, allow_changed=True, log=logs.append)
     assert prints["sources"]["org/base"]["hub"]["commit"] == second and "changed sources" in logs[0]
+
+
+def test_two_adapters_of_one_name_get_genes_of_their_own(tmp_path):
+    """``org/base+alice/lora`` and ``org/base+bob/lora`` both end in ``lora``: each gets its own
+    weight gene, and decoding gives each its own value."""
+    from evomerge.search.space import ParameterSpace
+
+    space = ParameterSpace.model_validate({
+        "base_model": "org/base", "models": ["org/base+alice/lora", "org/base+bob/lora"],
+        "methods": ["task_arithmetic"], "parameters": {"weight": {"low": 0.0, "high": 1.0}}})
+    names = [g.name for g in space.genes()]
+    assert len(names) == len(set(names)) == 2, names
+    recipe = space.decode([0.25, 0.75])
+    assert [m.parameters["weight"] for m in recipe.models] == [0.25, 0.75]

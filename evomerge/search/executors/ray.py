@@ -88,13 +88,23 @@ class _ActorBody:
 
 
 def _missing(paths: list[str]) -> tuple[str, list[str]]:
-    """Run on one node: which of ``paths`` it cannot see. A Hub snapshot the node lacks is
-    fetched into the same cache path first, where the node may download."""
+    """Run on one node: which of ``paths`` it cannot see (a Hub snapshot: or sees incomplete)."""
     import socket
 
+    from evomerge.io.hub import snapshot_complete, snapshot_identity
+
+    return socket.gethostname(), [
+        p for p in paths
+        if not os.path.exists(p) or (snapshot_identity(p) is not None and not snapshot_complete(p))
+    ]
+
+
+def _fetch_missing(paths: list[str]) -> list[str]:
+    """Run on one node: fetch the Hub snapshots among ``paths`` into the cache at their path
+    (where the node may download); returns those still missing."""
     from evomerge.io.hub import fetch_snapshot
 
-    return socket.gethostname(), [p for p in paths if not os.path.exists(p) and not fetch_snapshot(p)]
+    return [p for p in paths if not fetch_snapshot(p)]
 
 
 @dataclass
@@ -169,31 +179,38 @@ class RayExecutor:
     def _check_paths(self, worker: WorkerSpec, tasks) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        from evomerge.io.hub import snapshot_identity
+
         ray = _ray()
         paths = [str(Path(p).resolve()) for p in worker.sources.values()]
         paths += [str(p) for p in _task_paths(worker, tasks)]
-        probe = ray.remote(num_cpus=0)(_missing)
+        probe, fetch = ray.remote(num_cpus=0)(_missing), ray.remote(num_cpus=0)(_fetch_missing)
         refs = {}
         for node in ray.nodes():
             if not node.get("Alive"):
                 continue
             strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            refs[probe.options(scheduling_strategy=strategy).remote(paths)] = node
-        for ref, node in refs.items():
+            refs[probe.options(scheduling_strategy=strategy).remote(paths)] = (node, strategy)
+        for ref, (node, strategy) in refs.items():
             try:
                 host, missing = ray.get(ref, timeout=120)
             except Exception:  # noqa: BLE001 - a node that died or cannot run the probe holds no actor
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
                 continue
+            if any(snapshot_identity(p) is not None for p in missing):
+                # A download takes as long as it takes (no probe's time limit); a node that cannot
+                # fetch refuses the run rather than being skipped, as an actor may still land there.
+                missing = ray.get(fetch.options(scheduling_strategy=strategy).remote(missing))
             if missing:
                 raise EvomergeError(
                     f"executor (ray): node {node.get('NodeManagerAddress')} ({host}) cannot see "
                     f"{missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}. "
                     f"Model directories, task files and evaluator modules must exist at the same "
-                    f"path on every node (shared storage, or a copy at the same path); a Hub id's "
-                    f"snapshot is fetched by a node that may download (not HF_HUB_OFFLINE), into "
-                    f"a Hugging Face cache at the controller's path (HF_HUB_CACHE)."
+                    f"path on every node (shared storage, or a copy at the same path). A Hub id's "
+                    f"snapshot is fetched by a node that may download (not HF_HUB_OFFLINE there) "
+                    f"into a Hugging Face cache at the controller's path: set HF_HUB_CACHE alike "
+                    f"on every node, or share the cache."
                 )
 
     # -- the executor contract ---------------------------------------------------------

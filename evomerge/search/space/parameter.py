@@ -37,6 +37,7 @@ from evomerge.search.space.base import (
     read_depth,
     register_space,
     short_name,
+    unique_labels,
 )
 
 OTHER = "other"  # the filter slot for tensors no named filter matches
@@ -359,8 +360,13 @@ class ParameterSpace(Space):
             data = {**common, "slices": slices}
         return Recipe.from_dict(data, "search space")
 
+    def _labels(self) -> dict[str, str]:
+        """Each model's name in gene names: the last part of its reference, told apart by ``#i``
+        where two share it (``alice/lora`` and ``bob/lora``, ``org/base+a/lora`` and ``org/base+b/lora``)."""
+        return dict(zip(self.models, unique_labels([short_name(m) for m in self.models]), strict=True))
+
     def _gene_name(self, model: str | None, param: str, group: int, slot: str) -> str:
-        name = param if model is None else f"{short_name(model)}.{param}"
+        name = param if model is None else f"{self._labels()[model]}.{param}"
         if self.granularity.layers_per_group:
             name += f"[g{group}]"
         if self.granularity.filters:

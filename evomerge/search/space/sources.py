@@ -98,10 +98,12 @@ def _parse(load) -> Recipe:
 def _rebase(recipe: Recipe, recipe_dir: Path, ctx: LoadContext) -> Recipe:
     """Rewrite the recipe's model references that resolve only from its own folder so
     that they resolve from the space's folder (where a search looks them up)."""
-    from evomerge.io.sources import ADAPTER_SEP, split_adapter
+    from evomerge.io.sources import ADAPTER_SEP, resolves_whole, split_adapter
 
     moved: dict[str, str] = {}
     for ref in recipe.referenced_models():
+        if resolves_whole(ref, ctx.dirs):
+            continue
         model, adapter = split_adapter(ref)
         parts = [(model, False)] + ([(adapter, True)] if adapter is not None else [])
         rebased = [_rebase_part(part, is_adapter, recipe_dir, ctx) for part, is_adapter in parts]
@@ -120,14 +122,14 @@ def _rebase_part(ref: str, adapter: bool, recipe_dir: Path, ctx: LoadContext) ->
     try:
         resolve_part(ref, ctx.dirs, adapter=adapter)
         return ref
-    except EvomergeError:
-        pass
+    except EvomergeError as e:
+        first = e
     try:
         found = resolve_part(ref, [recipe_dir], adapter=adapter)
     except EvomergeError:
         raise ValueError(
             f"its {'adapter' if adapter else 'model'} {ref!r} is found neither from {recipe_dir} "
-            f"nor from {ctx.where}; fix the path in the recipe"
+            f"nor from {ctx.where} ({first})"
         ) from None
     return os.path.relpath(os.path.abspath(found), os.path.abspath(ctx.where or Path.cwd()))
 
