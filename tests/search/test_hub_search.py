@@ -126,7 +126,7 @@ def test_a_hub_search_survives_kill_9_pins_its_commits_and_matches_mergekit(worl
 
 @pytest.mark.ray
 def test_a_hub_search_runs_on_ray(world, tmp_path):
-    gate = write_gate(tmp_path / "gate", released=True)
+    gate = write_gate(tmp_path / "gate")  # holds nothing: the objective only
     cfg = _write(tmp_path, {"kind": "ray", "workers": 2, "resources": {"num_cpus": 1}}, gate)
     res = _cli(world, "search", cfg, "--out", tmp_path / "run", cwd=tmp_path)
     assert len({e.trial for e in evaluations(tmp_path / "run")}) == TRIALS, res.stdout
