@@ -11,9 +11,10 @@ a wrong number of inputs, a parameter the method refuses) come back as
 ``Outcome(values=None, error=...)`` without raising, and the executor goes on;
 closing another executor of the kind, opened at the same time, leaves this one
 working; ``close()`` may be called twice, busy or idle; and, for executors
-whose workers run in other processes, killing the workers (SIGKILL) makes
-``wait`` raise ``WorkerLost`` or, for an executor that replaces its workers,
-return every job in flight exactly once; no call blocks for ever.
+whose workers run in other processes, killing the workers (SIGKILL) once a gate
+task (``evomerge.testing.gate``) holds an evaluation in each makes ``wait`` raise
+``WorkerLost`` or, for an executor that replaces its workers, return every job
+in flight exactly once; no call blocks for ever.
 
 Executors are opened once per kind and shared by the tests that leave them
 usable. To run the suite on your own executor::
@@ -28,7 +29,7 @@ usable. To run the suite on your own executor::
 
 Override ``executor_settings`` to open it with options (the ``executor:``
 section of a run config, as an ``ExecutorSpec``), and ``kill_workers`` if its
-workers are not child processes of the test (Ray actors, remote machines).
+workers run on other machines.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from evomerge.search.executors import (
     open_executor,
 )
 from evomerge.testing.closing import closing_all
+from evomerge.testing.gate import Gate
 
 #: the executors that run on this machine without extra services (the default parameters)
 LOCAL_KINDS = ["serial", "pool"]
@@ -95,7 +97,7 @@ def broken_recipes(zoo: Path) -> dict[str, object]:
     }
 
 
-def call_with_limit(fn, limit: float = WAIT_LIMIT):
+def call_with_limit(fn, limit: float = WAIT_LIMIT, what: str = "the executor"):
     """``fn()``, failing the test if it has not returned after ``limit`` seconds."""
     box: dict = {}
 
@@ -109,7 +111,7 @@ def call_with_limit(fn, limit: float = WAIT_LIMIT):
     t.start()
     t.join(limit)
     if t.is_alive():
-        pytest.fail(f"the executor blocked for more than {limit:g} s")
+        pytest.fail(f"{what} blocked for more than {limit:g} s")
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -223,9 +225,10 @@ class ExecutorSuite:
 
     @pytest.fixture
     def open_new(self, executor_settings, executor_worker):
-        """``open_new()``: a new executor of the kind under test, closed after the test."""
-        with closing_all(lambda: _keep_torch_threads(
-                lambda: open_executor(executor_settings, executor_worker))) as open_new:
+        """``open_new(worker=None)``: a new executor of the kind under test (for ``worker``, a
+        ``WorkerSpec``, or ``executor_worker``), closed after the test."""
+        with closing_all(lambda worker=None: _keep_torch_threads(
+                lambda: open_executor(executor_settings, worker or executor_worker))) as open_new:
             yield open_new
 
     @pytest.fixture
@@ -262,12 +265,14 @@ class ExecutorSuite:
 
     def kill_workers(self, executor, pids: set[int]) -> int:
         """SIGKILL the executor's worker processes; returns how many were killed. The default
-        kills ``pids``: the child processes of this process (``multiprocessing``) that appeared
-        while the executor opened or took jobs."""
+        kills ``pids``: those on this machine holding an evaluation at the gate, and the child
+        processes of this process (``multiprocessing``) that appeared while the executor opened
+        or took jobs. Its workers are busy then (held): an override must not wait on them."""
         killed = 0
-        for pid in sorted(pids & _children()):
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
+        for pid in sorted(pids):
+            with contextlib.suppress(ProcessLookupError):  # a child that ended just now
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
         return killed
 
     # -- the contract ------------------------------------------------------------------
@@ -343,35 +348,44 @@ class ExecutorSuite:
             raise
         executor_pool.open[executor_kind] = executor
 
-    def test_killed_workers_are_reported_not_hung_on(self, executor, executor_pool, executor_kind, executor_zoo):
-        # The shared executor is used up here, then closed twice.
-        executor_pool.drop(executor_kind, close=False)
-        ex = executor.executor
+    def test_killed_workers_are_reported_not_hung_on(self, executor_pool, executor_kind, executor_worker,
+                                                      executor_zoo, open_new, tmp_path):
+        # The shared one gives way (workers, Ray's CPUs) to one also running a gate task, used up here.
+        executor_pool.drop(executor_kind)
+        gate = Gate.write(tmp_path / "gate", passes=1)  # evaluation 0 passes, the later ones wait
+        executor = _Tracked(lambda: open_new(gate.worker(executor_worker)))
         try:
-            self._kill_and_wait(executor, executor_pool, executor_zoo)
+            self._kill_and_wait(executor, executor_pool, executor_zoo, gate)
         finally:
-            call_with_limit(ex.close)
-            call_with_limit(ex.close)
+            gate.release()  # a held evaluation that was not killed goes on (a failed test)
+            call_with_limit(executor.close)  # closed twice, busy
+            call_with_limit(executor.close)
 
     def test_close_twice_is_safe(self, open_new):
         idle = open_new()  # never given a job (the test above closes a busy one twice)
         call_with_limit(idle.close)
         call_with_limit(idle.close)
 
-    def _kill_and_wait(self, executor, executor_pool, executor_zoo):
+    def _kill_and_wait(self, executor, executor_pool, executor_zoo, gate: Gate):
         first = executor_pool.job()
         executor.submit(first, recipe(executor_zoo), FIDELITY)
-        assert executor.wait()[1].values is not None  # the workers are up
+        assert executor.wait()[1].values is not None  # a worker is up (the gate let it through)
+        if gate.claims()[0] == os.getpid():
+            pytest.skip("no worker processes to kill: this executor's workers run in the test process")
         in_flight = [executor_pool.job() for _ in range(executor.slots + 1)]
         for k, job in enumerate(in_flight):
             executor.submit(job, recipe(executor_zoo, 0.2 + 0.1 * k), FIDELITY)
-        if not self.kill_workers(executor.executor, set(executor.children)):
-            pytest.skip("no worker processes to kill: this executor's workers run in the test process")
+        held = gate.wait_held(executor.slots, WAIT_LIMIT)  # the cue: one held in each slot, the last queued
+        pids = {h.pid for h in held if h.here} | (executor.children & _children())
+        killed = call_with_limit(lambda: self.kill_workers(executor.executor, pids), what="kill_workers")
+        assert killed, f"kill_workers killed no worker; evaluations are held in {held}"
+        gate.wait_killed(held, WAIT_LIMIT)  # in flight at the kill: each ended with its worker
+        gate.release()  # the jobs run again on replacement workers go through
         back = []
         try:
             while len(back) < len(in_flight):
                 back.append(executor.wait())
-            # Every job came back (finished before the kill, or run again on a new worker): the
+            # Every job came back (run again on a new worker, or failed with the reason): the
             # next one runs on a live worker, or the loss is reported.
             last = executor_pool.job()
             executor.submit(last, recipe(executor_zoo), FIDELITY)

@@ -1,0 +1,185 @@
+"""An evaluation gate: a Python task that lets the first evaluations through and holds each
+later one inside its evaluation, in its worker's process, until the test releases it; and the
+test's side of it (``Gate``). With it a conformance suite kills workers on a cue from them (an
+evaluation held in each) instead of racing the clock. A task, because it is the one piece of a
+user's code that every executor runs in its workers mid-evaluation: the gate needs no hook into
+the executor under test, and the held evaluations name the processes to kill.
+
+``Gate.write(folder, passes=N)`` puts in ``folder``: ``gate.json`` (``{"pass": N}``), a task
+YAML (``type: python``, ``python_path: .``) and a two-line module under a name of its own
+(a process caches modules by name), which calls ``evaluate`` here. Each evaluation takes the
+next number when its score starts: ``claim-<i>`` (its pid), made with O_CREAT | O_EXCL, so no
+two evaluations get one number in any process (a re-run of an evaluation takes a new one).
+Numbers below N pass at once (all, once released); from N on, the evaluation takes a lock on
+``held-<i>.lock``, then writes ``held-<i>`` (its pid and host) and waits until ``release``
+exists (or, a failed test, ``NEVER`` seconds); leaving alive, it writes ``left-<i>`` before it
+lets the lock go. The system lets the lock go when the holding process ends, so a free lock
+without ``left-<i>`` is an evaluation that ended with its process (``Gate.killed``), seen
+without asking that process or its parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+POLL = 0.05  # seconds between looks at the release file (and, in the test, at the cues)
+NEVER = 900.0  # seconds a held evaluation waits for a release that does not come (a failed test)
+
+_MODULE = '''"""The gate task of evomerge.testing.gate (its settings: gate.json beside this file)."""
+
+from pathlib import Path
+
+from evomerge.testing.gate import evaluate
+
+
+def score(model, tokenizer):
+    return evaluate(Path(__file__).parent)
+'''
+
+
+# -- inside the worker: the task -----------------------------------------------------------
+
+def _claim(folder: Path) -> int:
+    i = 0
+    while True:
+        try:
+            fd = os.open(folder / f"claim-{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            i += 1
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return i
+
+
+def _hold(folder: Path, i: int) -> None:
+    import fcntl
+
+    fd = os.open(folder / f"held-{i}.lock", os.O_CREAT | os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while this evaluation lives
+        tmp = folder / f".held-{i}.tmp"
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        os.replace(tmp, folder / f"held-{i}")  # whole or absent to a reader
+        end = time.monotonic() + NEVER
+        while not (folder / "release").exists() and time.monotonic() < end:
+            time.sleep(POLL)
+        (folder / f"left-{i}").touch()
+        if not (folder / "release").exists():
+            raise RuntimeError(f"gate {folder}: held for {NEVER:g} s and never released")
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def evaluate(folder: Path) -> dict[str, float]:
+    """The gate task's score in ``folder``: pass, or hold until released (see above)."""
+    i = _claim(folder)
+    if i >= json.loads((folder / "gate.json").read_text())["pass"] and not (folder / "release").exists():
+        _hold(folder, i)
+    return {"number": float(i)}
+
+
+# -- in the test -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Held:
+    """An evaluation held at the gate: its number, and the process holding it (pid, host)."""
+
+    number: int
+    pid: int
+    host: str
+
+    @property
+    def here(self) -> bool:
+        """Whether its process runs on this machine (its pid is one of this machine's)."""
+        return self.host == socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A gate task's folder; ``task`` is its YAML (a ``TaskSpec`` name, as an absolute path)."""
+
+    folder: Path
+    task: Path
+
+    @classmethod
+    def write(cls, folder: Path, *, passes: int) -> Gate:
+        """A gate in ``folder`` that lets evaluations 0 to ``passes - 1`` through and holds the rest."""
+        import yaml
+
+        folder = Path(folder).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        module = "evomerge_gate_" + hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+        (folder / f"{module}.py").write_text(_MODULE)
+        (folder / "gate.json").write_text(json.dumps({"pass": passes}))
+        task = folder / f"{module}.yaml"
+        task.write_text(yaml.safe_dump({"type": "python", "function": f"{module}:score", "python_path": ".",
+                                        "objectives": {"number": "maximize"}}))
+        return cls(folder, task)
+
+    def worker(self, spec):
+        """``spec`` (a ``WorkerSpec``) with the gate as its last task: each evaluation reaches
+        the gate once the other tasks are scored."""
+        from evomerge.search.executors import TaskSpec
+
+        return replace(spec, tasks=(*spec.tasks, TaskSpec(str(self.task), "search", False)))
+
+    def claims(self) -> list[int]:
+        """The pid of each evaluation that reached the gate so far, by number."""
+        files = sorted(self.folder.glob("claim-*"), key=lambda p: int(p.name.split("-")[1]))
+        return [int(p.read_text() or 0) for p in files]  # 0: claimed, its pid not written yet
+
+    def held(self) -> list[Held]:
+        """The evaluations held so far, by number (ended ones included)."""
+        files = sorted(self.folder.glob("held-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+        return [Held(int(p.name.split("-")[1]), **json.loads(p.read_text())) for p in files]
+
+    def ended(self, held: Held) -> bool:
+        """Whether the held evaluation has ended: its process is gone, or it left the gate."""
+        import fcntl
+
+        fd = os.open(self.folder / f"held-{held.number}.lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # and with it the lock, if this took it
+        return True
+
+    def killed(self, held: Held) -> bool:
+        """Whether the held evaluation ended with its process (it never left the gate alive)."""
+        return self.ended(held) and not (self.folder / f"left-{held.number}").exists()
+
+    def release(self) -> None:
+        """Let every held evaluation go on, and every later one through."""
+        (self.folder / "release").touch()
+
+    def wait_held(self, n: int, limit: float) -> list[Held]:
+        """Until ``n`` evaluations are held; returns them. ``limit``: seconds before the test calls
+        it a hang (a guard only, never the moment of a kill)."""
+        _wait(lambda: len(self.held()) >= n, limit,
+              lambda: f"{n} evaluations held at the gate (held: {self.held()}, claims: {self.claims()})")
+        return self.held()[:n]
+
+    def wait_killed(self, held: list[Held], limit: float) -> None:
+        """Until every one of ``held`` has ended; each must have ended with its process (a guard
+        of ``limit`` seconds, as above)."""
+        _wait(lambda: all(self.ended(h) for h in held), limit,
+              lambda: f"end of the held evaluations {[h for h in held if not self.ended(h)]} (not killed)")
+        alive = [h for h in held if not self.killed(h)]
+        assert not alive, f"held evaluations {alive} left the gate alive: the kill missed their processes"
+
+
+def _wait(cue, limit: float, what) -> None:
+    end = time.monotonic() + limit
+    while not cue():
+        if time.monotonic() > end:
+            raise AssertionError(f"no {what()} after {limit:g} s")
+        time.sleep(POLL)
