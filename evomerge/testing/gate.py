@@ -45,11 +45,13 @@ def score(model, tokenizer):
 
 # -- inside the worker: the task -----------------------------------------------------------
 
-def _claim(folder: Path) -> int:
+def claim(folder: Path, kind: str = "claim") -> int:
+    """The next free number ``i`` of ``folder/<kind>-<i>``, taken atomically (O_CREAT | O_EXCL: in
+    any process, no two callers get one number); the file holds the caller's pid."""
     i = 0
     while True:
         try:
-            fd = os.open(folder / f"claim-{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(folder / f"{kind}-{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             i += 1
             continue
@@ -79,7 +81,7 @@ def _hold(folder: Path, i: int) -> None:
 
 def evaluate(folder: Path) -> dict[str, float]:
     """The gate task's score in ``folder``: pass, or hold until released (see above)."""
-    i = _claim(folder)
+    i = claim(folder)
     if i >= json.loads((folder / "gate.json").read_text())["pass"] and not (folder / "release").exists():
         _hold(folder, i)
     return {"number": float(i)}

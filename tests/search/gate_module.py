@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from evomerge.testing.gate import NEVER, POLL, claim
+
 HERE = Path(__file__).parent
-POLL = 0.05  # seconds between looks at the release file
-NEVER = 900.0  # seconds a held evaluation waits for a release that does not come (a failed test)
 
 
 def _settings() -> dict:
@@ -38,16 +38,7 @@ def _settings() -> dict:
 
 
 def _claim(kind: str) -> int:
-    i = 0
-    while True:
-        try:
-            fd = os.open(HERE / f"{kind}-{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            i += 1
-            continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return i
+    return claim(HERE, kind)
 
 
 def _node() -> str | None:
