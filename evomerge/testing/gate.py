@@ -25,11 +25,13 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 POLL = 0.05  # seconds between looks at the release file (and, in the test, at the cues)
 NEVER = 900.0  # seconds a held evaluation waits for a release that does not come (a failed test)
+CUE_LIMIT = 600.0  # seconds a test waits for a cue before it calls it a hang (a guard only)
 
 _MODULE = '''"""The gate task of evomerge.testing.gate (its settings: gate.json beside this file)."""
 
@@ -60,6 +62,17 @@ def claim(folder: Path, kind: str = "claim") -> int:
         return i
 
 
+def wait_for_release(folder: Path, seconds: float | None = None) -> bool:
+    """Inside a held evaluation: until ``folder/release`` exists (True), or ``seconds`` (default
+    ``NEVER``, a failed test's guard) have passed (False)."""
+    end = time.monotonic() + (NEVER if seconds is None else seconds)
+    while not (folder / "release").exists():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(POLL)
+    return True
+
+
 def _hold(folder: Path, i: int) -> None:
     import fcntl
 
@@ -69,11 +82,9 @@ def _hold(folder: Path, i: int) -> None:
         tmp = folder / f".held-{i}.tmp"
         tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         os.replace(tmp, folder / f"held-{i}")  # whole or absent to a reader
-        end = time.monotonic() + NEVER
-        while not (folder / "release").exists() and time.monotonic() < end:
-            time.sleep(POLL)
+        released = wait_for_release(folder)
         (folder / f"left-{i}").touch()
-        if not (folder / "release").exists():
+        if not released:
             raise RuntimeError(f"gate {folder}: held for {NEVER:g} s and never released")
     finally:
         os.close(fd)  # and with it the lock
@@ -166,22 +177,33 @@ class Gate:
     def wait_held(self, n: int, limit: float) -> list[Held]:
         """Until ``n`` evaluations are held; returns them. ``limit``: seconds before the test calls
         it a hang (a guard only, never the moment of a kill)."""
-        _wait(lambda: len(self.held()) >= n, limit,
-              lambda: f"{n} evaluations held at the gate (held: {self.held()}, claims: {self.claims()})")
+        wait_for(lambda: len(self.held()) >= n,
+                 lambda: f"{n} evaluations held at the gate (held: {self.held()}, claims: {self.claims()})",
+                 limit=limit)
         return self.held()[:n]
 
     def wait_killed(self, held: list[Held], limit: float) -> None:
         """Until every one of ``held`` has ended; each must have ended with its process (a guard
         of ``limit`` seconds, as above)."""
-        _wait(lambda: all(self.ended(h) for h in held), limit,
-              lambda: f"end of the held evaluations {[h for h in held if not self.ended(h)]} (not killed)")
+        wait_for(lambda: all(self.ended(h) for h in held),
+                 lambda: f"end of the held evaluations {[h for h in held if not self.ended(h)]} (not killed)",
+                 limit=limit)
         alive = [h for h in held if not self.killed(h)]
         assert not alive, f"held evaluations {alive} left the gate alive: the kill missed their processes"
 
 
-def _wait(cue, limit: float, what) -> None:
+def wait_for(cue: Callable[[], bool], what: str | Callable[[], str], *, limit: float = CUE_LIMIT,
+             alive: Callable[[], bool] | None = None, output: Callable[[], str] = lambda: "") -> None:
+    """In the test: until ``cue()``. Fails if ``alive()`` turns false first (what should give the
+    cue ended), or after ``limit`` seconds (a guard against a hang, never the moment of a kill).
+    ``what`` (or its value, computed on failure) and ``output()``'s tail name what was awaited."""
     end = time.monotonic() + limit
     while not cue():
+        said = what if isinstance(what, str) else None
+        if alive is not None and not alive():
+            if cue():
+                return
+            raise AssertionError(f"it ended before {said or what()}:\n{output()[-3000:]}")
         if time.monotonic() > end:
-            raise AssertionError(f"no {what()} after {limit:g} s")
+            raise AssertionError(f"no {said or what()} after {limit:g} s:\n{output()[-3000:]}")
         time.sleep(POLL)

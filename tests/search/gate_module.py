@@ -25,10 +25,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from evomerge.testing.gate import NEVER, POLL, claim
+from evomerge.testing.gate import NEVER, claim, wait_for_release
 
 HERE = Path(__file__).parent
 
@@ -52,13 +51,8 @@ def _hold(name: str, value: float | None, seconds: float | None) -> None:
     tmp = HERE / f".{name}.tmp"
     tmp.write_text(json.dumps({"pid": os.getpid(), "score": value, "node": _node()}))
     os.replace(tmp, HERE / name)  # whole or absent to a reader
-    end = time.monotonic() + (seconds if seconds is not None else NEVER)
-    while not (HERE / "release").exists():
-        if time.monotonic() >= end:
-            if seconds is not None:
-                return
-            raise RuntimeError(f"gate {HERE}: held for {NEVER:g} s and never released")
-        time.sleep(POLL)
+    if not wait_for_release(HERE, seconds) and seconds is None:
+        raise RuntimeError(f"gate {HERE}: held for {NEVER:g} s and never released")
 
 
 def score(model, tokenizer):

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from evomerge.search.ledgers import open_ledger
+from evomerge.testing.gate import wait_for  # noqa: F401 - the search tests import it from here
 
 
 def write_run(tmp_path: Path, zoo: Path, name: str = "run", *, methods=("task_arithmetic", "ties"), **run) -> Path:
@@ -67,7 +66,6 @@ def as_from_a_terminal() -> None:
 # -- gates: kills and interrupts on a cue from the code under test, never by racing the clock --
 
 GATE_MODULE = Path(__file__).with_name("gate_module.py")
-CUE_LIMIT = 600.0  # seconds a wait for a cue may take before the test calls it a hang (a guard only)
 
 
 @dataclass(frozen=True)
@@ -117,21 +115,6 @@ def write_gate(folder: Path, *, passes: int | None = None, hold: list[int] | Non
     task.write_text(yaml.safe_dump({"type": "python", "function": f"{module}:score", "python_path": ".",
                                     "objectives": {"score": "maximize"}}))
     return Gate(folder, task)
-
-
-def wait_for(cue: Callable[[], bool], what: str, *, alive: Callable[[], bool] | None = None,
-             output: Callable[[], str] = lambda: "", limit: float = CUE_LIMIT) -> None:
-    """Until ``cue()``. Fails if ``alive()`` turns false first (what should give the cue ended),
-    or after ``limit`` seconds (a guard against a hang, never the moment of a kill)."""
-    end = time.monotonic() + limit
-    while not cue():
-        if alive is not None and not alive():
-            if cue():
-                return
-            raise AssertionError(f"it ended before {what}:\n{output()[-3000:]}")
-        if time.monotonic() > end:
-            raise AssertionError(f"no {what} after {limit:g} s:\n{output()[-3000:]}")
-        time.sleep(0.05)
 
 
 def wait_at_gate(gate: Gate, run_dir: Path, complete: int, held: int = 1, **kwargs) -> list:
