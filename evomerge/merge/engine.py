@@ -297,7 +297,7 @@ class InMemoryMerger:
             if isinstance(src, (str, Path)):
                 src = open_source(ref, dirs, allow_pickle=allow_pickle)
                 self._paths[ref] = model_dir(ref, dirs)
-                if is_adapter_entry(ref, dirs) and split_adapter(ref)[0] in dirs:
+                if is_adapter_entry(ref, dirs):  # (its model is an entry of dirs too)
                     adapters.append((ref, src))
                     continue
             tensors = {
