@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# No test reaches the network for a dataset: `datasets` reads this once, at import, and then
+# loads from its cache alone (a registry task whose dataset is not cached fails, as offline).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from evomerge.testing import make_family
 

@@ -86,7 +86,15 @@ class ConstraintSpec(StrictModel):
         return f"{self.metric} {'<=' if self.kind == 'max' else '>='} {self.bound:g}"
 
 
+INLINE_LM_EVAL = "lm_eval:"
+
+
 class ObjectiveSpec(StrictModel):
+    """One objective: a task's metric. ``task: lm_eval:NAME`` names an lm-eval registry task
+    inline; lm-eval's options (num_fewshot, include_path, ...) then sit beside it and are checked
+    when the task loads, before any compute."""
+
+    model_config = ConfigDict(extra="allow")
     task: str
     metric: str | None = Field(default=None, description="Defaults to the task's first objective.")
     weight: float = Field(default=1.0, gt=0, description="Its share of the scalarised fitness.")
@@ -101,6 +109,24 @@ class ObjectiveSpec(StrictModel):
         "value no useful recipe is worse than). Default: the worst value over the run's finished "
         "trials, so `evomerge front` and MLflow agree but runs are not comparable.",
     )
+
+    @model_validator(mode="after")
+    def _options_only_inline(self) -> ObjectiveSpec:
+        extra = sorted(self.model_extra or {})
+        if extra and not self.task.startswith(INLINE_LM_EVAL):
+            raise ValueError(
+                f"unknown field(s) {', '.join(extra)}: only an inline lm-eval objective "
+                f"(task: lm_eval:NAME) takes task options; put them in the task's YAML file"
+            )
+        return self
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """An inline lm-eval objective's options for its task (its metric included)."""
+        options = dict(self.model_extra or {})
+        if self.metric is not None:
+            options["metric"] = self.metric
+        return options
 
 
 class OptimizerSpec(StrictModel):

@@ -1,20 +1,23 @@
-"""lm-eval harness tasks on local data, scoring a model object already in memory.
+"""lm-eval harness tasks, scoring a model object already in memory.
 
-The task is an lm-eval YAML (``dataset_path: json`` with ``data_files`` per
-split). Relative data paths are resolved against that YAML, the split being
-scored becomes lm-eval's ``test_split``, and a fidelity level is passed as the
-indices of a nested subset. Nothing touches the network: the hub is switched
-to offline mode, bootstrapping is off and samples are not logged.
+``task:`` is an lm-eval registry name (a task, group or tag of lm-eval 0.4.x, or one found
+under ``include_path``) or the path of a task YAML. lm-eval's own options keep their lm-eval
+names (``num_fewshot``, ``fewshot_as_multiturn``, ``apply_chat_template``, ...) and go to
+``simple_evaluate`` as they are, so a score is the one lm-eval reports for the same model. The
+task objects are built once per evaluator (lm-eval's index once per process), their documents
+divided by the split guard (``evomerge.eval.lm_eval_splits``); a fidelity level is a nested,
+seeded subset of the scored documents (stratified by label for multiple choice).
+
+A YAML in evomerge's older local form (``dataset_path: json`` with ``search``/``test`` data
+files) keeps its meaning: the split being scored is its data file of that name.
 """
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from evomerge.eval.base import (
     Direction,
@@ -25,21 +28,35 @@ from evomerge.eval.base import (
     model_device,
     register_evaluator,
 )
-from evomerge.eval.data import TaskDataError, nested_subset
+from evomerge.eval.data import TaskDataError
+from evomerge.eval.lm_eval_index import LmEvalTaskError, check_name, load_task_objects, task_manager
+from evomerge.eval.lm_eval_local import is_local_form, local_task_config
+from evomerge.eval.lm_eval_splits import guard_task, labels, stratified_subset
 
 
 class LmEvalConfig(TaskConfig):
-    task: str = Field(description="Path of an lm-eval task YAML, relative to this file.")
-    metric: str = "exact_match"
+    task: str = Field(description="An lm-eval registry name (task, group or tag) or a task YAML's path "
+                      "(relative to this file).")
+    include_path: list[str] = Field(default_factory=list, description="Directories of extra lm-eval task "
+                                    "YAMLs (lm-eval's --include_path), relative to this file.")
+    num_fewshot: int | None = Field(default=None, ge=0)
+    fewshot_as_multiturn: bool | None = None
+    apply_chat_template: bool | str = False
+    system_instruction: str | None = None
+    gen_kwargs: dict[str, Any] | None = None
+    metric: str | None = Field(default=None, description="Default: the task's first metric.")
     filter: str = "none"
-    direction: Direction = "maximize"
-    add_bos_token: bool = True
+    direction: Direction | None = Field(default=None, description="Default: lm-eval's higher_is_better.")
+    add_bos_token: bool | None = Field(default=None, description="Default: lm-eval's (local-form YAMLs: true).")
     max_length: int | None = Field(default=None, ge=8)
+    search_fraction: float = Field(default=0.5, gt=0, lt=1, description="A task with one evaluation split: "
+                                   "the share of its documents the search scores (the rest are the test part).")
+    partition_seed: int = Field(default=0, description="Seeds the search/test partition of a one-split task.")
 
-
-def _offline() -> None:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(var, "1")
+    @field_validator("include_path", mode="before")
+    @classmethod
+    def _one_path(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
 
 @register_evaluator("lm_eval")
@@ -47,88 +64,182 @@ class LmEvalTask(Evaluator):
     Config = LmEvalConfig
     config: LmEvalConfig
 
+    # -- what is scored ------------------------------------------------------------------------
     @cached_property
-    def task_config(self) -> dict[str, Any]:
-        path = (self.root / self.config.task).resolve()
-        if not path.is_file():
-            raise TaskDataError(f"task: lm-eval YAML not found at {path}.")
-        _offline()
-        from lm_eval.tasks._yaml_loader import load_yaml
+    def _include(self) -> tuple[str, ...]:
+        out = []
+        for p in self.config.include_path:
+            path = (self.root / p).resolve()
+            if not path.is_dir():
+                raise LmEvalTaskError(f"{self._where}: include_path {p!r}: no directory at {path}.")
+            out.append(str(path))
+        return tuple(out)
 
-        cfg = load_yaml(path)
-        files = cfg.get("dataset_kwargs", {}).get("data_files")
-        if cfg.get("dataset_path") != "json" or not isinstance(files, dict):
-            raise TaskDataError(
-                f"{path}: evomerge runs lm-eval tasks on local data only; set "
-                f"`dataset_path: json` and `dataset_kwargs: {{data_files: {{search: ..., test: ...}}}}`."
-            )
-        if self.split not in files:
-            raise TaskDataError(
-                f"{path}: data_files has no {self.split!r} split (it has {', '.join(files)})."
-            )
-        resolved = {}
-        for split, f in files.items():
-            p = Path(f) if Path(f).is_absolute() else (path.parent / f).resolve()
-            if not p.is_file():
-                raise TaskDataError(f"{path}: data_files.{split}: no file at {p}.")
-            resolved[split] = str(p)
-        cfg = dict(cfg)
-        cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": resolved}
-        cfg["test_split"] = self.split
-        for key in ("validation_split", "training_split", "fewshot_split"):
-            if cfg.get(key) not in (None, self.split) and cfg[key] not in resolved:
-                cfg.pop(key)
-        return cfg
+    @property
+    def _where(self) -> str:
+        return f"lm-eval task {self.config.task!r}"
 
     @cached_property
-    def _size(self) -> int:
-        path = self.task_config["dataset_kwargs"]["data_files"][self.split]
-        with open(path, encoding="utf-8") as f:
-            return sum(1 for line in f if line.strip())
+    def _spec(self) -> str | dict:
+        task = self.config.task
+        if task.endswith((".yaml", ".yml")):
+            path = (self.root / task).resolve()
+            if not path.is_file():
+                raise TaskDataError(f"task: lm-eval YAML not found at {path}.")
+            if is_local_form(path):
+                return local_task_config(path, self.split)
+            return str(path)
+        check_name(task, self._include, where=self._where)
+        return task
+
+    @cached_property
+    def _loaded(self) -> dict[str, Any]:
+        loaded = load_task_objects(self._spec, self._include, where=self._where, defaults=not self._local)
+        self.split_plans = []
+        if not self._local:
+            for task in loaded["tasks"].values():
+                self.split_plans.append(guard_task(task, self.split, seed=self.config.partition_seed,
+                                                   search_fraction=self.config.search_fraction))
+        return loaded
+
+    @property
+    def _local(self) -> bool:
+        """evomerge's older local form (``lm_eval_local``): its own two splits, no guard."""
+        return isinstance(self._spec, dict)
+
+    @cached_property
+    def _top(self) -> list:
+        """What simple_evaluate is given: the group, or the task(s) (a tag: several)."""
+        loaded, name = self._loaded, self._result_name
+        if name in loaded["groups"]:
+            return [loaded["groups"][name]]
+        return list(loaded["tasks"].values())
+
+    @cached_property
+    def _result_name(self) -> str:
+        """The name lm-eval reports the score under: the group, the task, or (a tag, or a
+        YAML of several tasks) none, their mean being the score."""
+        spec, loaded = self._spec, self._loaded
+        if isinstance(spec, dict):
+            return spec["task"]
+        if spec in loaded["groups"] or spec in loaded["tasks"]:
+            return spec
+        children = {c for kids in loaded["group_map"].values() for c in kids}
+        tops = [g for g in loaded["groups"] if g not in children]
+        if len(tops) == 1:
+            return tops[0]
+        if len(loaded["tasks"]) == 1:
+            return next(iter(loaded["tasks"]))
+        return spec
+
+    @cached_property
+    def _sizes(self) -> dict[str, int]:
+        return {name: len(task.eval_docs) for name, task in self._loaded["tasks"].items()}
+
+    @cached_property
+    def _strata(self) -> dict[str, list | None]:
+        # The local form keeps its plain nested subsets (its scores stay as they were).
+        return {name: None if self._local else labels(task) for name, task in self._loaded["tasks"].items()}
 
     def size(self) -> int:
-        return self._size
+        return max(self._sizes.values())
+
+    def cost(self, fidelity: int | None = None) -> float:
+        return float(sum(n if fidelity is None else min(fidelity, n) for n in self._sizes.values()))
+
+    def subset(self, name: str, fidelity: int | None) -> list[int]:
+        """The documents of leaf task ``name`` scored at ``fidelity`` (indices into its scored split)."""
+        return stratified_subset(self._sizes[name], fidelity, self.config.subset_seed, self._strata[name])
+
+    # -- objectives ----------------------------------------------------------------------------
+    @cached_property
+    def _metric(self) -> tuple[str, Direction]:
+        loaded, cfg = self._loaded, self.config
+        name = self._result_name
+        if name in loaded["groups"]:
+            group = loaded["groups"][name]
+            aggregate = [m["metric"] if isinstance(m, dict) else m.metric
+                         for m in (group.config.aggregate_metric_list or [])]
+            known = aggregate or self._leaf_metrics()
+        else:
+            known = self._leaf_metrics()
+        metric = cfg.metric or (known[0] if known else "exact_match")
+        if known and metric not in known:
+            raise LmEvalTaskError(
+                f"{self._where}: metric {metric!r} is not one the task reports (it reports "
+                f"{', '.join(known)}); set `metric:` to one of them."
+            )
+        if cfg.direction is not None:
+            return metric, cfg.direction
+        for task in loaded["tasks"].values():
+            hib = task.higher_is_better().get(metric)
+            if hib is not None:
+                return metric, "maximize" if hib else "minimize"
+        return metric, "maximize"
+
+    def _leaf_metrics(self) -> list[str]:
+        """The metrics every leaf task reports (a tag's score is their mean)."""
+        per_task = [list(task.higher_is_better()) for task in self._loaded["tasks"].values()]
+        common = [m for m in per_task[0] if all(m in other for other in per_task[1:])]
+        if not common:
+            raise LmEvalTaskError(
+                f"{self._where}: its tasks ({', '.join(self._loaded['tasks'])}) report no metric in common, "
+                f"so they have no mean to score; name the tasks as separate objectives."
+            )
+        return common
 
     def objectives(self) -> list[Objective]:
-        return [Objective(self.config.metric, self.config.direction)]
+        metric, direction = self._metric
+        return [Objective(metric, direction)]
 
+    def validate(self) -> None:
+        self.objectives()  # loads the index, the task, its datasets and the metric: all may fail
+
+    def record(self) -> dict[str, Any]:
+        """What a run records of this task: its options and how its documents were divided."""
+        self._loaded  # noqa: B018 - builds the split plans
+        return {"task": self.config.task, "split": self.split,
+                "splits": [p.to_dict() for p in self.split_plans]}
+
+    # -- scoring -------------------------------------------------------------------------------
     def _score(self, model, tokenizer, fidelity):
-        cfg = self.task_config
-        _offline()
         import lm_eval
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
 
-        lm = HFLM(
-            pretrained=model,
-            tokenizer=tokenizer,
-            batch_size=self.config.batch_size,
-            device=str(model_device(model)),
-            add_bos_token=self.config.add_bos_token,
-            max_length=self.config.max_length,
-        )
-        indices = None
-        if fidelity is not None and fidelity < self.size():
-            indices = {cfg["task"]: nested_subset(self.size(), fidelity, self.config.subset_seed)}
+        cfg = self.config
+        metric, _ = self._metric
+        bos = cfg.add_bos_token if cfg.add_bos_token is not None else (True if self._local else None)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size,
+                  device=str(model_device(model)), max_length=cfg.max_length,
+                  **({} if bos is None else {"add_bos_token": bos}))
+        samples = {name: self.subset(name, fidelity) for name, n in self._sizes.items()
+                   if fidelity is not None and fidelity < n} or None
+        options: dict[str, Any] = {"num_fewshot": cfg.num_fewshot, "apply_chat_template": cfg.apply_chat_template,
+                                   "system_instruction": cfg.system_instruction, "gen_kwargs": cfg.gen_kwargs}
+        if cfg.fewshot_as_multiturn is not None:
+            options["fewshot_as_multiturn"] = cfg.fewshot_as_multiturn
         # lm-eval calls the model itself: check every forward's logits, as our own evaluators do,
         # so a broken merge (NaN weights, overflow) fails instead of scoring 0.
         hook = model.register_forward_hook(lambda _m, _i, out: check_finite(getattr(out, "logits", out)))
         try:
             out = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[cfg],
-                task_manager=TaskManager(include_defaults=False),
-                samples=indices,
-                bootstrap_iters=0,
-                log_samples=False,
-                cache_requests=False,
+                model=lm, tasks=list(self._top), task_manager=task_manager(self._include, defaults=not self._local), samples=samples,
+                bootstrap_iters=0, log_samples=False, cache_requests=False, **options,
             )
         finally:
             hook.remove()
-        res = out["results"][cfg["task"]]
-        key = f"{self.config.metric},{self.config.filter}"
-        if key not in res:
-            have = ", ".join(k for k in res if "," in k and not k.endswith("_stderr"))
-            raise TaskDataError(f"lm-eval reported no {key!r} for {cfg['task']} (it has {have}).")
-        n = len(indices[cfg["task"]]) if indices else self.size()
-        return {self.config.metric: float(res[key])}, n
+        value = self._read(out["results"], metric)
+        n = sum(len(samples[k]) if samples and k in samples else v for k, v in self._sizes.items())
+        return {metric: value}, n
+
+    def _read(self, results: dict[str, dict], metric: str) -> float:
+        key = f"{metric},{self.config.filter}"
+        names = [self._result_name] if self._result_name in results else list(self._sizes)
+        values = []
+        for name in names:
+            res = results.get(name, {})
+            if key not in res or res[key] in (None, "N/A"):
+                have = ", ".join(k for k in res if "," in k and "_stderr" not in k)
+                raise LmEvalTaskError(f"lm-eval reported no {key!r} for {name} (it has {have or 'nothing'}).")
+            values.append(float(res[key]))
+        return sum(values) / len(values)

@@ -7,8 +7,10 @@ errors name the file and the field.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -17,6 +19,7 @@ from evomerge.eval.base import EVALUATORS, Evaluator
 from evomerge.validation import problems, read_yaml_file
 
 SPLITS = ("search", "test")
+INLINE_LM_EVAL = "lm_eval:"  # `lm_eval:arc_easy`: an lm-eval registry task, no task file needed
 
 
 class TaskConfigError(EvomergeError):
@@ -58,6 +61,29 @@ def find_task(name_or_path: str) -> Path:
     )
 
 
+def inline_ref(task: str, options: dict[str, Any], root: Path) -> str:
+    """The ref of an inline lm-eval task (``lm_eval:NAME`` with options), paths made absolute
+    against ``root`` (the run config's directory), so any process loads the same task from it."""
+    if not task.startswith(INLINE_LM_EVAL) or not options:
+        return task
+    options = dict(options)
+    if "include_path" in options:
+        paths = options["include_path"]
+        paths = [paths] if isinstance(paths, str) else paths
+        if isinstance(paths, list):
+            options["include_path"] = [str((root / str(p)).resolve()) for p in paths]
+    return INLINE_LM_EVAL + json.dumps({"task": task[len(INLINE_LM_EVAL):], **options}, sort_keys=True)
+
+
+def _inline_config(ref: str) -> dict[str, Any]:
+    rest = ref[len(INLINE_LM_EVAL):].strip()
+    if rest.startswith("{"):
+        return {"type": "lm_eval", **json.loads(rest)}
+    if not rest:
+        raise TaskConfigError(f"Task {ref!r}: name an lm-eval task after `lm_eval:`, e.g. lm_eval:arc_easy.")
+    return {"type": "lm_eval", "task": rest}
+
+
 def load_task(
     name_or_path: str,
     *,
@@ -82,28 +108,36 @@ def load_task(
             f"`allow_test_split: true` in the run config if you really mean to tune on the test "
             f"split (its scores then no longer measure generalisation)."
         )
-    path = find_task(name_or_path)
-    raw = read_yaml_file(path, what="task config", examples="evaluators/tasks/ holds working examples",
-                         error=TaskConfigError)
+    if name_or_path.startswith(INLINE_LM_EVAL):
+        raw = _inline_config(name_or_path)
+        path = Path.cwd() / f"{name_or_path[:80]}"  # named in errors; relative paths are already absolute
+        where = f"objective task {raw['task']!r} (lm_eval:)"
+    else:
+        path = find_task(name_or_path)
+        raw = read_yaml_file(path, what="task config", examples="evaluators/tasks/ holds working examples",
+                             error=TaskConfigError)
+        where = str(path)
     if not isinstance(raw, dict) or "type" not in raw:
         raise TaskConfigError(
-            f"{path}: a task config is a mapping with a `type` field "
+            f"{where}: a task config is a mapping with a `type` field "
             f"({', '.join(EVALUATORS.names())})."
         )
     if raw["type"] not in EVALUATORS:
-        raise TaskConfigError(f"{path}: type: {EVALUATORS.unknown_message(str(raw['type']))}")
+        raise TaskConfigError(f"{where}: type: {EVALUATORS.unknown_message(str(raw['type']))}")
     cls = EVALUATORS.get(raw["type"])
     try:
         config = cls.Config.model_validate(raw)
     except ValidationError as e:
         raise TaskConfigError(
-            f"{path}: invalid {raw['type']} task config: {problems(e, model=cls.Config)}."
+            f"{where}: invalid {raw['type']} task config: {problems(e, model=cls.Config)}."
         ) from None
-    evaluator = cls(config, name=config.name or path.stem, split=split, root=path.parent)
+    default_name = raw["task"] if name_or_path.startswith(INLINE_LM_EVAL) else path.stem
+    evaluator = cls(config, name=config.name or default_name, split=split, root=path.parent)
     # How a worker in another process loads this task again: by name (from its own
     # evaluators/), or by the absolute path of a YAML given as a path.
     given = Path(name_or_path)
-    evaluator.ref = str(path) if given.suffix in (".yaml", ".yml") or given.is_file() else name_or_path
+    inline = name_or_path.startswith(INLINE_LM_EVAL)
+    evaluator.ref = str(path) if not inline and (given.suffix in (".yaml", ".yml") or given.is_file()) else name_or_path
     if validate:
         evaluator.validate()
     return evaluator

@@ -28,17 +28,25 @@ class BoundObjective:
 def bind_objectives(config: RunConfig, config_path: Path):
     """The run's tasks (each loaded once, however many of its metrics count) and objectives."""
     from evomerge.eval import load_task
+    from evomerge.eval.task import inline_ref
 
     tasks: dict[str, object] = {}
     objectives = []
     for i, spec in enumerate(config.objectives):
+        ref = inline_ref(spec.task, spec.task_options, Path(config_path).resolve().parent)
         try:
-            task = tasks.get(spec.task) or load_task(
-                spec.task, split=config.split, fitness=True, allow_test_split=config.allow_test_split
+            task = tasks.get(ref) or load_task(
+                ref, split=config.split, fitness=True, allow_test_split=config.allow_test_split
             )
         except EvomergeError as e:  # name the run config and the field that led there
             raise RunConfigError(f"{config_path}: objectives[{i}].task: {e}") from None
-        tasks[spec.task] = task
+        twin = next((r for r, t in tasks.items() if t.name == task.name and r != ref), None)
+        if twin is not None:
+            raise RunConfigError(
+                f"{config_path}: objectives[{i}]: a second task named {task.name!r} with other options; "
+                f"give one of them its own `name:` (the ledger keys scores by task name)."
+            )
+        tasks[ref] = task
         names = {o.name: o for o in task.objectives()}
         metric = spec.metric or next(iter(names))
         if metric not in names:

@@ -52,11 +52,15 @@ def test_lm_eval_agrees_with_the_built_in_exact_match(lm, tasks, monkeypatch):
     assert load_task(str(tasks / "lme.yaml"), split="test").evaluate(model, tok).n_examples == 4
 
 
-def test_lm_eval_task_without_local_data_is_refused(lm, tmp_path):
+def test_lm_eval_task_whose_dataset_is_not_cached_offline_is_refused(lm, tmp_path):
     model, tok = lm
-    write_task(tmp_path, "hub", {"task": "hub_task", "dataset_path": "gsm8k", "output_type": "generate_until"})
+    write_task(tmp_path, "hub", {"task": "hub_task", "dataset_path": "evomerge-test/not-cached",
+                                 "output_type": "generate_until", "test_split": "test",
+                                 "doc_to_text": "{{q}}", "doc_to_target": "{{a}}"})
     write_task(tmp_path, "lme", {"type": "lm_eval", "task": "hub.yaml"})
-    with pytest.raises(Exception, match="local data only"):
+    with pytest.raises(Exception, match=r"dataset evomerge-test/not-cached cannot be loaded: it is not in "
+                                        r"the datasets cache and downloads are off") as e:
         load_task(str(tmp_path / "lme.yaml"))
+    assert "datasets.load_dataset('evomerge-test/not-cached')" in str(e.value)
     res = load_task(str(tmp_path / "lme.yaml"), validate=False).evaluate(model, tok)
-    assert not res.ok and "local data only" in res.error
+    assert not res.ok and "not in the datasets cache" in res.error

@@ -1,0 +1,171 @@
+"""lm-eval tasks by registry name (through include_path): the split guard, and the same scores as
+lm-eval's own `simple_evaluate` on the candidate saved to disk (`HFLM(pretrained=DIR)`, the
+mergekit-evolve path)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evomerge.eval import load_task
+from evomerge.eval.lm_eval_splits import partition, stratified_subset
+from evomerge.testing.lm_eval_tasks import (
+    data_file,
+    read_rows,
+    save_chat_lm,
+    write_registry_tasks,
+    write_rows,
+)
+
+GEN = {"task": "evo_gen", "num_fewshot": 2, "apply_chat_template": True, "fewshot_as_multiturn": True,
+       "system_instruction": "sum", "batch_size": 8}
+MC = {"task": "evo_mc", "num_fewshot": 1, "batch_size": 8}
+LM_EVAL_OPTIONS = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "system_instruction")
+
+
+def _lm_eval(world, spec, options, samples=None):
+    """lm-eval's own path: the saved model loaded by HFLM, a TaskManager of its own."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=str(world["model_dir"]), batch_size=8, device="cpu")
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=[spec], task_manager=TaskManager(include_path=[str(world["include"])], include_defaults=False),
+        samples=samples, bootstrap_iters=0, log_samples=samples is None and spec == "predict",
+        **{k: options[k] for k in LM_EVAL_OPTIONS if k in options},
+    )
+
+
+def _with_split(world, task, split):
+    """The task's own YAML config with another split scored (a complete config: lm-eval builds a
+    dict spec from the dict alone)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return {**load_yaml(world["include"] / f"{task}.yaml"), "test_split": split}
+
+
+def _ref(world, options):
+    return "lm_eval:" + json.dumps({**options, "include_path": [str(world["include"])]})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from evomerge.io.hf import load_causal_lm
+
+    root = tmp_path_factory.mktemp("lm_eval_registry")
+    include = write_registry_tasks(root)
+    model_dir = save_chat_lm(root / "model")
+    # evo_gen's answers become the model's own generations (under the very prompts scored) for
+    # 3 documents in 4, so exact match is neither 0 nor 1 and both sides must agree on each one.
+    tm = TaskManager(include_path=[str(include)], include_defaults=False)
+    for split in ("validation", "test"):
+        out = lm_eval.simple_evaluate(
+            model=HFLM(pretrained=str(model_dir), batch_size=8, device="cpu"),
+            tasks=[_with_split({"include": include}, "evo_gen", split)], task_manager=tm, predict_only=True,
+            bootstrap_iters=0, **{k: GEN[k] for k in LM_EVAL_OPTIONS})
+        said = {s["doc_id"]: s["filtered_resps"][0] for s in out["samples"]["evo_gen"]}
+        path = data_file(include, "evo_gen", split)
+        rows = read_rows(path)
+        for i, row in enumerate(rows):
+            row["answer"] = said[i] if i % 4 else "x"
+        write_rows(path, rows)
+    model, tokenizer = load_causal_lm(model_dir)
+    return {"include": include, "model_dir": model_dir, "model": model, "tokenizer": tokenizer}
+
+
+def _ours(world, options, split="search", fidelity=None):
+    task = load_task(_ref(world, options), split=split)
+    res = task.evaluate(world["model"], world["tokenizer"], fidelity)
+    assert res.ok, res.error
+    return task, res
+
+
+@pytest.mark.parametrize("split,lm_eval_split", [("search", "validation"), ("test", "test")])
+def test_generate_until_with_few_shot_and_chat_template_scores_as_lm_eval(world, split, lm_eval_split):
+    task, res = _ours(world, GEN, split)
+    (plan,) = task.split_plans
+    assert (plan.search_from, plan.test_from, plan.fewshot_from, plan.partition_seed) == ("validation", "test", "train", None)
+    theirs = _lm_eval(world, _with_split(world, "evo_gen", lm_eval_split), GEN)["results"]["evo_gen"]
+    assert res.values["exact_match"] == theirs["exact_match,none"] == 0.75
+    assert res.n_examples == 24
+    # A fidelity level is a nested, seeded subset: lm-eval scores the same documents alike.
+    _, part = _ours(world, GEN, split, fidelity=8)
+    idx = stratified_subset(24, 8, 0)
+    theirs = _lm_eval(world, _with_split(world, "evo_gen", lm_eval_split), GEN, samples={"evo_gen": idx})
+    assert part.n_examples == 8 and part.values["exact_match"] == theirs["results"]["evo_gen"]["exact_match,none"]
+
+
+@pytest.mark.parametrize("metric", ["acc", "acc_norm"])
+def test_multiple_choice_on_a_partitioned_split_scores_as_lm_eval(world, metric):
+    task, res = _ours(world, {**MC, "metric": metric})
+    (plan,) = task.split_plans
+    assert (plan.search_from, plan.test_from, plan.partition_seed, plan.search_fraction) == ("validation", "validation", 0, 0.5)
+    search, test = partition(40, 0, 0.5, "evo_mc")
+    assert (plan.search_docs, plan.test_docs) == (20, 20) and not set(search) & set(test)
+    theirs = _lm_eval(world, "evo_mc", MC, samples={"evo_mc": search})["results"]["evo_mc"]
+    assert abs(res.values[metric] - theirs[f"{metric},none"]) <= 1e-4
+    _, tested = _ours(world, {**MC, "metric": metric}, "test")
+    theirs = _lm_eval(world, "evo_mc", MC, samples={"evo_mc": test})["results"]["evo_mc"]
+    assert abs(tested.values[metric] - theirs[f"{metric},none"]) <= 1e-4
+    # Fidelity subsets of the search part: stratified by label, nested, and scored alike.
+    sub = task.subset("evo_mc", 8)
+    assert set(sub) <= set(range(20)) and set(task.subset("evo_mc", 4)) <= set(sub)
+    _, part = _ours(world, {**MC, "metric": metric}, fidelity=8)
+    theirs = _lm_eval(world, "evo_mc", MC, samples={"evo_mc": [search[i] for i in sub]})["results"]["evo_mc"]
+    assert abs(part.values[metric] - theirs[f"{metric},none"]) <= 1e-4
+
+
+def test_the_search_never_sees_a_test_document(world):
+    """Every input the model is given while the search scores (documents and few-shot examples
+    alike) is checked against the reported documents' prompts."""
+    tok, model = world["tokenizer"], world["model"]
+    mc_rows = read_rows(data_file(world["include"], "evo_mc", "validation"))
+    _, test = partition(len(mc_rows), 0, 0.5, "evo_mc")
+    reported = {mc_rows[i]["prompt"] for i in test}
+    reported |= {r["prompt"] for r in read_rows(data_file(world["include"], "evo_gen", "test"))}
+    seen: list[str] = []
+
+    def spy(_m, args, kwargs, _out):
+        seen.extend(tok.batch_decode(args[0] if args else kwargs["input_ids"]))
+
+    hook = model.register_forward_hook(spy, with_kwargs=True)
+    try:
+        _ours(world, {**MC, "num_fewshot": 3})
+        _ours(world, GEN)
+    finally:
+        hook.remove()
+    assert seen and not [p for p in reported if any(p in text for text in seen)]
+    # ... while `eval` on the test split does score them (the check above can fail).
+    seen.clear()
+    hook = model.register_forward_hook(spy, with_kwargs=True)
+    try:
+        _ours(world, MC, "test")
+    finally:
+        hook.remove()
+    assert any(mc_rows[test[0]]["prompt"] in text for text in seen)
+
+
+def test_a_tag_is_the_mean_of_its_tasks_and_needs_a_common_metric(world, tmp_path):
+    from evomerge.errors import EvomergeError
+
+    with pytest.raises(EvomergeError, match=r"its tasks \(evo_gen, evo_mc\) report no metric in common"):
+        load_task(_ref(world, {"task": "evo_tag"}))
+    # A tag over two tasks of one kind: the mean of their scores.
+    (world["include"] / "evo_mc_b.yaml").write_text(
+        (world["include"] / "evo_mc.yaml").read_text().replace("task: evo_mc", "task: evo_mc_b")
+        .replace("- evo_tag", "- evo_mc_tag"))
+    (world["include"] / "evo_mc.yaml").write_text(
+        (world["include"] / "evo_mc.yaml").read_text().replace("- evo_tag", "- evo_mc_tag"))
+    from evomerge.eval import lm_eval_index
+
+    lm_eval_index._MANAGERS.clear()  # the index was read before these YAMLs changed
+    task, tag = _ours(world, {"task": "evo_mc_tag", "metric": "acc", "batch_size": 8})
+    _, one = _ours(world, {**MC, "num_fewshot": 0, "metric": "acc"})
+    assert {p.task for p in task.split_plans} == {"evo_mc", "evo_mc_b"}
+    assert tag.values["acc"] == pytest.approx(one.values["acc"]) and tag.n_examples == 40
