@@ -22,7 +22,7 @@ import numpy as np
 from evomerge.config.run import RunConfig, RunConfigError
 from evomerge.errors import EvomergeError
 from evomerge.io.sources import model_dir
-from evomerge.search import fingerprints
+from evomerge.search import fingerprints, task_splits
 from evomerge.search.constraints import bind_constraints, feasible
 from evomerge.search.controller import Controller
 from evomerge.search.executors import TaskSpec, WorkerSpec, executor_class, open_executor
@@ -257,6 +257,8 @@ def run_search(
         ledger.save_config((run_dir / RUN_FILE).read_text())
     if record_prints:  # what resume compares the sources with (search/fingerprints.py)
         fingerprints.record(run_dir, prints)
+    if not resume:  # which documents the search scores (search/task_splits.py)
+        task_splits.write_record(run_dir, p.tasks)
     executor = tracker = controller = None
     finished = False
     summary: dict[str, float] = {}
@@ -454,6 +456,8 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
         write = scan
     else:
         prints = fingerprints.fingerprint_sources(sources)
+    if resume:
+        task_splits.check_resumed(run_dir, p.tasks)
     check_sources(p.space, sources, where=space_path(config, config_path), scan_weights=scan)
     check_base(model_dir(p.space.source_models()[0], sources), trust_remote_code=config.trust_remote_code)
     return prints, write

@@ -42,6 +42,15 @@ def task_manager(include_path: tuple[str, ...] = (), *, defaults: bool = True):
     return tm
 
 
+def needs_defaults(name: str, include_path: tuple[str, ...], *, where: str) -> bool:
+    """Whether loading ``name`` needs lm-eval's own index (seconds to build): not when one of the
+    ``include_path`` directories defines it. Refuses an unknown name."""
+    if include_path and name in task_manager(include_path, defaults=False).task_index:
+        return False
+    check_name(name, include_path, where=where)
+    return True
+
+
 def check_name(name: str, include_path: tuple[str, ...], *, where: str) -> None:
     """Refuse a name that is no task, group or tag of lm-eval's index (with close names)."""
     tm = task_manager(include_path)

@@ -29,7 +29,12 @@ from evomerge.eval.base import (
     register_evaluator,
 )
 from evomerge.eval.data import TaskDataError
-from evomerge.eval.lm_eval_index import LmEvalTaskError, check_name, load_task_objects, task_manager
+from evomerge.eval.lm_eval_index import (
+    LmEvalTaskError,
+    load_task_objects,
+    needs_defaults,
+    task_manager,
+)
 from evomerge.eval.lm_eval_local import is_local_form, local_task_config
 from evomerge.eval.lm_eval_splits import guard_task, labels, stratified_subset
 
@@ -89,12 +94,21 @@ class LmEvalTask(Evaluator):
             if is_local_form(path):
                 return local_task_config(path, self.split)
             return str(path)
-        check_name(task, self._include, where=self._where)
         return task
 
     @cached_property
+    def _defaults(self) -> bool:
+        """Whether lm-eval's own task index is loaded (not for a task of ``include_path``)."""
+        spec = self._spec
+        if isinstance(spec, dict):
+            return False
+        if spec == self.config.task:
+            return needs_defaults(spec, self._include, where=self._where)
+        return True
+
+    @cached_property
     def _loaded(self) -> dict[str, Any]:
-        loaded = load_task_objects(self._spec, self._include, where=self._where, defaults=not self._local)
+        loaded = load_task_objects(self._spec, self._include, where=self._where, defaults=self._defaults)
         self.split_plans = []
         if not self._local:
             for task in loaded["tasks"].values():
@@ -223,7 +237,7 @@ class LmEvalTask(Evaluator):
         hook = model.register_forward_hook(lambda _m, _i, out: check_finite(getattr(out, "logits", out)))
         try:
             out = lm_eval.simple_evaluate(
-                model=lm, tasks=list(self._top), task_manager=task_manager(self._include, defaults=not self._local), samples=samples,
+                model=lm, tasks=list(self._top), task_manager=task_manager(self._include, defaults=self._defaults), samples=samples,
                 bootstrap_iters=0, log_samples=False, cache_requests=False, **options,
             )
         finally:

@@ -6,6 +6,7 @@ trial that misses a constraint is refused unless ``allow_infeasible`` (the CLI's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ import yaml
 from evomerge.config.run import RunConfig
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
+from evomerge.search import task_splits
 from evomerge.search.constraints import describe_violations
 from evomerge.search.objectives import best_evaluation, fitness
 from evomerge.search.rundir import load_run
@@ -65,6 +67,9 @@ def export_trial(
     merge_to_disk(recipe, out, device=device, force=force)
     card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe, missed)
     atomic_write_text(Path(out) / "README.md", card)
+    splits = task_splits.read_record(run_dir)
+    if splits:  # which documents the search scored: `evomerge eval` will not report on them
+        atomic_write_text(Path(out) / task_splits.EXPORTED, json.dumps(splits, indent=2, sort_keys=True) + "\n")
     return chosen.trial, Path(out)
 
 
