@@ -265,6 +265,39 @@ def recipe_show(
     sys.stdout.write(text)
 
 
+convert_app = typer.Typer(help="Convert other tools' configs into evomerge searches.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
+
+
+@convert_app.command("mergekit-evolve")
+def convert_mergekit_evolve(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG.yml", help="A mergekit-evolve config.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Directory for space.yaml and run.yaml (created; a non-empty one needs --force)."))],
+    task_search_path: Annotated[Optional[list[Path]], typer.Option(help=(
+        "mergekit-evolve's --task-search-path: a directory of lm-eval task YAMLs (repeatable)."))] = None,
+    max_fevals: Annotated[int, typer.Option(help="mergekit-evolve's --max-fevals: the trial budget.")] = 100,
+    sigma0: Annotated[float, typer.Option(help="mergekit-evolve's --sigma0: CMA-ES's initial step.")] = 1 / 6,
+    batch_size: Annotated[Optional[int], typer.Option(help=(
+        "mergekit-evolve's --batch-size: lm-eval's batch size."))] = None,
+    num_layers: Annotated[Optional[int], typer.Option(help=(
+        "The models' layer count, for layer_granularity when the first model is no local directory."))] = None,
+    device: Annotated[str, typer.Option(help="Where the search merges and evaluates: cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option(help="Replace space.yaml and run.yaml in a non-empty --out.")] = False,
+) -> None:
+    """Write an evomerge search space and run config equivalent to a mergekit-evolve config."""
+    from evomerge.scaffold.mergekit_evolve import Options, convert_file
+
+    written = convert_file(config, out, Options(
+        task_search_path=tuple(str(p) for p in task_search_path or ()), max_fevals=max_fevals,
+        sigma0=sigma0, batch_size=batch_size, num_layers=num_layers, device=device,
+    ), force=force)
+    console.print(f"wrote {' and '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+    run_file = out / "run.yaml"
+    console.print(f"next: evomerge search --dry-run {run_file}, then evomerge search {run_file} "
+                  f"--out RUN_DIR", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo models and merges go.")] = Path(
@@ -386,6 +419,15 @@ def eval_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(
         help="Run the Python code a model directory ships (config.json `auto_map`); read it first.")] = False,
+    include_path: Annotated[Optional[list[Path]], typer.Option(
+        "--include-path", help="A directory of lm-eval task YAMLs for `-t lm_eval:NAME` tasks (repeatable; "
+        "lm-eval's --include_path).")] = None,
+    run: Annotated[Optional[Path], typer.Option(
+        help="The run that searched this model: its lm-eval documents are not reported on (an exported "
+             "model's own evomerge_splits.json is read anyway).")] = None,
+    allow_seen_documents: Annotated[bool, typer.Option(
+        help="Report on lm-eval documents the search scored (its scores then measure the fit, not "
+             "generalisation).")] = False,
 ) -> None:
     """Score a model directory on one or more tasks and print a table."""
     import json
@@ -393,10 +435,16 @@ def eval_cmd(
     from rich.table import Table
 
     from evomerge.eval import load_task
+    from evomerge.eval.task import inline_ref
     from evomerge.io.sources import load_source_lm
     from evomerge.merge.engine import check_device
 
+    if include_path:
+        paths = [str(p) for p in include_path]
+        task = [inline_ref(t, {"include_path": paths}, Path.cwd()) if t.startswith("lm_eval:") and
+                not t.startswith("lm_eval:{") else t for t in task]
     evaluators = [load_task(t, split=split) for t in task]
+    _refuse_seen_documents(model_dir, run, evaluators, allow_seen_documents)
     dev = check_device(device)
     model, tokenizer = load_source_lm(model_dir, device=dev, trust_remote_code=trust_remote_code)
     results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
@@ -422,6 +470,21 @@ def eval_cmd(
         console.print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def _refuse_seen_documents(model: str, run: Path | None, evaluators, allowed: bool) -> None:
+    from evomerge.search import task_splits
+
+    recorded = task_splits.read_record(run) if run else {}
+    if Path(model).is_dir():
+        recorded = {**task_splits.read_record(Path(model), task_splits.EXPORTED), **recorded}
+    seen = task_splits.seen_documents(recorded, evaluators)
+    if seen and not allowed:
+        raise EvomergeError(
+            f"{run or model}: the search scored the documents this would report on ({'; '.join(seen)}). "
+            f"Report the test split with the run's split options (`--split test`, the same "
+            f"partition_seed and search_fraction), or pass --allow-seen-documents to report them anyway."
+        )
 
 
 space_app = typer.Typer(help="Inspect search spaces.", no_args_is_help=True)
@@ -462,6 +525,60 @@ def space_show(
     depth = f", {n} layer{'s' if n != 1 else ''}" if recipe.slices else ""
     console.print(f"# recipe at {where}, hash {recipe.content_hash()[:12]}{depth}", highlight=False)
     sys.stdout.write(recipe.to_yaml())
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Directory for run.yaml and space.yaml (created; a non-empty one needs --force)."))],
+    base: Annotated[str, typer.Option(help=(
+        "The model the others were fine-tuned from: a directory or a Hub id org/name[@revision]."))],
+    models: Annotated[list[str], typer.Option("--models", "--model", "-m", help=(
+        "Models merged onto the base (repeatable or comma-separated): directories, Hub ids, "
+        "MODEL+ADAPTER."))],
+    tasks: Annotated[list[str], typer.Option("--tasks", "--task", "-t", help=(
+        "What the search maximises (repeatable or comma-separated): lm-eval task, group or tag names "
+        "(arc_easy, or lm_eval:arc_easy), evomerge task names (evaluators/tasks/) or task YAML paths."))],
+    method: Annotated[Optional[list[str]], typer.Option("--method", "--methods", help=(
+        "Merge method(s) searched (repeatable or comma-separated; several: a gene picks one). "
+        "Default: ties."))] = None,
+    trials: Annotated[int, typer.Option(help="Trial budget: candidate recipes evaluated.")] = 50,
+    include_path: Annotated[Optional[list[Path]], typer.Option(help=(
+        "A directory of your own lm-eval task YAMLs, found by name (repeatable)."))] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help=(
+        "Few-shot examples for every lm-eval task (default: each task's own)."))] = None,
+    apply_chat_template: Annotated[bool, typer.Option(
+        "--apply-chat-template", help="Prompt lm-eval tasks through the model's chat template.")] = False,
+    fidelity: Annotated[Optional[int], typer.Option(help=(
+        "Examples scored per task and trial (default: all)."))] = None,
+    optimizer: Annotated[str, typer.Option(help="tpe (a Pareto search), cmaes, gp, nsga2 or random.")] = "tpe",
+    workers: Annotated[int, typer.Option(help=(
+        "Evaluations at once, each worker holding every model."))] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help=(
+        "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16."))] = "auto",
+    layers_per_group: Annotated[Optional[int], typer.Option(help=(
+        "Own weights and densities per group of this many layers (default: one per model)."))] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the search and of DARE's masks.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace run.yaml and space.yaml in a non-empty --out.")] = False,
+) -> None:
+    """Write a commented run config and search space for your own models (flags only, no prompts)."""
+    from evomerge.scaffold.init import DEFAULT_METHOD, InitOptions, split_values
+    from evomerge.scaffold.init import init as write_init
+
+    result = write_init(InitOptions(
+        out=out, base=base, models=split_values(models), tasks=split_values(tasks),
+        methods=split_values(method) or [DEFAULT_METHOD], trials=trials, include_paths=list(include_path or []),
+        num_fewshot=num_fewshot, apply_chat_template=apply_chat_template, fidelity=fidelity,
+        optimizer=optimizer, workers=workers, device=device, dtype=dtype,
+        layers_per_group=layers_per_group, seed=seed, force=force,
+    ))
+    console.print(f"wrote {' and '.join(str(p) for p in result.files)}", highlight=False)
+    for note in result.notes:
+        console.print(note, highlight=False)
+    run_file = result.files[0]
+    console.print(f"next: evomerge search --dry-run {run_file}, then evomerge search {run_file} "
+                  f"--out {out / 'output'}", highlight=False, soft_wrap=True)
 
 
 @app.command()

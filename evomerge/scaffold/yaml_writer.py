@@ -158,6 +158,7 @@ def write_files(out: Path, files: Mapping[str, str], *, force: bool = False) -> 
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
+            stage.chmod(0o777 & ~_umask())  # mkdtemp's 0700 is for the staging, not the result
             for name, text in files.items():
                 _write_synced(stage / name, text)
             os.replace(stage, out)  # onto a missing or empty directory: atomic
@@ -172,6 +173,7 @@ def write_files(out: Path, files: Mapping[str, str], *, force: bool = False) -> 
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
             os.close(fd)
             staged[name] = Path(tmp)
+            Path(tmp).chmod(0o666 & ~_umask())  # mkstemp's 0600 is for the staging, not the result
             _write_synced(Path(tmp), text)
         for name, tmp in staged.items():
             os.replace(tmp, out / name)
@@ -180,6 +182,12 @@ def write_files(out: Path, files: Mapping[str, str], *, force: bool = False) -> 
             tmp.unlink(missing_ok=True)
     _sync_dir(out)
     return [out / name for name in files]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_synced(path: Path, text: str) -> None:

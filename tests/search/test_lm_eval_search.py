@@ -92,8 +92,7 @@ def test_lm_eval_objectives_search_resume_and_score_as_lm_eval(tmp_path, zoo):
     assert scores["evo_gen/exact_match"] == theirs["results"]["evo_gen"]["exact_match,none"]
 
     # `eval` reports the test documents; the documents the search scored only when told.
-    res = CliRunner().invoke(app, ["eval", str(out), "-t", f"lm_eval:{{\"task\": \"evo_mc\", \"include_path\": [\"{include}\"]}}",
-                                   "--json"])
+    res = CliRunner().invoke(app, ["eval", str(out), "-t", "lm_eval:evo_mc", "--include-path", str(include), "--json"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["eval", str(out), "-t", f"lm_eval:{{\"task\": \"evo_mc\", \"include_path\": [\"{include}\"]}}",
                                    "--split", "search"])
