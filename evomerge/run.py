@@ -315,7 +315,7 @@ def dry_run(config_path: Path, run_dir: Path | None = None, *, trials: int | Non
     Writes nothing: no run directory, ledger or MLflow run (a sql ledger is only connected to)."""
     from evomerge.search.executors.worker import Worker
     from evomerge.search.plan import estimate, schedule, time_recipe
-    from evomerge.search.preflight import check_base, check_sources
+    from evomerge.search.preflight import check_sources
     from evomerge.search.resources import check_executor, check_run_dir, check_tracking
 
     check_trials(trials)
@@ -324,7 +324,7 @@ def dry_run(config_path: Path, run_dir: Path | None = None, *, trials: int | Non
     sources = resolve_sources(p.space, config, config_path)
     where = space_path(config, config_path)
     check_sources(p.space, sources, where=where)  # headers, fit, NaN/inf: no model is built
-    check_base(model_dir(p.space.source_models()[0], sources), trust_remote_code=config.trust_remote_code)
+    check_base_for(p, sources, config)
     timed, timed_words = _typical_recipe(p.space, config.seed)
     _check_plans(timed, sources, where)
     ledger = "not checked (give --out)" if run_dir is None else check_run_dir(run_dir, config.ledger.kind)
@@ -443,7 +443,7 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
     can be merged (``preflight.check_sources``; the weights are scanned for NaN once, when the
     run starts or its sources changed). Returns the sources' fingerprints and whether to record
     them. Nothing is written here."""
-    from evomerge.search.preflight import check_base, check_sources
+    from evomerge.search.preflight import check_sources
 
     scan, write = True, True
     if resume:
@@ -459,8 +459,19 @@ def preflight(run_dir: Path, config: RunConfig, config_path: Path, p: Prepared,
     if resume:
         task_splits.check_resumed(run_dir, p.tasks)
     check_sources(p.space, sources, where=space_path(config, config_path), scan_weights=scan)
-    check_base(model_dir(p.space.source_models()[0], sources), trust_remote_code=config.trust_remote_code)
+    check_base_for(p, sources, config)
     return prints, write
+
+
+def check_base_for(p: Prepared, sources: dict[str, Path], config: RunConfig) -> None:
+    """The base (every worker's resident model) loads as allowed and suits every task (e.g. the
+    chat template a task asks for: candidates keep the base's tokenizer)."""
+    from evomerge.search.preflight import check_base
+
+    base = model_dir(p.space.source_models()[0], sources)
+    check_base(base, trust_remote_code=config.trust_remote_code)
+    for task in p.tasks:
+        task.check_model(base)
 
 
 def start_tracking(run_dir: Path, space, objectives, ledger, log, constraints=()):

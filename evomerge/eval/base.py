@@ -89,6 +89,11 @@ class Evaluator(ABC):
         malformed row fails before a search spends compute. Raises ``EvomergeError``."""
         self.size()
 
+    def check_model(self, model_dir: Path) -> None:
+        """Refuse, before any compute, a model directory whose models this task cannot score
+        (the base of a search: candidates keep its tokenizer). Raises ``EvomergeError``."""
+        return None  # most tasks score any causal LM
+
     def fidelity_levels(self) -> list[int | None]:
         """Nested subset sizes, cheapest first; ``None`` means every example."""
         n = self.size()

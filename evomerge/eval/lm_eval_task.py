@@ -14,7 +14,8 @@ files) keeps its meaning: the split being scored is its data file of that name.
 
 from __future__ import annotations
 
-from functools import cached_property
+from contextlib import contextmanager
+from functools import cache, cached_property
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -209,6 +210,17 @@ class LmEvalTask(Evaluator):
     def validate(self) -> None:
         self.objectives()  # loads the index, the task, its datasets and the metric: all may fail
 
+    def check_model(self, model_dir) -> None:
+        from evomerge.io.compat import has_chat_template
+
+        if self.config.apply_chat_template and not has_chat_template(model_dir):
+            raise LmEvalTaskError(
+                f"{self._where}: apply_chat_template is set, but {model_dir} has no chat template (no "
+                f"chat_template.jinja, none in tokenizer_config.json), and every candidate is scored with "
+                f"its tokenizer. Add the template there (e.g. the instruct model's chat_template.jinja), "
+                f"or set apply_chat_template: false."
+            )
+
     def record(self) -> dict[str, Any]:
         """What a run records of this task: its options and how its documents were divided."""
         self._loaded  # noqa: B018 - builds the split plans
@@ -218,14 +230,10 @@ class LmEvalTask(Evaluator):
     # -- scoring -------------------------------------------------------------------------------
     def _score(self, model, tokenizer, fidelity):
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
 
         cfg = self.config
         metric, _ = self._metric
         bos = cfg.add_bos_token if cfg.add_bos_token is not None else (True if self._local else None)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size,
-                  device=str(model_device(model)), max_length=cfg.max_length,
-                  **({} if bos is None else {"add_bos_token": bos}))
         samples = {name: self.subset(name, fidelity) for name, n in self._sizes.items()
                    if fidelity is not None and fidelity < n} or None
         options: dict[str, Any] = {"num_fewshot": cfg.num_fewshot, "apply_chat_template": cfg.apply_chat_template,
@@ -236,10 +244,14 @@ class LmEvalTask(Evaluator):
         # so a broken merge (NaN weights, overflow) fails instead of scoring 0.
         hook = model.register_forward_hook(lambda _m, _i, out: check_finite(getattr(out, "logits", out)))
         try:
-            out = lm_eval.simple_evaluate(
-                model=lm, tasks=list(self._top), task_manager=task_manager(self._include, defaults=self._defaults), samples=samples,
-                bootstrap_iters=0, log_samples=False, cache_requests=False, **options,
-            )
+            with _quiet():
+                lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size,
+                                   device=str(model_device(model)), max_length=cfg.max_length,
+                                   **({} if bos is None else {"add_bos_token": bos}))
+                out = lm_eval.simple_evaluate(
+                    model=lm, tasks=list(self._top), task_manager=task_manager(self._include, defaults=self._defaults),
+                    samples=samples, bootstrap_iters=0, log_samples=False, cache_requests=False, **options,
+                )
         finally:
             hook.remove()
         value = self._read(out["results"], metric)
@@ -257,3 +269,45 @@ class LmEvalTask(Evaluator):
                 raise LmEvalTaskError(f"lm-eval reported no {key!r} for {name} (it has {have or 'nothing'}).")
             values.append(float(res[key]))
         return sum(values) / len(values)
+
+
+@cache
+def _quiet_hflm():
+    """lm-eval's ``HFLM`` without a progress bar per candidate (the search reports progress)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
+@contextmanager
+def _quiet():
+    """Once per candidate, lm-eval warns that the model is an object and not a path, draws a
+    progress bar, and runs ``git describe`` (a "fatal: not a git repository" on stderr outside a
+    checkout) to stamp results evomerge does not keep: noise in a search's output."""
+    import logging
+    from functools import partial
+
+    from lm_eval import evaluator
+    from lm_eval.api import task as task_module
+
+    logger = logging.getLogger("lm_eval")
+    level, git, bar = logger.level, evaluator.get_git_commit_hash, task_module.tqdm
+    logger.setLevel(logging.ERROR)
+    evaluator.get_git_commit_hash = lambda: None
+    task_module.tqdm = partial(bar, disable=True)  # the bar over documents as prompts are built
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        evaluator.get_git_commit_hash = git
+        task_module.tqdm = bar

@@ -121,6 +121,19 @@ def check_tokenizer(path: str | Path) -> None:
     )
 
 
+def has_chat_template(path: str | Path) -> bool:
+    """Whether a model directory's tokenizer carries a chat template (its own file, or a
+    ``chat_template`` in ``tokenizer_config.json``)."""
+    path = Path(path)
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    config = path / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("chat_template")) if config.is_file() else False
+    except (OSError, ValueError):
+        return False
+
+
 # -- sources that must fit together --------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ exit 2, one paragraph naming the task, the field and the fix, nothing written.
 28a. a task name typo (close names from lm-eval's index), in a run config and in `evomerge eval`;
 28b. a task whose dataset is not cached, offline (an include_path task, and lm-eval's own arc_easy);
 28c. a metric the task does not produce;
-28d. task options on an objective that is not an inline lm-eval task.
+28d. task options on an objective that is not an inline lm-eval task;
+28e. a chat template asked for while the base (whose tokenizer every candidate keeps) has none.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _search(root, tmp_path, objective):
                                       "budget": {"trials": 2}, "tracking": {"enabled": False}}))
     out = tmp_path / "out"
     result = invoke("search", config, "--out", out)
-    assert not out.exists()  # refused before anything was written
+    assert not out.exists(), result.output  # refused before anything was written
     return result, config
 
 
@@ -83,3 +84,11 @@ def test_28d_task_options_on_a_task_file_objective(world, tmp_path):
     root, _, _ = world
     result, config = _search(root, tmp_path, {"task": "addition", "num_fewshot": 5})
     assert_refused(result, str(config), "num_fewshot", "only an inline lm-eval objective")
+
+
+def test_28e_a_chat_template_the_base_lacks(world, tmp_path):
+    root, include, base = world
+    result, _ = _search(root, tmp_path, {"task": "lm_eval:evo_gen", "apply_chat_template": True,
+                                        "include_path": str(include)})
+    assert_refused(result, "apply_chat_template is set", str(base), "has no chat template",
+                   "chat_template.jinja", "apply_chat_template: false")
