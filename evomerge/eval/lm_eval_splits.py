@@ -102,9 +102,17 @@ def guard_task(task, split: str, *, seed: int, search_fraction: float) -> SplitP
         fs.split = SEARCH_SPLIT
         fs.process_docs = cfg.process_docs
     elif explicit is not None and fewshot_from == search_from:
-        fs.split = SEARCH_SPLIT  # same documents: lm-eval then leaves the scored one out
+        fs.split = SEARCH_SPLIT  # the same documents under evomerge's name
     if getattr(task, "sampler", None) is not None:
         task.sampler = type(task.sampler)(list(task.fewshot_docs()), rnd=None)
+        # The sampler now holds its documents; what is left of ``fs.split`` is lm-eval's test
+        # ``fewshot split == test split`` for handing the scored document to the sampler, which
+        # then draws one more and drops it (so the draw, not only the exclusion, depends on it).
+        # Decide it as lm-eval would for the same documents scored alone, and always when the
+        # examples come from the scored search documents themselves.
+        lm_eval_test = (search_from if split == "search" else test_from) if part_seed is None else test
+        own_docs = fewshot_from == "search documents" and split == "search"
+        fs.split = cfg.test_split if explicit == lm_eval_test or own_docs else None
     return SplitPlan(
         task=name, search_from=search_from, test_from=test_from, search_docs=len(search_raw),
         test_docs=len(test_raw), fewshot_from=fewshot_from if getattr(task, "sampler", None) is not None else "none",

@@ -24,18 +24,32 @@ MC = {"task": "evo_mc", "num_fewshot": 1, "batch_size": 8}
 LM_EVAL_OPTIONS = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "system_instruction")
 
 
-def _lm_eval(world, spec, options, samples=None):
-    """lm-eval's own path: the saved model loaded by HFLM, a TaskManager of its own."""
+def _inputs(model, tokenizer, seen: list[str]):
+    """A forward hook recording every input the model is given, decoded."""
+
+    def spy(_m, args, kwargs, _out):
+        seen.extend(tokenizer.batch_decode(args[0] if args else kwargs["input_ids"]))
+
+    return model.register_forward_hook(spy, with_kwargs=True)
+
+
+def _lm_eval(world, spec, options, samples=None, seen: list[str] | None = None):
+    """lm-eval's own path: the saved model loaded by HFLM, a TaskManager of its own; ``seen``
+    collects every input its model is given."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=str(world["model_dir"]), batch_size=8, device="cpu")
-    return lm_eval.simple_evaluate(
-        model=lm, tasks=[spec], task_manager=TaskManager(include_path=[str(world["include"])], include_defaults=False),
-        samples=samples, bootstrap_iters=0, log_samples=samples is None and spec == "predict",
-        **{k: options[k] for k in LM_EVAL_OPTIONS if k in options},
-    )
+    hook = _inputs(lm.model, lm.tokenizer, seen if seen is not None else [])
+    try:
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=[spec], task_manager=TaskManager(include_path=[str(world["include"])], include_defaults=False),
+            samples=samples, bootstrap_iters=0, log_samples=False,
+            **{k: options[k] for k in LM_EVAL_OPTIONS if k in options},
+        )
+    finally:
+        hook.remove()
 
 
 def _with_split(world, task, split):
@@ -79,20 +93,26 @@ def world(tmp_path_factory):
     return {"include": include, "model_dir": model_dir, "model": model, "tokenizer": tokenizer}
 
 
-def _ours(world, options, split="search", fidelity=None):
+def _ours(world, options, split="search", fidelity=None, seen: list[str] | None = None):
     task = load_task(_ref(world, options), split=split)
-    res = task.evaluate(world["model"], world["tokenizer"], fidelity)
+    hook = _inputs(world["model"], world["tokenizer"], seen if seen is not None else [])
+    try:
+        res = task.evaluate(world["model"], world["tokenizer"], fidelity)
+    finally:
+        hook.remove()
     assert res.ok, res.error
     return task, res
 
 
 @pytest.mark.parametrize("split,lm_eval_split", [("search", "validation"), ("test", "test")])
 def test_generate_until_with_few_shot_and_chat_template_scores_as_lm_eval(world, split, lm_eval_split):
-    task, res = _ours(world, GEN, split)
+    ours_in, theirs_in = [], []
+    task, res = _ours(world, GEN, split, seen=ours_in)
     (plan,) = task.split_plans
     assert (plan.search_from, plan.test_from, plan.fewshot_from, plan.partition_seed) == ("validation", "test", "train", None)
-    theirs = _lm_eval(world, _with_split(world, "evo_gen", lm_eval_split), GEN)["results"]["evo_gen"]
+    theirs = _lm_eval(world, _with_split(world, "evo_gen", lm_eval_split), GEN, seen=theirs_in)["results"]["evo_gen"]
     assert res.values["exact_match"] == theirs["exact_match,none"] == 0.75
+    assert ours_in == theirs_in  # the same prompts (few-shot examples, chat turns), in the same batches
     assert res.n_examples == 24
     # A fidelity level is a nested, seeded subset: lm-eval scores the same documents alike.
     _, part = _ours(world, GEN, split, fidelity=8)
@@ -103,13 +123,15 @@ def test_generate_until_with_few_shot_and_chat_template_scores_as_lm_eval(world,
 
 @pytest.mark.parametrize("metric", ["acc", "acc_norm"])
 def test_multiple_choice_on_a_partitioned_split_scores_as_lm_eval(world, metric):
-    task, res = _ours(world, {**MC, "metric": metric})
+    ours_in, theirs_in = [], []
+    task, res = _ours(world, {**MC, "metric": metric}, seen=ours_in)
     (plan,) = task.split_plans
     assert (plan.search_from, plan.test_from, plan.partition_seed, plan.search_fraction) == ("validation", "validation", 0, 0.5)
     search, test = partition(40, 0, 0.5, "evo_mc")
     assert (plan.search_docs, plan.test_docs) == (20, 20) and not set(search) & set(test)
-    theirs = _lm_eval(world, "evo_mc", MC, samples={"evo_mc": search})["results"]["evo_mc"]
+    theirs = _lm_eval(world, "evo_mc", MC, samples={"evo_mc": search}, seen=theirs_in)["results"]["evo_mc"]
     assert abs(res.values[metric] - theirs[f"{metric},none"]) <= 1e-4
+    assert ours_in == theirs_in  # the same documents with the same few-shot examples
     _, tested = _ours(world, {**MC, "metric": metric}, "test")
     theirs = _lm_eval(world, "evo_mc", MC, samples={"evo_mc": test})["results"]["evo_mc"]
     assert abs(tested.values[metric] - theirs[f"{metric},none"]) <= 1e-4
@@ -124,30 +146,17 @@ def test_multiple_choice_on_a_partitioned_split_scores_as_lm_eval(world, metric)
 def test_the_search_never_sees_a_test_document(world):
     """Every input the model is given while the search scores (documents and few-shot examples
     alike) is checked against the reported documents' prompts."""
-    tok, model = world["tokenizer"], world["model"]
     mc_rows = read_rows(data_file(world["include"], "evo_mc", "validation"))
     _, test = partition(len(mc_rows), 0, 0.5, "evo_mc")
     reported = {mc_rows[i]["prompt"] for i in test}
     reported |= {r["prompt"] for r in read_rows(data_file(world["include"], "evo_gen", "test"))}
     seen: list[str] = []
-
-    def spy(_m, args, kwargs, _out):
-        seen.extend(tok.batch_decode(args[0] if args else kwargs["input_ids"]))
-
-    hook = model.register_forward_hook(spy, with_kwargs=True)
-    try:
-        _ours(world, {**MC, "num_fewshot": 3})
-        _ours(world, GEN)
-    finally:
-        hook.remove()
+    _ours(world, {**MC, "num_fewshot": 3}, seen=seen)
+    _ours(world, GEN, seen=seen)
     assert seen and not [p for p in reported if any(p in text for text in seen)]
     # ... while `eval` on the test split does score them (the check above can fail).
     seen.clear()
-    hook = model.register_forward_hook(spy, with_kwargs=True)
-    try:
-        _ours(world, MC, "test")
-    finally:
-        hook.remove()
+    _ours(world, MC, "test", seen=seen)
     assert any(mc_rows[test[0]]["prompt"] in text for text in seen)
 
 
