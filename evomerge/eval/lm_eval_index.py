@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,16 @@ def load_task_objects(spec: str | dict, include_path: tuple[str, ...], *, where:
     path or config dict, with its datasets loaded."""
     tm = task_manager(include_path, defaults=defaults)
     try:
+        from datasets import config
+
+        if config.HF_HUB_OFFLINE:
+            return tm.load([spec])
+        try:  # the cache first: no request to the Hub for a dataset already here
+            with _datasets_offline():
+                return tm.load([spec])
+        except Exception as e:  # noqa: BLE001 - not cached (or not whole): fetch it
+            if _failing_dataset(e) is None:
+                raise
         return tm.load([spec])
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -83,6 +94,22 @@ def load_task_objects(spec: str | dict, include_path: tuple[str, ...], *, where:
             f"{where}: lm-eval could not load the task ({type(e).__name__}: {_one_line(e)}). "
             f"Check the task's YAML and its dataset."
         ) from None
+
+
+@contextmanager
+def _datasets_offline():
+    """``datasets`` and ``huggingface_hub`` offline for a moment (both read their flag at call
+    time): a cached dataset then loads without asking the Hub for a newer revision, so every
+    process of a run reads the same documents."""
+    from datasets import config
+    from huggingface_hub import constants
+
+    before = config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = before
 
 
 def _failing_dataset(e: BaseException) -> tuple[str, str | None] | None:

@@ -178,3 +178,26 @@ def test_a_tag_is_the_mean_of_its_tasks_and_needs_a_common_metric(world, tmp_pat
     _, one = _ours(world, {**MC, "num_fewshot": 0, "metric": "acc"})
     assert {p.task for p in task.split_plans} == {"evo_mc", "evo_mc_b"}
     assert tag.values["acc"] == pytest.approx(one.values["acc"]) and tag.n_examples == 40
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_datasets_are_read_from_the_cache_first_when_online(world, monkeypatch, cached):
+    """Online, a task's dataset is first loaded with downloads off (a cached one then never asks
+    the Hub for a newer revision); only a dataset that is not cached is loaded online."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    real, calls = datasets.load_dataset, []
+
+    def load(*args, **kwargs):
+        calls.append((datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE))
+        if calls[-1][0] and not cached:
+            raise FileNotFoundError("Dataset evo_gen is not cached")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    load_task(_ref(world, GEN)).validate()
+    assert calls == ([(True, True)] if cached else [(True, True), (False, False)])
+    assert not datasets.config.HF_HUB_OFFLINE and not constants.HF_HUB_OFFLINE  # restored
