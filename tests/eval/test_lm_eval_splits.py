@@ -35,9 +35,9 @@ def test_partition_is_disjoint_complete_and_the_same_in_another_process():
     search, test = partition(101, 5, 0.3, "t")
     assert len(search) == 30 and sorted(search + test) == list(range(101))
     code = ("from evomerge.eval.lm_eval_splits import partition, stratified_subset as s; "
-            "print(partition(101, 5, 0.3, 't'), s(100, 20, 2, ['a'] * 30 + ['b'] * 60 + ['c'] * 10))")
+            "print((partition(101, 5, 0.3, 't'), s(100, 20, 2, ['a'] * 30 + ['b'] * 60 + ['c'] * 10)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str(((search, test), stratified_subset(100, 20, 2, LABELS)))[1:-1]
+    assert out.strip() == str(((search, test), stratified_subset(100, 20, 2, LABELS)))
 
 
 def test_a_one_document_split_cannot_be_partitioned():
