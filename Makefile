@@ -52,7 +52,7 @@ test-ray: $(STAMP)
 ## short form, the README walk-through on a fresh copy and the landscape its quickstart found.
 test-slow: $(STAMP)
 	$(BIN)/evomerge zoo build --no-report
-	$(BIN)/python -m pytest -q -m "slow and not landscape and not ray and not browser"
+	$(BIN)/python -m pytest -q --durations=12 -m "slow and not landscape and not ray and not browser"
 
 ## The zoo's landscape checks: not in CI until they hold on every build of benchmarks/zoo_robustness.py.
 test-landscape: $(STAMP)

@@ -292,8 +292,9 @@ def _quiet_hflm():
 @contextmanager
 def _quiet():
     """Once per candidate, lm-eval warns that the model is an object and not a path, draws a
-    progress bar, and runs ``git describe`` (a "fatal: not a git repository" on stderr outside a
-    checkout) to stamp results evomerge does not keep: noise in a search's output."""
+    progress bar, and stamps its results (which evomerge does not keep) with ``git describe`` (a
+    "fatal: not a git repository" on stderr outside a checkout) and torch's environment report
+    (a dozen subprocesses: most of a small model's scoring time). None of it is wanted here."""
     import logging
     from functools import partial
 
@@ -301,13 +302,14 @@ def _quiet():
     from lm_eval.api import task as task_module
 
     logger = logging.getLogger("lm_eval")
-    level, git, bar = logger.level, evaluator.get_git_commit_hash, task_module.tqdm
+    level, git, env, bar = logger.level, evaluator.get_git_commit_hash, evaluator.add_env_info, task_module.tqdm
     logger.setLevel(logging.ERROR)
     evaluator.get_git_commit_hash = lambda: None
+    evaluator.add_env_info = lambda results: None  # torch's collect_env: `pip list` and more, 0.3 s
     task_module.tqdm = partial(bar, disable=True)  # the bar over documents as prompts are built
     try:
         yield
     finally:
         logger.setLevel(level)
-        evaluator.get_git_commit_hash = git
+        evaluator.get_git_commit_hash, evaluator.add_env_info = git, env
         task_module.tqdm = bar
