@@ -24,7 +24,8 @@ class LmEvalTaskError(EvomergeError):
     """A registry name, an option or a dataset of an lm-eval task that cannot be used."""
 
 
-_MANAGERS: dict[tuple[str, ...], Any] = {}
+_MANAGERS: dict[tuple, Any] = {}
+_LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")  # datasets' packaged readers
 _LOCK = threading.Lock()
 
 
@@ -127,6 +128,10 @@ def _dataset_paragraph(where: str, dataset: tuple[str, str | None], e: BaseExcep
     from datasets import config
 
     path, name = dataset
+    if path in _LOCAL_BUILDERS:  # local files (dataset_kwargs.data_files): no cache, no Hub
+        return (f"{where}: the task's {path} data files cannot be read ({type(e).__name__}: {_one_line(e)}). "
+                f"Fix `dataset_kwargs.data_files` in the task's YAML: absolute paths, or paths relative "
+                f"to the directory the command runs in.")
     label = f"{path} ({name})" if name else path
     args = f"{path!r}" + (f", {name!r}" if name else "")
     if config.HF_HUB_OFFLINE:

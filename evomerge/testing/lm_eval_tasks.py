@@ -34,8 +34,8 @@ def write_registry_tasks(root: Path, *, seed: int = 0) -> Path:
     """Write the two tasks' YAMLs and data under ``root``; returns the include_path directory."""
     rng = random.Random(seed)
     pairs = iter(_prompts(sum(sum(s.values()) for s in SIZES.values()), rng))
-    tasks = root / "lm_eval_tasks"
-    data = root / "lm_eval_data"
+    tasks = (root / "lm_eval_tasks").resolve()
+    data = (root / "lm_eval_data").resolve()  # the YAMLs name their data files absolutely
     tasks.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, str]] = {}
     for task, splits in SIZES.items():

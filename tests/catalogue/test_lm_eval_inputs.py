@@ -5,7 +5,8 @@ exit 2, one paragraph naming the task, the field and the fix, nothing written.
 28b. a task whose dataset is not cached, offline (an include_path task, and lm-eval's own arc_easy);
 28c. a metric the task does not produce;
 28d. task options on an objective that is not an inline lm-eval task;
-28e. a chat template asked for while the base (whose tokenizer every candidate keeps) has none.
+28e. a chat template asked for while the base (whose tokenizer every candidate keeps) has none;
+28f. a task over local files that are not there (not reported as an uncached Hub dataset).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from evomerge.testing.lm_eval_tasks import write_registry_tasks
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval_inputs")
     include = write_registry_tasks(root)
+    (include / "evo_gone.yaml").write_text(yaml.safe_dump({
+        "task": "evo_gone", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(root / "gone.jsonl")}},
+        "output_type": "generate_until", "test_split": "test", "doc_to_text": "{{q}}", "doc_to_target": "{{a}}"}))
     (include / "evo_far.yaml").write_text(yaml.safe_dump({
         "task": "evo_far", "dataset_path": "evomerge-test/not-cached", "output_type": "generate_until",
         "test_split": "test", "doc_to_text": "{{q}}", "doc_to_target": "{{a}}"}))
@@ -92,3 +96,11 @@ def test_28e_a_chat_template_the_base_lacks(world, tmp_path):
                                         "include_path": str(include)})
     assert_refused(result, "apply_chat_template is set", str(base), "has no chat template",
                    "chat_template.jinja", "apply_chat_template: false")
+
+
+def test_28f_local_data_files_that_are_not_there(world, tmp_path):
+    root, include, _ = world
+    result, config = _search(root, tmp_path, {"task": "lm_eval:evo_gone", "include_path": str(include)})
+    message = assert_refused(result, str(config), "json data files cannot be read", str(root / "gone.jsonl"),
+                             "dataset_kwargs.data_files")
+    assert "cache" not in message
