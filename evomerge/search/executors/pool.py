@@ -132,8 +132,9 @@ class PoolExecutor:
     def close(self) -> None:
         for s in self._slots:
             try:
-                s.conn.close()
+                s.conn.close()  # an idle worker reads EOF and exits, cleaning up after itself
             finally:
+                s.process.join(timeout=0 if s.job is not None else 5)
                 if s.process.is_alive():
                     s.process.kill()
                 s.process.join(timeout=10)
