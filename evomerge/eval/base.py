@@ -89,6 +89,10 @@ class Evaluator(ABC):
         malformed row fails before a search spends compute. Raises ``EvomergeError``."""
         self.size()
 
+    def needed_paths(self) -> list[Path]:
+        """Directories and files a worker on another machine must see to load this task."""
+        return [Path(self.root).resolve()]
+
     def check_model(self, model_dir: Path) -> None:
         """Refuse, before any compute, a model directory whose models this task cannot score
         (the base of a search: candidates keep its tokenizer). Raises ``EvomergeError``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import cache, cached_property
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -209,6 +210,10 @@ class LmEvalTask(Evaluator):
 
     def validate(self) -> None:
         self.objectives()  # loads the index, the task, its datasets and the metric: all may fail
+
+    def needed_paths(self) -> list:
+        inline = (self.ref or "").startswith("lm_eval:")
+        return [*map(Path, self._include), *([] if inline else super().needed_paths())]
 
     def check_model(self, model_dir) -> None:
         from evomerge.io.compat import has_chat_template

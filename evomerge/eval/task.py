@@ -110,7 +110,7 @@ def load_task(
         )
     if name_or_path.startswith(INLINE_LM_EVAL):
         raw = _inline_config(name_or_path)
-        path = Path.cwd() / f"{name_or_path[:80]}"  # named in errors; relative paths are already absolute
+        path = Path.cwd() / "lm_eval.yaml"  # its parent is the root; its paths are already absolute
         where = f"objective task {raw['task']!r} (lm_eval:)"
     else:
         path = find_task(name_or_path)

@@ -201,3 +201,13 @@ def test_datasets_are_read_from_the_cache_first_when_online(world, monkeypatch, 
     load_task(_ref(world, GEN)).validate()
     assert calls == ([(True, True)] if cached else [(True, True), (False, False)])
     assert not datasets.config.HF_HUB_OFFLINE and not constants.HF_HUB_OFFLINE  # restored
+
+
+def test_what_a_worker_on_another_node_must_see(world, tmp_path):
+    """The Ray executor checks every node sees these paths: an inline task's include_path (no
+    task file, no folder of its own), a task file's folder besides."""
+    inline = load_task(_ref(world, GEN), validate=False)
+    assert inline.needed_paths() == [world["include"]]
+    (tmp_path / "lme.yaml").write_text(f"type: lm_eval\ntask: evo_gen\ninclude_path: {world['include']}\n")
+    from_file = load_task(str(tmp_path / "lme.yaml"), validate=False)
+    assert from_file.needed_paths() == [world["include"], tmp_path.resolve()]

@@ -350,13 +350,13 @@ def _task_paths(worker: WorkerSpec, tasks) -> list[Path]:
 
     out: list[Path] = []
     for t in worker.tasks:
+        if t.name.startswith("lm_eval:"):  # an inline lm-eval task: no file (its paths below)
+            continue
         try:
             path = find_task(t.name)
         except EvomergeError:
             continue
         out += [path, path.parent]
     for task in tasks or []:
-        root = getattr(task, "root", None)
-        if root is not None:
-            out.append(Path(root).resolve())
+        out += task.needed_paths()
     return list(dict.fromkeys(out))
