@@ -61,17 +61,23 @@ def find_task(name_or_path: str) -> Path:
     )
 
 
+def absolute_include_path(options: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``options`` with an inline lm-eval task's ``include_path`` (one path or a list) made
+    absolute against ``root`` (the run config's directory)."""
+    paths = options.get("include_path")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list):
+        return options
+    return {**options, "include_path": [str((root / str(p)).resolve()) for p in paths]}
+
+
 def inline_ref(task: str, options: dict[str, Any], root: Path) -> str:
     """The ref of an inline lm-eval task (``lm_eval:NAME`` with options), paths made absolute
     against ``root`` (the run config's directory), so any process loads the same task from it."""
     if not task.startswith(INLINE_LM_EVAL) or not options:
         return task
-    options = dict(options)
-    if "include_path" in options:
-        paths = options["include_path"]
-        paths = [paths] if isinstance(paths, str) else paths
-        if isinstance(paths, list):
-            options["include_path"] = [str((root / str(p)).resolve()) for p in paths]
+    options = absolute_include_path(options, root)
     return INLINE_LM_EVAL + json.dumps({"task": task[len(INLINE_LM_EVAL):], **options}, sort_keys=True)
 
 
@@ -108,7 +114,8 @@ def load_task(
             f"`allow_test_split: true` in the run config if you really mean to tune on the test "
             f"split (its scores then no longer measure generalisation)."
         )
-    if name_or_path.startswith(INLINE_LM_EVAL):
+    inline = name_or_path.startswith(INLINE_LM_EVAL)
+    if inline:
         raw = _inline_config(name_or_path)
         path = Path.cwd() / "lm_eval.yaml"  # its parent is the root; its paths are already absolute
         where = f"objective task {raw['task']!r} (lm_eval:)"
@@ -131,12 +138,11 @@ def load_task(
         raise TaskConfigError(
             f"{where}: invalid {raw['type']} task config: {problems(e, model=cls.Config)}."
         ) from None
-    default_name = raw["task"] if name_or_path.startswith(INLINE_LM_EVAL) else path.stem
+    default_name = raw["task"] if inline else path.stem
     evaluator = cls(config, name=config.name or default_name, split=split, root=path.parent)
     # How a worker in another process loads this task again: by name (from its own
     # evaluators/), or by the absolute path of a YAML given as a path.
     given = Path(name_or_path)
-    inline = name_or_path.startswith(INLINE_LM_EVAL)
     evaluator.ref = str(path) if not inline and (given.suffix in (".yaml", ".yml") or given.is_file()) else name_or_path
     if validate:
         evaluator.validate()

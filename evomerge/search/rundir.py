@@ -39,13 +39,12 @@ def space_path(config: RunConfig, config_path: Path) -> Path:
 
 def freeze_config(config: RunConfig, config_path: Path, run_dir: Path) -> None:
     """Write the run's own config, with paths that work from anywhere."""
+    from evomerge.eval.task import absolute_include_path
+
     frozen = config.model_copy(update={"space": str(space_path(config, config_path))}).model_dump()
     here = Path(config_path).resolve().parent
-    for objective in frozen["objectives"]:  # an inline lm-eval task's directories
-        paths = objective.get("include_path")
-        if paths is not None:
-            paths = [paths] if isinstance(paths, str) else paths
-            objective["include_path"] = [str((here / str(p)).resolve()) for p in paths]
+    # an inline lm-eval task's directories
+    frozen["objectives"] = [absolute_include_path(o, here) for o in frozen["objectives"]]
     atomic_write_text(Path(run_dir) / RUN_FILE, yaml.safe_dump(frozen, sort_keys=False))
 
 
