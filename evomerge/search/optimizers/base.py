@@ -81,6 +81,7 @@ OPTIMIZERS: Registry[type[Optimizer]] = Registry(
         "cmaes": "evomerge.search.optimizers.cmaes",
         "tpe": "evomerge.search.optimizers.optuna_samplers",
         "gp": "evomerge.search.optimizers.optuna_samplers",
+        "lq_cmaes": "evomerge.search.optimizers.lq_cmaes",
         "nsga2": "evomerge.search.optimizers.optuna_samplers",
     },
     entry_points="evomerge.optimizers",
