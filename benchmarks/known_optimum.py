@@ -22,7 +22,10 @@ random), median and range over the seeds; the results go to
 ``benchmarks/_work/known_optimum/results.json``.
 
     python benchmarks/known_optimum.py [--seeds 0 1 2 3 4] [--optimizers cmaes tpe gp]
-        [--space 6|groups|both] [--budget 150]
+        [--space 6|groups|both] [--budget 150] [--priors]
+
+``--priors`` has every optimiser score the sources' priors first (evomerge.search.priors: the
+equal-weight average, task arithmetic at weights 1, each expert alone), inside the budget.
 """
 
 from __future__ import annotations
@@ -132,11 +135,13 @@ class Closeness:
         return 1.0 - float(torch.linalg.vector_norm(self._flat(x) - self.target)) / self.scale
 
 
-def run_one(name: str, dimension: int, seed: int, budget: int, fitness) -> list[float]:
-    """Best closeness so far after each evaluation of one ask/tell run."""
+def run_one(name: str, dimension: int, seed: int, budget: int, fitness, first=()) -> list[float]:
+    """Best closeness so far after each evaluation of one ask/tell run (``first``: warm starts)."""
     from evomerge.search.optimizers import OPTIMIZERS
 
     opt = OPTIMIZERS.get(name)(dimension, 1, seed)
+    if first:
+        opt.warm_start(list(first))
     best, trace, failures = float("-inf"), [], []
     while len(trace) < budget:
         s = opt.ask()
@@ -178,6 +183,7 @@ def summary(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from evomerge.merge.engine import InMemoryMerger
     from evomerge.search.optimizers import OPTIMIZERS
+    from evomerge.search.priors import source_points
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -185,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--space", choices=["6", "groups", "both"], default="both")
     ap.add_argument("--budget", type=int, default=150)
     ap.add_argument("--model-seed", type=int, default=0)
+    ap.add_argument("--priors", action="store_true",
+                    help="score the sources' priors first (average, task arithmetic, each expert alone)")
     ap.add_argument("--out", type=Path, default=WORK / "results.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     marks = [args.budget // 3, 2 * args.budget // 3, args.budget]
     kinds = ["6", "groups"] if args.space == "both" else [args.space]
     results: dict = {
-        "budget": args.budget, "seeds": args.seeds, "model_seed": args.model_seed,
+        "budget": args.budget, "seeds": args.seeds, "model_seed": args.model_seed, "priors": args.priors,
         "shape": SHAPE, "expert_scales": EXPERT_SCALES, "machine": platform.processor() or platform.machine(),
         "spaces": {},
     }
@@ -205,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             fitness = Closeness(space, merger, secret_point(space, kind))
             check = (fitness(equal_point(space)), fitness(secret_point(space, kind)))
             d = len(space.genes())
+            first = [x for _, x in source_points(space)] if args.priors else []
             print(f"\nspace {kind}: {d} genes; equal-weight point {check[0]:.6f}, secret point "
                   f"{check[1]:.6f}; ||θ_avg - θ*|| = {fitness.scale:.4f}")
             rows = results["spaces"][kind] = {"genes": d, "optimizers": {}}
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 at = marks + ([budget] if budget != args.budget else [])
                 runs, t0 = {}, time.perf_counter()
                 for seed in args.seeds:
-                    runs[seed] = run_one(name, d, seed, budget, fitness)
+                    runs[seed] = run_one(name, d, seed, budget, fitness, first)
                 seconds = time.perf_counter() - t0
                 table = {str(n): [runs[s][n - 1] for s in args.seeds] for n in at}
                 rows["optimizers"][name] = {"best_at": table, "seconds": seconds,

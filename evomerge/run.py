@@ -113,8 +113,16 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
                 f"or random, or remove the constraints."
             )
         optimizer.expect_constraints(len(constraints))
-    if config.warm_start:
-        optimizer.warm_start([_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)])
+    warm = _prior_points(space, config, config_path)
+    warm += [_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)]
+    if warm:
+        try:
+            optimizer.warm_start(warm)
+        except NotImplementedError:
+            raise RunConfigError(
+                f"{config_path}: optimizer {config.optimizer.name} takes no first points, so "
+                f"priors/warm_start cannot be used with it; remove them or choose another optimizer."
+            ) from None
     for task in tasks:
         levels = [lv for lv in config.levels() if lv is not None]
         size = task.size()
@@ -174,6 +182,17 @@ def worker_spec(config: RunConfig, p: Prepared, sources: dict[str, Path]) -> Wor
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
     )
+
+
+def _prior_points(space, config: RunConfig, config_path: Path) -> list[np.ndarray]:
+    if config.priors is None:
+        return []
+    from evomerge.search.priors import NoPriors, source_points
+
+    try:
+        return [x for _, x in source_points(space)]
+    except NoPriors as e:
+        raise RunConfigError(f"{config_path}: {e}") from None
 
 
 def _warm_point(space, point: dict, index: int, config_path: Path) -> np.ndarray:

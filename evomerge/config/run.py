@@ -251,6 +251,11 @@ class RunConfig(StrictModel):
         description="Points evaluated first, by gene name (see `evomerge space show`); "
         "genes left out take the middle of their range.",
     )
+    priors: Literal["sources"] | None = Field(
+        default=None,
+        description="sources: score the equal-weight average, task arithmetic at weights 1 and each "
+        "expert alone first (before warm_start's points), seeding the optimiser's model or mean.",
+    )
     split: Literal["search", "test"] = "search"
     allow_test_split: bool = False
     trust_remote_code: bool = Field(
