@@ -113,13 +113,16 @@ class Evaluator(ABC):
         return float(n if fidelity is None else min(fidelity, n))
 
     @abstractmethod
-    def _score(self, model, tokenizer, fidelity: int | None) -> tuple[dict[str, float], int]:
-        """Values keyed by objective name, and the number of examples scored."""
+    def _score(
+        self, model, tokenizer, fidelity: int | None
+    ) -> tuple[dict[str, float], int] | tuple[dict[str, float], int, dict[str, Any]]:
+        """Values keyed by objective name, the number of examples scored and, optionally, the
+        result's ``details`` (e.g. ``per_example_details``)."""
 
     def evaluate(self, model, tokenizer, fidelity: int | None = None) -> EvalResult:
         t0 = time.perf_counter()
         try:
-            values, n = self._score(model, tokenizer, fidelity)
+            values, n, *extra = self._score(model, tokenizer, fidelity)
             bad = [f"{k} ({v})" for k, v in values.items() if not math.isfinite(v)]
             if bad:
                 raise EvaluationFailure(f"non-finite value for {', '.join(bad)}")
@@ -140,6 +143,7 @@ class Evaluator(ABC):
             fidelity=fidelity,
             n_examples=n,
             seconds=time.perf_counter() - t0,
+            details=dict(extra[0]) if extra else {},
         )
 
     def _failed(self, reason: str, fidelity: int | None, t0: float) -> EvalResult:
@@ -172,6 +176,18 @@ def register_evaluator(name: str):
     names lazily, that a plugin's ``evomerge.evaluators`` entry point names, or that is imported
     anyway)."""
     return EVALUATORS.decorator(name)
+
+
+def per_example_details(indices: list[int], outcomes: dict[str, list[float]]) -> dict[str, Any]:
+    """``EvalResult.details`` entry of an example-based task: the scored examples' indices into
+    the split and, per objective, each one's outcome (1.0/0.0 for right/wrong), in that order.
+    The objective's value is their mean; ``evomerge.eval.anchors`` reads them to choose
+    representative subsets."""
+    for name, vals in outcomes.items():
+        if len(vals) != len(indices):
+            raise ValueError(f"{len(vals)} outcomes of {name!r} for {len(indices)} examples.")
+    return {"per_example": {"indices": [int(i) for i in indices],
+                            "outcomes": {k: [float(v) for v in vals] for k, vals in outcomes.items()}}}
 
 
 def check_finite(logits) -> None:

@@ -10,7 +10,13 @@ from functools import cached_property
 
 from pydantic import Field
 
-from evomerge.eval.base import Evaluator, Objective, TaskConfig, register_evaluator
+from evomerge.eval.base import (
+    Evaluator,
+    Objective,
+    TaskConfig,
+    per_example_details,
+    register_evaluator,
+)
 from evomerge.eval.data import nested_subset, read_jsonl, split_path
 from evomerge.eval.generate import greedy_generate
 
@@ -40,7 +46,8 @@ class ExactMatch(Evaluator):
         return len(self.rows)
 
     def _score(self, model, tokenizer, fidelity):
-        rows = [self.rows[i] for i in nested_subset(self.size(), fidelity, self.config.subset_seed)]
+        idx = nested_subset(self.size(), fidelity, self.config.subset_seed)
+        rows = [self.rows[i] for i in idx]
         preds = greedy_generate(
             model,
             tokenizer,
@@ -50,5 +57,6 @@ class ExactMatch(Evaluator):
             batch_size=self.config.batch_size,
         )
         norm = str.strip if self.config.strip else (lambda s: s)
-        hits = sum(norm(p) == norm(r["answer"]) for p, r in zip(preds, rows, strict=True))
-        return {self.config.metric: hits / len(rows)}, len(rows)
+        hits = [float(norm(p) == norm(r["answer"])) for p, r in zip(preds, rows, strict=True)]
+        details = per_example_details(idx, {self.config.metric: hits})
+        return {self.config.metric: sum(hits) / len(rows)}, len(rows), details

@@ -20,6 +20,7 @@ from evomerge.eval.base import (
     TaskConfig,
     check_finite,
     model_device,
+    per_example_details,
     register_evaluator,
 )
 from evomerge.eval.data import TaskDataError, nested_subset, read_jsonl, split_path
@@ -84,15 +85,18 @@ class Loglikelihood(Evaluator):
         return len(self.rows)
 
     def _score(self, model, tokenizer, fidelity):
-        rows = [self.rows[i] for i in nested_subset(self.size(), fidelity, self.config.subset_seed)]
+        idx = nested_subset(self.size(), fidelity, self.config.subset_seed)
+        rows = [self.rows[i] for i in idx]
         pairs = [(r["prompt"], c) for r in rows for c in r["choices"]]
         scores = continuation_logprobs(model, tokenizer, pairs, self.config.batch_size)
-        acc = acc_norm = 0
+        acc: list[float] = []
+        acc_norm: list[float] = []
         k = 0
         for r in rows:
             s = scores[k : k + len(r["choices"])]
             k += len(r["choices"])
             norm = [v / max(1, len(c)) for v, c in zip(s, r["choices"], strict=True)]
-            acc += max(range(len(s)), key=s.__getitem__) == r["answer"]
-            acc_norm += max(range(len(s)), key=norm.__getitem__) == r["answer"]
-        return {"acc": acc / len(rows), "acc_norm": acc_norm / len(rows)}, len(rows)
+            acc.append(float(max(range(len(s)), key=s.__getitem__) == r["answer"]))
+            acc_norm.append(float(max(range(len(s)), key=norm.__getitem__) == r["answer"]))
+        details = per_example_details(idx, {"acc": acc, "acc_norm": acc_norm})
+        return {"acc": sum(acc) / len(rows), "acc_norm": sum(acc_norm) / len(rows)}, len(rows), details

@@ -6,6 +6,7 @@ import torch
 from eval_helpers import write_task
 
 from evomerge.eval import load_task
+from evomerge.eval.data import nested_subset
 from evomerge.eval.generate import greedy_generate
 from evomerge.zoo.skills import SKILLS
 
@@ -66,6 +67,22 @@ def test_fidelity_scores_a_nested_subset(lm, tmp_path):
     assert ev.fidelity_levels() == [4, 8, None]
     assert ev.cost(4) < ev.cost(8) < ev.cost(None) == len(rows)
     assert ev.evaluate(model, tok, fidelity=4).n_examples == 4
+
+
+def test_details_hold_each_scored_example_and_its_outcome(lm, tmp_path):
+    model, tok = lm
+    ref = [hf_greedy(model, tok, p, 6) for p in PROMPTS]
+    rows = [{"prompt": p, "answer": r if i % 3 == 0 else "?"}
+            for i, (p, r) in enumerate(zip(PROMPTS, ref, strict=True))]
+    path = write_task(tmp_path, "em", {"type": "exact_match", "data": "data/em/{split}.jsonl",
+                                       "max_new_tokens": 6}, {"search": rows})
+    ev = load_task(str(path))
+    for fidelity in (5, None):
+        res = ev.evaluate(model, tok, fidelity)
+        got = res.details["per_example"]
+        assert got["indices"] == nested_subset(len(rows), fidelity, 0)
+        assert got["outcomes"]["exact_match"] == [float(i % 3 == 0) for i in got["indices"]]
+        assert res.values["exact_match"] == sum(got["outcomes"]["exact_match"]) / res.n_examples
 
 
 def test_nan_logits_are_a_failed_result_not_a_crash(tmp_path):

@@ -44,6 +44,10 @@ def test_accuracy_follows_the_likeliest_choice(lm, tmp_path):
     assert res.ok, res.error
     assert res.values["acc"] == 4 / 6
     assert 0 <= res.values["acc_norm"] <= 1
+    got = res.details["per_example"]
+    assert got["indices"] == list(range(6))
+    assert got["outcomes"]["acc"] == [1.0] * 4 + [0.0] * 2
+    assert sum(got["outcomes"]["acc_norm"]) / 6 == res.values["acc_norm"]
 
 
 def test_answer_out_of_range_is_a_failed_result_naming_the_file(lm, tmp_path):
