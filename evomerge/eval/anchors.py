@@ -9,33 +9,38 @@ correctness patterns, keep one representative per cluster ("anchor") and estimat
 full score as the mean of its outcomes on the anchors weighted by the share of the split each
 anchor represents.
 
-Here the clustering is a greedy k-medoids (facility location) *ordering*, so the anchors are
-nested as the random fidelity levels are: the first 32 anchors are inside the first 64, and a
-candidate promoted from one level to the next keeps its outcomes. Given ``correct`` (rows: models
-already scored on every example; columns: the split's examples; entries 1.0/0.0 or a per-example
-metric in [0, 1]):
+Here the clustering is a greedy *ordering*, so the anchors are nested as the random fidelity
+levels are: the first 32 anchors are inside the first 64, and a candidate promoted from one level
+to the next keeps its outcomes (only the weights are recomputed per level). Given ``correct``
+(rows: models already scored on every example; columns: the split's examples; entries 1.0/0.0
+or a per-example metric in [0, 1]):
 
 - examples are grouped by their column (their *pattern*): identical patterns are one point, with
   the number of examples it stands for as its mass; the distance between two patterns is the
   share of models on which they differ (mean absolute difference);
-- step by step, the next anchor is the pattern that most lowers the mass-weighted distance of
-  every pattern to its nearest anchor (the first one: the pattern nearest to all the others), the
-  example standing for it being the pattern's first in a seeded permutation (the seed decides
-  which of equal examples is taken, and breaks ties between equal gains);
+- the first anchor is the medoid (the pattern nearest to all the others); each next one splits
+  the heaviest anchor's stratum (the examples nearest to it): of the examples in it, the one
+  whose pattern most lowers the mass-weighted distance of every pattern to its nearest anchor (a
+  new pattern while the stratum holds one, else another example of the same pattern). A plain
+  greedy k-medoids (facility location, one anchor per cluster) leaves some anchors standing for
+  10-18% of the zoo's splits, whose single outcome then swings a new model's estimate; splitting
+  the heaviest stratum keeps every weight near 1/k, a stratified sample of one representative
+  example per stratum (benchmarks/anchor_subsets.py measured both). A pattern's examples are
+  taken in a seeded permutation (the seed decides which of equal examples is taken, and breaks
+  ties between equal gains);
 - *constant* examples, which every scored model gets right (or every one wrong), tell nothing
-  about the order of models, so they come after every informative pattern; while none of their
+  about the order of models, so they come after every informative example; while none of their
   pattern is an anchor, the estimate counts them at the outcome every scored model had (a fixed
-  offset: it shifts every estimate alike and leaves the ranking to the informative anchors);
-  they still count: the anchors' weights and their fixed share sum to 1;
-- once every pattern has an anchor, further anchors go to the pattern with the most examples per
-  anchor it has, so a long prefix tends towards a stratified sample.
+  offset: it shifts every estimate alike and leaves the ranking to the informative anchors).
+  They still count: the anchors' weights and their fixed share sum to 1.
 
 Weights of a prefix of ``k`` anchors: every example's share ``1/n`` goes to its nearest anchors
 (split equally among ties), constant examples with no identical anchor to the fixed share. The
-estimate of a model's full score is ``weights @ outcomes_on_anchors + offset``; on a matrix whose
-columns take ``k`` distinct patterns it is exact at ``k`` anchors for any model whose outcome
-depends only on an example's pattern. ``random_subset`` is the baseline: today's
-``nested_subset`` with equal weights.
+estimate of a model's full score is ``weights @ outcomes_on_anchors + offset``. Where the
+informative examples take ``k`` distinct patterns of equal mass, ``k`` anchors take one of each
+and the estimate is exact for any model whose outcome depends only on an example's pattern and
+that agrees with the scored models on the constant examples. ``random_subset`` is the baseline:
+today's ``nested_subset`` with equal weights.
 """
 
 from __future__ import annotations
@@ -110,18 +115,29 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out / a.shape[1]
 
 
-def _greedy_medoids(dist: np.ndarray, mass: np.ndarray, k: int) -> list[int]:
-    """Up to ``k`` of the patterns ``dist`` relates, in the order greedy facility location adds
-    them (ties: the lowest position); stops when every pattern is chosen."""
+def _split_heaviest(dist: np.ndarray, mass: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` anchors over the patterns ``dist`` relates (``mass``: examples per pattern),
+    as pattern ids (a pattern again for a second example of it): first the medoid, then, each
+    step, an example of the heaviest anchor's stratum (the examples it is nearest to), the one
+    whose pattern most lowers the mass-weighted distance to the nearest anchor (a new pattern
+    when the stratum holds one; else another example of its own). Ties: the lowest position."""
     chosen: list[int] = []
+    used = np.zeros(len(mass))  # anchors per pattern
     nearest = np.full(len(mass), dist.max(initial=0.0) + 1.0)  # no anchor yet: farther than any
-    free = np.ones(len(mass), dtype=bool)
-    while len(chosen) < min(k, len(mass)):
-        gain = (mass[:, None] * (nearest[:, None] - np.minimum(nearest[:, None], dist))).sum(axis=0)
-        gain[~free] = -np.inf
-        j = int(np.argmax(gain))  # the first of equal gains
+    while len(chosen) < min(k, int(mass.sum())):
+        gain = (mass[:, None] * np.maximum(nearest[:, None] - dist, 0.0)).sum(axis=0)
+        room = used < mass
+        if chosen:
+            near = (dist == nearest[:, None]) & (used > 0)  # pattern -> its nearest anchored patterns
+            per_anchor = (mass / (near * used).sum(axis=1))[:, None] * near  # share of each anchor
+            weight = per_anchor.sum(axis=0)
+            weight[used == 0] = -np.inf
+            stratum = near[:, int(np.argmax(weight))] & room
+            if stratum.any():
+                room = stratum
+        j = int(np.argmax(np.where(room, gain, -np.inf)))  # the first of equal gains
         chosen.append(j)
-        free[j] = False
+        used[j] += 1
         nearest = np.minimum(nearest, dist[:, j])
     return chosen
 
@@ -142,19 +158,11 @@ def anchor_order(correct, k: int, seed: int = 0) -> np.ndarray:
     for group in (informative, constant):
         if len(picked) < k and len(group):
             sub = patterns[group]
-            order = _greedy_medoids(_distances(sub, sub), mass[group], k - len(picked))
+            order = _split_heaviest(_distances(sub, sub), mass[group], k - len(picked))
             picked += [int(group[i]) for i in order]
-    used = np.zeros(len(members), dtype=int)
-    for pid in picked:
-        used[pid] = 1
-    while len(picked) < k:  # every pattern has an anchor: the most examples per anchor next
-        room = np.where(used < mass, mass / (used + 1), -np.inf)
-        pid = int(np.argmax(room))
-        picked.append(pid)
-        used[pid] += 1
     taken = np.zeros(len(members), dtype=int)
     out = []
-    for pid in picked:
+    for pid in picked:  # a pattern's examples in the seeded order
         out.append(members[pid][taken[pid]])
         taken[pid] += 1
     return np.array(out, dtype=int)

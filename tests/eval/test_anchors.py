@@ -82,16 +82,22 @@ def test_constant_examples_come_last_and_count_at_their_outcome():
 
 def test_k_distinct_patterns_are_recovered_exactly_with_k_anchors():
     rng = np.random.default_rng(0)
+    # four informative patterns over four models, and two constant ones (everyone right or wrong)
     patterns = np.array([[1, 0, 1, 0, 1, 0], [1, 1, 0, 0, 1, 1], [0, 1, 1, 0, 1, 0], [1, 1, 1, 0, 1, 0]],
-                        dtype=float)  # six patterns over four models, two of them constant
-    k = patterns.shape[1]
-    which = rng.permutation(np.arange(120) % k)  # 20 examples of each pattern
+                        dtype=float)
+    which = rng.permutation(np.arange(120) % 6)  # 20 examples of each pattern
     y = patterns[:, which]
-    sub = anchor_subset(y, anchor_order(y, k, seed=0))
-    assert len({tuple(y[:, i]) for i in sub.indices}) == k
+    informative = [0, 1, 2, 5]
+    sub = anchor_subset(y, anchor_order(y, 4, seed=0))
+    assert sorted({int(which[i]) for i in sub.indices}) == informative
+    assert sub.fixed_share == pytest.approx(40 / 120) and sub.fixed_value == 0.5
     assert estimate(sub, y[:, sub.indices]) == pytest.approx(y.mean(axis=1))
-    new = rng.random(k).round()[which]  # a new model whose outcome follows the pattern
-    assert estimate(sub, new[sub.indices]) == pytest.approx(new.mean())
+    for _ in range(5):  # a new model whose outcome follows the pattern, as the others on constants
+        new = np.array([rng.integers(0, 2), rng.integers(0, 2), rng.integers(0, 2), 0, 1, rng.integers(0, 2)],
+                       dtype=float)[which]
+        assert estimate(sub, new[sub.indices]) == pytest.approx(new.mean())
+    six = anchor_subset(y, anchor_order(y, 6, seed=0))  # every informative example comes first
+    assert set(which[six.indices[:4]].tolist()) == set(informative)
 
 
 def test_anchors_rank_held_out_models_better_than_random_subsets():

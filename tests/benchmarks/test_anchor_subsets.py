@@ -1,0 +1,39 @@
+"""benchmarks/anchor_subsets.py's ranking step on a synthetic outcome matrix (seconds, no zoo):
+one value per seed for every k and column, anchors exact where the examples take fewer patterns
+than k."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "anchor_subsets.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    pytest.importorskip("scipy")
+    spec = importlib.util.spec_from_file_location("anchor_subsets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rank_correlations_on_a_synthetic_matrix(bench, capsys):
+    rng = np.random.default_rng(0)
+    patterns = (rng.random((30, 6)) < 0.5).astype(float)  # 30 models, 6 kinds of example
+    data = {"groups": ["calibration"] * 10 + ["held_out"] * 20}
+    for task in ("a", "b"):
+        data[task] = patterns[:, rng.integers(0, 6, size=200)]
+    res = bench.rank_correlations(data, ["a", "b"], [8, 16], [0, 1, 2])
+    for method in ("anchors", "random"):
+        for k in (8, 16):
+            assert set(res[method][k]) == {"a", "b", "mean", "mean, top half", "top 1/3 kept"}
+            assert all(len(v) == 3 and all(-1 <= x <= 1 for x in v) for v in res[method][k].values())
+            assert all(0 <= x <= 1 for x in res[method][k]["top 1/3 kept"])
+    assert all(x == pytest.approx(1.0) for v in res["anchors"][8].values() for x in v)
+    bench.table(res, ["a", "b"], [8, 16])
+    assert "anchors" in capsys.readouterr().out
