@@ -101,11 +101,26 @@ class TPE(OptunaOptimizer):
 
 @register_optimizer("gp")
 class GP(OptunaOptimizer):
+    """Optuna's GPSampler: log EI, or log EHVI for several objectives; while suggestions are
+    out (an asynchronous executor's other slots) their points enter as pending, through the
+    q-batch forms (qLogEI / qLogEHVI), so parallel proposals spread instead of piling up.
+    ``deterministic_objective``: the GP interpolates (no noise term): right for a fitness
+    that a re-evaluation reproduces exactly (a merge distance; one fixed subset of examples),
+    wrong across fidelity levels."""
+
     max_objectives = None  # Optuna's GP sampler handles several objectives too
+
+    def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0, *, n_startup_trials: int = 10,
+                 deterministic_objective: bool = False, **kwargs) -> None:
+        if n_startup_trials < 1:
+            raise ValueError(f"n_startup_trials must be at least 1, not {n_startup_trials}")
+        self._options = {"n_startup_trials": n_startup_trials, "deterministic_objective": deterministic_objective}
+        super().__init__(dimension, n_objectives, seed, **kwargs)
+
     def _sampler(self, seed: int, constraints_func=None):
         import optuna
 
-        return optuna.samplers.GPSampler(seed=seed, **_given(constraints_func))
+        return optuna.samplers.GPSampler(seed=seed, **self._options, **_given(constraints_func))
 
 
 @register_optimizer("nsga2")

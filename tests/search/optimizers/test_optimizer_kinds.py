@@ -66,3 +66,22 @@ def test_cmaes_restarts_when_the_search_stalls(strategy):
         assert opt.es.popsize == 4 * first_popsize  # doubled at each restart
     with pytest.raises(ValueError, match="restart_strategy"):
         OPTIMIZERS.get("cmaes")(4, 1, 0, restart_strategy="nope")
+
+
+def test_gp_spreads_the_points_it_proposes_while_others_are_pending():
+    # Optuna's GPSampler takes running trials as pending (qLogEI): three proposals made before
+    # any is told land apart instead of on the one maximiser of the same acquisition.
+    opt = OPTIMIZERS.get("gp")(4, 1, 0)
+    for _ in range(12):
+        s = opt.ask()
+        opt.tell(s.id, (fitness(s.x),))
+    out = [opt.ask().x for _ in range(3)]
+    gaps = [np.linalg.norm(out[i] - out[j]) for i in range(3) for j in range(i + 1, 3)]
+    assert min(gaps) > 0.1, gaps
+
+
+def test_gp_options_are_checked():
+    with pytest.raises(ValueError, match="n_startup_trials"):
+        OPTIMIZERS.get("gp")(4, 1, 0, n_startup_trials=0)
+    opt = OPTIMIZERS.get("gp")(4, 1, 0, n_startup_trials=3, deterministic_objective=True)
+    assert opt.study.sampler._n_startup_trials == 3 and opt.study.sampler._deterministic
