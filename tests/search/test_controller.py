@@ -93,7 +93,7 @@ def _hashes(run_dir):
     return [t.recipe_hash for t in Ledger(run_dir / "ledger.db").evaluations("complete")]
 
 
-@pytest.mark.parametrize("optimizer", ["cmaes", "tpe"])
+@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "quadratic"])
 def test_resume_continues_the_same_trajectory(tmp_path, zoo, optimizer):
     from evomerge.run import resume_search
 

@@ -83,6 +83,7 @@ OPTIMIZERS: Registry[type[Optimizer]] = Registry(
         "gp": "evomerge.search.optimizers.optuna_samplers",
         "lq_cmaes": "evomerge.search.optimizers.lq_cmaes",
         "nsga2": "evomerge.search.optimizers.optuna_samplers",
+        "quadratic": "evomerge.search.optimizers.quadratic",
     },
     entry_points="evomerge.optimizers",
 )
