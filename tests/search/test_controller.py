@@ -93,11 +93,11 @@ def _hashes(run_dir):
     return [t.recipe_hash for t in Ledger(run_dir / "ledger.db").evaluations("complete")]
 
 
-@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "quadratic"])
+@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "quadratic", "lq_cmaes"])
 def test_resume_continues_the_same_trajectory(tmp_path, zoo, optimizer):
     from evomerge.run import resume_search
 
-    cfg = _run(tmp_path, zoo, optimizer={"name": optimizer, "options": {"popsize": 4} if optimizer == "cmaes" else {}},
+    cfg = _run(tmp_path, zoo, optimizer={"name": optimizer, "options": {"popsize": 4} if "cmaes" in optimizer else {}},
                budget={"trials": 6})
     run_search(cfg, tmp_path / "whole", log=lambda s: None)
     run_search(cfg, tmp_path / "split", trials=3, log=lambda s: None)
@@ -266,6 +266,16 @@ def test_warm_start_points_are_evaluated_first(tmp_path, zoo):
     bad = _run(tmp_path, zoo, warm_start=[{"nope.weight": 1.0}])
     with pytest.raises(EvomergeError, match=r"warm_start\[0\].*nope.weight"):
         run_search(bad, tmp_path / "bad", log=lambda s: None)
+
+
+def test_priors_from_the_sources_come_first_then_warm_start(tmp_path, zoo):
+    cfg = _run(tmp_path, zoo, budget={"trials": 5}, priors="sources",
+               warm_start=[{"method": "ties", "add.weight": 0.5, "rev.weight": 1.0}])
+    run_search(cfg, tmp_path / "out", log=lambda s: None)
+    recipes = [yaml.safe_load(r.recipe) for r in _rows(tmp_path / "out")]
+    weights = [[m["parameters"]["weight"] for m in r["models"]] for r in recipes]
+    assert [r["merge_method"] for r in recipes] == ["task_arithmetic"] * 4 + ["ties"]
+    assert weights == [[0.5, 0.5], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.5, 1.0]]
 
 
 def test_progress_reports_every_finished_candidate(tmp_path, zoo):
