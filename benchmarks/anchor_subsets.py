@@ -114,7 +114,7 @@ def outcome_matrices(name: str, n_calibration: int, n_held_out: int,
         data = np.load(cache)
         return {"names": [n for n, _, _ in rows], "groups": [g for _, g, _ in rows],
                 **{t: data[t] for t, _ in tasks}}
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads ran 10-20x slower on 2 cores shared with other work
     evaluators = {t: load_task(t, split="search") for t, _ in tasks}
     merger = InMemoryMerger({str(zoo / n): zoo / n for n in ("base", *EXPERTS)})
     resident, tokenizer = load_causal_lm(zoo / "base")
