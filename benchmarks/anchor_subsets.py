@@ -26,7 +26,7 @@ matrices are cached under benchmarks/_work/anchor_subsets/ (a rerun only re-rank
 results.json there.
 
     python benchmarks/anchor_subsets.py [--sets zoo0 zoo1 zoo0-other] [--ks 32 64 128]
-        [--calibration 16] [--held-out 48] [--seeds 0 1 2 3 4]
+        [--calibration 16] [--held-out 48] [--seeds 0 1 2 3 4] [--anchors-from all|plain|draws]
 """
 
 from __future__ import annotations
@@ -149,13 +149,17 @@ def top_kept(est: np.ndarray, full: np.ndarray, share: float = 1 / 3) -> float:
     return len(best & set(np.argsort(-est, kind="stable")[:m].tolist())) / m
 
 
-def rank_correlations(data: dict, tasks: list[str], ks: list[int], seeds: list[int]) -> dict:
+def rank_correlations(data: dict, tasks: list[str], ks: list[int], seeds: list[int],
+                      calibration: str = "all") -> dict:
     """{method: {k: {column: [value per seed]}}} over the held-out rows: Spearman rho per task
-    and for the mean over tasks, rho among the better half (by full mean) and the top third kept."""
+    and for the mean over tasks, rho among the better half (by full mean) and the top third kept.
+    ``calibration``: the calibration rows anchors see: all, the plain ones (sources, average, task
+    arithmetic) or the draws only."""
     from scipy.stats import spearmanr
 
-    calib = np.array([g == "calibration" for g in data["groups"]])
-    held = ~calib
+    held = np.array([g == "held_out" for g in data["groups"]])
+    plain = np.array([not n.startswith("cal") for n in data["names"]])
+    calib = ~held & {"all": True, "plain": plain, "draws": ~plain}[calibration]
     full = {t: data[t][held].mean(axis=1) for t in tasks}
     full["mean"] = np.mean([full[t] for t in tasks], axis=0)
     upper = full["mean"] >= np.median(full["mean"])
@@ -214,15 +218,17 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=16, help="random recipes among the calibration rows")
     ap.add_argument("--held-out", type=int, default=48, help="random recipes among the held-out rows")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--anchors-from", choices=["all", "plain", "draws"], default="all",
+                    help="calibration rows the anchors see: all, the sources and plain merges, the draws")
     args = ap.parse_args()
     t0 = time.perf_counter()
     results = {}
     for name in args.sets:
         tasks = [t for t, _ in SETS[name][1]]
         data = outcome_matrices(name, args.calibration, args.held_out)
-        res = rank_correlations(data, tasks, args.ks, args.seeds)
+        res = rank_correlations(data, tasks, args.ks, args.seeds, args.anchors_from)
         n_cal = data["groups"].count("calibration")
-        print(f"\n{name} (zoo seed {SETS[name][0]}): {n_cal} calibration rows, "
+        print(f"\n{name} (zoo seed {SETS[name][0]}): {n_cal} calibration rows (anchors from: {args.anchors_from}), "
               f"{len(data['groups']) - n_cal} held-out; Spearman rho of estimate vs full split, "
               f"median (min-max) over seeds {args.seeds}")
         print(describe(data, tasks))
