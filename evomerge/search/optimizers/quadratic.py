@@ -1,17 +1,15 @@
 """Quadratic-model trust-region search: fit a quadratic to what was told, step to its best point.
 
 The idea is MAP's (Li et al., "Low-compute Model Merging with Amortized Pareto Fronts via
-Quadratic Approximation", ICLR 2025): the score of a merge varies smoothly with its weights and
-densities, so a quadratic in the genes, fitted by least squares from the candidates evaluated so
-far, predicts it well near them, and the model costs nothing to query. Where an evaluation takes
-minutes, an optimiser that moves to the model's best point (then refits with that result) needs far
-fewer evaluations than one that samples blindly or ranks a population. Here the model is kept local,
-as in derivative-free trust-region methods (Powell's, TuRBO's box):
+Quadratic Approximation", ICLR 2025): a merge's score varies smoothly with its weights and
+densities, so a quadratic in the genes fitted by least squares to the candidates evaluated so far
+predicts it well near them, at no cost. Stepping to the model's best point and refitting needs far
+fewer evaluations (minutes each) than blind sampling or ranking a population. The model is kept
+local, as in derivative-free trust-region methods (Powell's; TuRBO's box):
 
 - Start-up: the warm-start points, then ``n_initial`` points of a Sobol sequence scrambled by the
-  seed; by default ``min(d + 2, 10)``: a linear model's ``d + 1`` terms and one more in small spaces,
-  at most 10 in large ones, where scattered points say little about any neighbourhood while a ridge
-  fit of a few already gives an ascent direction (known_optimum, 36 genes: 10 points beat 38).
+  seed; by default ``min(d + 2, 10)``: a linear model's terms and one more, at most 10 (in large
+  spaces scattered points say little about any neighbourhood; known_optimum, 36 genes: 10 beat 38).
 - Model: weighted ridge least squares in ``z = (x - centre) / radius`` on the basis ``1, z_i,
   z_i^2 / 2, z_i z_j`` (full quadratic, ``1 + d + d(d+1)/2`` terms) once the fit has 1.5 times as
   many points as terms, else ``1, z_i, z_i^2 / 2`` (linear + diagonal; sooner, the interactions
@@ -40,12 +38,14 @@ as in derivative-free trust-region methods (Powell's, TuRBO's box):
   merge's kinks fail proposals where a wider region still improves; known_optimum, 20 seeds: 0.80
   -> 0.85 and 0.43 -> 0.47 at 150); a failed trial halves it at once (no new data: the model would
   propose the same point); below ``min_radius`` it restarts at ``radius``.
-- Exploration: every ``explore_every``-th proposal after start-up is the next Sobol point, so the
-  search keeps sampling the whole cube and cannot stall in a basin whose model misleads it.
-- Failures and pending points: failed trials are left out of the fits. A proposal within 0.1
-  radius (per gene) of a point still out, or within 1e-3 radius of a told or failed one, is
-  replaced by the model's best of seeded perturbations that are not, so ``ask`` always answers and
-  asynchronous executors get distinct points.
+- Exploration: every ``explore_every``-th proposal is the next Sobol point: it cannot stall.
+- Pending points (local penalisation, as in batch Bayesian optimisation): while suggestions are
+  out, a Gaussian bump (height 1 value std, width 0.3 radius) around each is subtracted from the
+  model, so the next proposal is the model's best away from them (known_optimum, asks in batches
+  of 4, 10 seeds: 6 genes 0.68 -> 0.86, 36 genes 0.29 -> 0.46 at 148; told one by one: 0.89, 0.47).
+  Failed trials are left out of the fits. A proposal within 0.1 radius (per gene) of a point out,
+  or 1e-3 radius of a told or failed one, is replaced by the model's best of seeded perturbations
+  that are not: ``ask`` always answers, with a point distinct from those out.
 
 Everything follows from the seed and the order of asks and tells (one seeded generator, draws made in
 ``ask``), so replaying a ledger's tells retraces the same proposals.
@@ -65,6 +65,7 @@ _PENALTY = 1e4  # constraint penalty per squared normalised violation (objective
 _SOFTMIN = 0.01  # temperature of the smoothed Chebyshev minimum
 _UTOPIA = 0.2  # the Chebyshev utopia point lies this share of the front's extent past its best
 _RANK = 5.0  # fit weight e^(-_RANK * share of the fitted points that dominate a point)
+_BUMP, _BUMP_WIDTH = 1.0, 0.3  # pending points: height (normalised units), RMS width (radii)
 _FULL = 1.5  # the full quadratic once the fit has this many times as many points as its terms
 
 
@@ -72,11 +73,10 @@ def _sobol(dimension: int, m: int, seed: tuple[int, int]) -> np.ndarray:
     from scipy.stats import qmc
 
     gen = np.random.default_rng(list(seed))
-    try:
-        sampler = qmc.Sobol(dimension, scramble=True, rng=gen)
-    except TypeError:  # scipy < 1.15 calls it seed
-        sampler = qmc.Sobol(dimension, scramble=True, seed=gen)
-    return sampler.random_base2(m)
+    try:  # scipy >= 1.15 calls the generator rng, older ones seed
+        return qmc.Sobol(dimension, scramble=True, rng=gen).random_base2(m)
+    except TypeError:
+        return qmc.Sobol(dimension, scramble=True, seed=gen).random_base2(m)
 
 
 class _Model:
@@ -175,8 +175,7 @@ class Quadratic(Optimizer):
                              f"max_fit_points ({max_fit_points}) must be >= 1, explore_every ({explore_every}) "
                              f">= 0 (0: never), ridge ({ridge}) > 0")
         self.n_initial = min(dimension + 2, 10) if n_initial is None else max(1, int(n_initial))
-        self.initial_radius = self.radius = radius
-        self.min_radius = min_radius
+        self.initial_radius, self.radius, self.min_radius = radius, radius, min_radius
         self.success_tolerance, self.failure_tolerance = success_tolerance, failure_tolerance
         self.explore_every, self.max_fit_points, self.ridge = explore_every, max_fit_points, ridge
         self.restarts = 0
@@ -227,8 +226,9 @@ class Quadratic(Optimizer):
         centre, r = self._x[best], self.radius
         model, scale, violation_scale = self._model(best)
         lo, hi = np.maximum(-1.0, -centre / r), np.minimum(1.0, (1.0 - centre) / r)
-        objective = self._objective(model, weights, scale, violation_scale)
-        z = self._maximise(objective, model, lo, hi)
+        pending = (np.array([p for p, _, _ in self._out.values()]).reshape(-1, self.dimension) - centre) / r
+        objective = self._objective(model, weights, scale, violation_scale, pending)
+        z = self._maximise(objective, model, lo, hi, plain=not len(pending))
         if self._too_close(centre + r * z):
             z = self._perturbed(objective, z, lo, hi, centre)
             if z is None:
@@ -262,9 +262,8 @@ class Quadratic(Optimizer):
     def _constraints(self) -> np.ndarray:
         """(n, k) constraint values of the told points (k = 0 unless every one told k values)."""
         k = len(self._c[0]) if self._c else 0
-        if not k or any(len(c) != k for c in self._c):
-            return np.zeros((len(self._c), 0))
-        return np.asarray(self._c)
+        ok = k and all(len(c) == k for c in self._c)
+        return np.asarray(self._c) if ok else np.zeros((len(self._c), 0))
 
     def _violations(self) -> np.ndarray:
         return np.maximum(self._constraints(), 0.0).sum(axis=1)
@@ -307,7 +306,7 @@ class Quadratic(Optimizer):
             self._cache = (key, model, np.stack([mean, scale]), cscale)
         return self._cache[1], self._cache[2], self._cache[3]
 
-    def _objective(self, model: _Model, weights, scale: np.ndarray, cscale: np.ndarray):
+    def _objective(self, model: _Model, weights, scale: np.ndarray, cscale: np.ndarray, pending: np.ndarray):
         """``z -> (value, gradient)`` of the proposal's objective: the (scalarised) predicted
         values less the predicted constraint violation, in normalised units."""
         m = self.n_objectives
@@ -328,17 +327,22 @@ class Quadratic(Optimizer):
                 over = np.maximum(q[m:], 0.0)
                 value -= _PENALTY * float(over @ over)
                 grad = grad - 2 * _PENALTY * over @ grads[m:]
+            if len(pending):  # local penalisation: a bump around each point still out
+                diff = z - pending
+                bump = _BUMP * np.exp(-0.5 * np.mean(diff * diff, axis=1) / _BUMP_WIDTH**2)
+                value -= float(bump.sum())
+                grad = grad + bump @ diff / (len(z) * _BUMP_WIDTH**2)
             return float(value), grad
 
         return objective
 
-    def _maximise(self, objective, model: _Model, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def _maximise(self, objective, model: _Model, lo: np.ndarray, hi: np.ndarray, plain: bool) -> np.ndarray:
         # per gene: g z + h z^2 / 2 on [lo, hi] is largest at an end or at the stationary point
         g, h = model.g[0], np.diagonal(model.h[0])
         inner = np.clip(np.where(h < 0, -g / np.where(h < 0, h, -1.0), lo), lo, hi)
         options = np.stack([lo, hi, inner])
         per_gene = options[np.argmax(g * options + 0.5 * h * options**2, axis=0), np.arange(self.dimension)]
-        if self.n_objectives == 1 and model.diagonal and len(model.a) == 1:
+        if plain and self.n_objectives == 1 and model.diagonal and len(model.a) == 1:
             return per_gene
         starts = [np.clip(np.zeros(self.dimension), lo, hi), per_gene,
                   *(lo + (hi - lo) * self._rng.random((2, self.dimension)))]
@@ -372,8 +376,7 @@ class Quadratic(Optimizer):
 
     def _improves(self, y: np.ndarray, c: np.ndarray, weights: np.ndarray | None) -> bool:
         best = self._incumbent(weights)
-        violation = float(np.maximum(c, 0.0).sum())
-        best_violation = float(self._violations()[best])
+        violation, best_violation = float(np.maximum(c, 0.0).sum()), float(self._violations()[best])
         if violation > 0 or best_violation > 0:
             return violation < best_violation
         s = self._scalarised(np.vstack([self._y, y[None]]), weights)

@@ -82,6 +82,20 @@ def test_pending_suggestions_are_distinct():
     assert opt.ask() is not None
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_asks_in_batches_still_find_the_optimum(seed):
+    # four asks before any tell, as an executor with four slots does: the pending points are
+    # penalised in the model, so the batch spreads instead of crowding the same point
+    opt = OPTIMIZERS.get("quadratic")(4, 1, seed)
+    best = -np.inf
+    for _ in range(15):
+        batch = [opt.ask() for _ in range(4)]
+        for s in batch:
+            best = max(best, concave(s.x))
+            opt.tell(s.id, (concave(s.x),))
+    assert best > -1e-3
+
+
 def _trajectory(seed: int, order: list[int]) -> list[np.ndarray]:
     """Batches of asks told in ``order`` (a permutation of the batch), with failures and
     constraints: the points proposed."""
