@@ -106,21 +106,26 @@ class GP(OptunaOptimizer):
     q-batch forms (qLogEI / qLogEHVI), so parallel proposals spread instead of piling up.
     ``deterministic_objective``: the GP interpolates (no noise term): right for a fitness
     that a re-evaluation reproduces exactly (a merge distance; one fixed subset of examples),
-    wrong across fidelity levels."""
+    wrong across fidelity levels. ``max_trials`` (default 200; null: all): past that many
+    completed trials the GP is fitted to the best and the latest (gp_window), which keeps a
+    proposal's cost bounded."""
 
     max_objectives = None  # Optuna's GP sampler handles several objectives too
 
     def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0, *, n_startup_trials: int = 10,
-                 deterministic_objective: bool = False, **kwargs) -> None:
+                 deterministic_objective: bool = False, max_trials: int | None = 200, **kwargs) -> None:
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be at least 1, not {n_startup_trials}")
+        if max_trials is not None and max_trials < 2 * n_startup_trials:
+            raise ValueError(f"max_trials must be null or at least twice n_startup_trials, not {max_trials}")
         self._options = {"n_startup_trials": n_startup_trials, "deterministic_objective": deterministic_objective}
+        self._max_trials = max_trials
         super().__init__(dimension, n_objectives, seed, **kwargs)
 
     def _sampler(self, seed: int, constraints_func=None):
-        import optuna
+        from evomerge.search.optimizers.gp_window import windowed_gp_sampler
 
-        return optuna.samplers.GPSampler(seed=seed, **self._options, **_given(constraints_func))
+        return windowed_gp_sampler(self._max_trials, seed=seed, **self._options, **_given(constraints_func))
 
 
 @register_optimizer("nsga2")

@@ -85,3 +85,46 @@ def test_gp_options_are_checked():
         OPTIMIZERS.get("gp")(4, 1, 0, n_startup_trials=0)
     opt = OPTIMIZERS.get("gp")(4, 1, 0, n_startup_trials=3, deterministic_objective=True)
     assert opt.study.sampler._n_startup_trials == 3 and opt.study.sampler._deterministic
+
+
+def test_gp_window_keeps_the_best_and_the_latest():
+    from types import SimpleNamespace
+
+    from evomerge.search.optimizers.gp_window import window
+
+    trials = [SimpleNamespace(number=i, values=[v]) for i, v in enumerate([5, 1, 9, 2, 8, 3, 0, 4])]
+    assert window(trials, 8) == set(range(8))
+    assert window(trials, 4) == {2, 4, 7, 6}  # the best two (9, 8), then the two latest
+    two = [SimpleNamespace(number=i, values=v) for i, v in enumerate([[1, 0], [0, 1], [0, 0], [0.5, 0.5]])]
+    assert window(two, 2) & {0, 1, 3} and 3 in window(two, 2)  # a front member, then the latest
+
+
+def test_a_windowed_gp_stays_seeded_past_its_window(monkeypatch):
+    from optuna.trial import TrialState
+
+    from evomerge.search.optimizers import gp_window
+
+    fitted = []  # completed trials the sampler was shown, per proposal past its start-up
+    shown = gp_window._WindowView._get_trials
+
+    def spy(self, *args, **kwargs):
+        trials = shown(self, *args, **kwargs)
+        fitted.append(sum(t.state == TrialState.COMPLETE for t in trials))
+        return trials
+
+    monkeypatch.setattr(gp_window._WindowView, "_get_trials", spy)
+
+    def trajectory():
+        opt = OPTIMIZERS.get("gp")(3, 1, 0, n_startup_trials=4, max_trials=8)
+        seen = []
+        for _ in range(14):
+            s = opt.ask()
+            seen.append(s.x)
+            opt.tell(s.id, (fitness(np.concatenate([s.x, [0.9]])),))
+        return seen
+
+    a, b = trajectory(), trajectory()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert max(fitted) == 8 and min(fitted) < 8  # never shown more than the window
+    with pytest.raises(ValueError, match="max_trials"):
+        OPTIMIZERS.get("gp")(3, 1, 0, n_startup_trials=4, max_trials=6)
