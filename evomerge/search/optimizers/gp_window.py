@@ -26,7 +26,7 @@ def window(completed: list, max_trials: int) -> set[int]:
         return {t.number for t in completed}
     by_number = sorted(completed, key=lambda t: t.number)
     points = np.array([t.values for t in by_number], dtype=float)
-    ranks = pareto_rank(points)
+    ranks = pareto_rank(points) if points.shape[1] > 1 else [0] * len(by_number)
     order = sorted(range(len(by_number)), key=lambda i: (ranks[i], -points[i][0], -by_number[i].number))
     best = {by_number[i].number for i in order[: max_trials // 2]}
     latest = [t.number for t in reversed(by_number) if t.number not in best]
@@ -38,6 +38,7 @@ class _WindowView:
 
     def __init__(self, study, max_trials: int) -> None:
         self._study, self._max_trials = study, max_trials
+        self._kept: tuple[int, set[int]] | None = None  # (completed count, window): one choice per proposal
 
     def __getattr__(self, name):
         return getattr(self._study, name)
@@ -47,7 +48,9 @@ class _WindowView:
 
         trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
-        keep = window(completed, self._max_trials)
+        if self._kept is None or self._kept[0] != len(completed):
+            self._kept = (len(completed), window(completed, self._max_trials))
+        keep = self._kept[1]
         return [t for t in trials if t.state != TrialState.COMPLETE or t.number in keep]
 
 
