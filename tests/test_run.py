@@ -45,7 +45,7 @@ def test_a_config_without_kind_keeps_its_meaning():
     ({"executor": {"kind": "serail"}}, r"executor\.kind: Unknown executor kind 'serail'\. Did you mean: serial\?"),
     ({"executor": {"kind": "pool", "workers": 2, "adress": "x"}}, r"executor \(pool\): adress: unknown field"),
     ({"ledger": "sqllite"}, r"ledger\.kind: Unknown ledger kind 'sqllite'\. Did you mean: sqlite"),
-    ({"optimizer": {"name": "cmaa"}}, r"optimizer\.name: Unknown optimizer 'cmaa'\. Did you mean: cmaes\?"),
+    ({"optimizer": {"name": "cmaa"}}, r"optimizer\.name: Unknown optimizer 'cmaa'\. Did you mean: cmaes, lq_cmaes\?"),
 ])
 def test_unknown_kinds_fail_before_any_output(tmp_path, zoo, over, message):
     cfg = _config(tmp_path, zoo, **over)
