@@ -63,24 +63,12 @@ class _Generation:
 
 @register_optimizer("lq_cmaes")
 class LqCMAES(CMAES):
-    def __init__(
-        self,
-        dimension: int,
-        n_objectives: int = 1,
-        seed: int = 0,
-        *,
-        sigma0: float = 0.25,
-        popsize: int | None = None,
-        x0: list[float] | None = None,
-        restarts: int = 0,
-        restart_strategy: str = "ipop",
-        asynchronous: bool = False,
-        min_batch: int = 1,
-        tau_threshold: float = TAU_THRESHOLD,
-        inject: bool = True,
-    ) -> None:
-        super().__init__(dimension, n_objectives, seed, sigma0=sigma0, popsize=popsize, x0=x0,
-                         restarts=restarts, restart_strategy=restart_strategy)
+    def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0, *, asynchronous: bool = False,
+                 min_batch: int = 1, tau_threshold: float = TAU_THRESHOLD, inject: bool = True,
+                 **cmaes_options) -> None:
+        # cmaes's own options (sigma0, popsize, x0, restarts, restart_strategy) pass through;
+        # ``asynchronous`` is this module's (see above), not cmaes's.
+        super().__init__(dimension, n_objectives, seed, **cmaes_options)
         if min_batch < 1:
             raise ValueError(f"min_batch must be at least 1, not {min_batch}")
         if not -1 <= tau_threshold <= 1:
