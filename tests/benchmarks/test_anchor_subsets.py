@@ -15,7 +15,6 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "anchor_subsets.py
 
 @pytest.fixture(scope="module")
 def bench():
-    pytest.importorskip("scipy")
     spec = importlib.util.spec_from_file_location("anchor_subsets", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
