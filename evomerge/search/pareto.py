@@ -20,7 +20,7 @@ def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.all(a >= b, axis=-1) & np.any(a > b, axis=-1)
 
 
-def _domination(points: np.ndarray) -> np.ndarray:
+def domination_matrix(points: np.ndarray) -> np.ndarray:
     """``D[i, j]``: row i dominates row j (one n x n x m comparison instead of n Python steps)."""
     return dominates(points[:, None, :], points[None, :, :])
 
@@ -30,7 +30,7 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
     points = np.asarray(points, dtype=float)
     if len(points) == 0:
         return np.zeros(0, dtype=bool)
-    return ~_domination(points).any(axis=0)
+    return ~domination_matrix(points).any(axis=0)
 
 
 def pareto_rank(points: np.ndarray) -> list[int]:
@@ -39,7 +39,7 @@ def pareto_rank(points: np.ndarray) -> list[int]:
     ranks = [0] * len(points)
     if len(points) == 0:
         return ranks
-    dominated_by = _domination(points)
+    dominated_by = domination_matrix(points)
     remaining = np.arange(len(points))
     level = 0
     while len(remaining):

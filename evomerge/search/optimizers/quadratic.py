@@ -58,7 +58,7 @@ import math
 import numpy as np
 
 from evomerge.search.optimizers.base import Optimizer, Suggestion, register_optimizer
-from evomerge.search.pareto import dominates, pareto_mask
+from evomerge.search.pareto import domination_matrix, pareto_mask
 
 _MAX_RADIUS = 0.8
 _PENALTY = 1e4  # constraint penalty per squared normalised violation (objectives: unit spread)
@@ -300,7 +300,7 @@ class Quadratic(Optimizer):
             scale = np.where(scale > 0, scale, 1.0)
             cscale = np.sqrt(np.mean(cs * cs, axis=0)) if cs.shape[1] else np.zeros(0)
             cscale = np.where(cscale > 0, cscale, 1.0)
-            beaten = dominates(ys[:, None, :], ys[None, :, :]).sum(axis=0) / max(1, len(ys) - 1)
+            beaten = domination_matrix(ys).sum(axis=0) / max(1, len(ys) - 1)
             model = _fit(z[near], np.hstack([(ys - mean) / scale, cs / cscale]), self.ridge,
                          np.exp(-_RANK * beaten))
             self._cache = (key, model, np.stack([mean, scale]), cscale)
