@@ -26,9 +26,10 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,8 @@ class Trace:
         tuple[int, float, float]
     ]  # (evaluations, examples scored, best so far), per top-level result
     seconds: float
+    # (examples scored, hypervolume of the three skills' top-level scores so far, reference 0)
+    hv: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def best(self) -> float:
@@ -61,15 +64,22 @@ def _trace_from_ledger(
     ledger = Ledger(run_dir / "ledger.db")
     rows = ledger.completions()
     ledger.close()
+    from evomerge.search.pareto import hypervolume, pareto_mask
+
     top = len(levels) - 1
     points, examples, best = [], 0.0, float("-inf")
+    hv, front = [], np.zeros((0, len(TASKS)))
     for n, r in enumerate(rows, 1):
         lv = r.fidelity
         examples += sum(n_ if lv is None else min(lv, n_) for n_ in sizes.values())
         if r.rung == top and r.scores:
-            best = max(best, sum(r.scores[f"{t}/exact_match"] for t in TASKS) / len(TASKS))
+            skills = np.array([r.scores[f"{t}/exact_match"] for t in TASKS])
+            best = max(best, float(skills.mean()))
             points.append((n, examples, best))
-    return Trace(name, seed, points, seconds)
+            front = np.vstack([front, skills])
+            front = front[pareto_mask(front)]
+            hv.append((examples, hypervolume(front, np.zeros(len(TASKS)))))
+    return Trace(name, seed, points, seconds, hv)
 
 
 def _space(compact: bool, zoo: Path) -> dict:
@@ -92,11 +102,15 @@ def run_controller(
     compact: bool = False,
     workers: int = 1,
     pareto: bool = False,
+    anchors: int = 0,
+    priors: bool = False,
 ) -> Trace:
     from evomerge.run import run_search
 
     space = _space(compact, zoo)
-    name = f"{optimizer}{' (3 objectives)' if pareto else ''}{'+MF' if levels else ''}{' (6 genes)' if compact else ''}"
+    name = (f"{optimizer}{' (3 objectives)' if pareto else ''}{'+MF' if levels else ''}"
+            f"{f'+anchors{anchors}' if anchors and levels else ''}{'+priors' if priors else ''}"
+            f"{' (6 genes)' if compact else ''}")
     work = WORK / f"{name.replace(' ', '_')}-s{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -122,8 +136,12 @@ def run_controller(
         "seed": seed,
         "tracking": {"enabled": False},
     }
+    if priors:
+        run["priors"] = "sources"
     if levels:
         run["multi_fidelity"] = {"levels": levels, "eta": 3, "bracket": 9}
+        if anchors:  # lower levels score anchors chosen from the first `anchors` trials
+            run["multi_fidelity"] |= {"subsets": "anchors", "calibration": anchors}
     else:
         run["fidelity"] = top
     (work / "run.yaml").write_text(yaml.safe_dump(run))
@@ -254,6 +272,12 @@ def main() -> int:
     p.add_argument("--mf-only", action="store_true", help="multi-fidelity runs only")
     p.add_argument("--pareto", action="store_true",
                    help="the optimisers are told the three scores, not their mean (MOTPE for tpe)")
+    p.add_argument("--anchors", type=int, default=0,
+                   help="multi-fidelity levels score anchor subsets chosen from this many calibration "
+                        "trials (0: random nested subsets)")
+    p.add_argument("--hv-reference", default="tpe (3 objectives)+MF",
+                   help="the run whose final hypervolume (per seed) the others are measured against")
+    p.add_argument("--priors", action="store_true", help="the sources' priors are scored first")
     p.add_argument("--no-baseline", action="store_true", help="skip the mergekit-evolve-style runs")
     p.add_argument("--baselines", default="full,compact",
                    help="mergekit-evolve-style runs: on the full space, on the compact 6-gene one, and "
@@ -282,8 +306,9 @@ def main() -> int:
             saved = json.loads(path.read_text())
             for t in saved["traces"]:
                 runs[t["name"], t["seed"]] = Trace(t["name"], t["seed"], [tuple(x) for x in t["points"]],
-                                                   t["seconds"])
+                                                   t["seconds"], [tuple(x) for x in t.get("hv", [])])
         report(sorted(runs.values(), key=lambda t: t.seed), saved["header"])
+        report_hypervolume(sorted(runs.values(), key=lambda t: t.seed), args.hv_reference)
         return 0
 
     from evomerge.zoo.build import default_zoo_dir
@@ -320,7 +345,8 @@ def main() -> int:
             for mf in fidelities:
                 budget = args.budget if mf is None else mf_budget
                 ran(run_controller(opt, seed, budget, args.top, mf, zoo, compact=compact,
-                                   workers=args.workers, pareto=args.pareto))
+                                   workers=args.workers, pareto=args.pareto, anchors=args.anchors,
+                                   priors=args.priors))
 
     for seed in [int(s) for s in args.seeds.split(",")]:
         controller_runs(seed, args.optimizers, compact=False)
@@ -335,7 +361,28 @@ def main() -> int:
                                               defaults=True))
         controller_runs(seed, args.compact, compact=True)
     report(traces, header)
+    report_hypervolume(traces, args.hv_reference)
     return 0
+
+
+def report_hypervolume(traces: list[Trace], reference: str) -> None:
+    """Per run and seed: the final hypervolume of the skills' front (reference point 0), and the
+    examples until it reached the ``reference`` run's final hypervolume of the same seed, as a
+    share of what that run spent."""
+    refs = {t.seed: t for t in traces if t.name == reference and t.hv}
+    if not refs:
+        return
+    print(f"\nhypervolume of the three skills (reference point 0); share: examples until the run "
+          f"reached {reference}'s final hypervolume of the same seed / the examples that run spent")
+    for name in dict.fromkeys(t.name for t in traces):
+        cells = []
+        for t in (t for t in traces if t.name == name and t.seed in refs):
+            target, spent = refs[t.seed].hv[-1][1], refs[t.seed].hv[-1][0]
+            hit = next((ex for ex, v in t.hv if v >= target), None)
+            share = f"{hit / spent:.2f}" if hit is not None else f">{t.hv[-1][0] / spent:.2f}" if t.hv else "-"
+            cells.append(f"s{t.seed} {t.hv[-1][1] if t.hv else 0:.4f} ({share})")
+        if cells:
+            print(f"  {name:<40} " + "  ".join(cells))
 
 
 def _median_range(values: list[float], fmt: str = "{:.3f}") -> str:

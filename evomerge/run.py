@@ -24,6 +24,7 @@ from evomerge.errors import EvomergeError
 from evomerge.io.sources import model_dir
 from evomerge.search import fingerprints, task_splits
 from evomerge.search.constraints import bind_constraints, feasible
+from evomerge.search.anchoring import anchoring_for, check_anchorable
 from evomerge.search.controller import Controller
 from evomerge.search.executors import TaskSpec, WorkerSpec, executor_class, open_executor
 from evomerge.search.ledgers import LEDGERS, find_ledger, open_ledger
@@ -123,6 +124,7 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
                 f"{config_path}: optimizer {config.optimizer.name} takes no first points, so "
                 f"priors/warm_start cannot be used with it; remove them or choose another optimizer."
             ) from None
+    check_anchorable(config, tasks, config_path)
     for task in tasks:
         levels = [lv for lv in config.levels() if lv is not None]
         size = task.size()
@@ -291,6 +293,7 @@ def run_search(
             config, p.space, [t.size() for t in p.tasks], p.objectives, p.optimizer, executor, ledger,
             budget=trials if trials is not None else config.budget.trials, log=log, progress=progress,
             on_record=tracker.add if tracker is not None else None, constraints=p.constraints,
+            anchoring=anchoring_for(config, run_dir, log),
         )
         controller.run(ledger.completions())
         finished = True

@@ -153,6 +153,17 @@ class MultiFidelity(StrictModel):
         description="hyperband: cycle through brackets that start at every level (sizes from eta; "
         "`bracket` is then unused), hedging against cheap levels that rank badly.",
     )
+    subsets: Literal["random", "anchors"] = Field(
+        default="random",
+        description="What a level below the top scores: `random` nested subsets of each task's "
+        "examples, or `anchors`: the examples that best stand for the top level's, chosen from the "
+        "per-example outcomes of the first `calibration` trials (scored at the top level), each "
+        "weighted by the share it represents (evomerge.eval.anchors; docs/anchors.md).",
+    )
+    calibration: int = Field(
+        default=8, ge=2, description="With subsets: anchors, how many trials are scored at the top "
+        "level first to choose the anchors from.",
+    )
 
     @model_validator(mode="after")
     def _increasing(self) -> MultiFidelity:

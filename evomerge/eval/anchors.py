@@ -77,6 +77,18 @@ class WeightedSubset:
         return float(est) if est.ndim == 0 else est
 
 
+@dataclass(frozen=True)
+class AnchoredLevel:
+    """A fidelity level scored on anchors: each task named in ``subsets`` scores its subset (and
+    reports the weighted estimate); any other task scores ``level`` random examples as usual."""
+
+    level: int | None
+    subsets: dict[str, WeightedSubset]
+
+    def for_task(self, name: str) -> WeightedSubset | int | None:
+        return self.subsets.get(name, self.level)
+
+
 def estimate(subset: WeightedSubset, outcomes) -> np.ndarray | float:
     """``subset.estimate``: the full-split score estimated from the outcomes on its examples."""
     return subset.estimate(outcomes)

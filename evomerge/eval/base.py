@@ -69,6 +69,9 @@ class Evaluator(ABC):
     """One task. Subclasses set ``Config`` and implement ``objectives`` and ``_score``."""
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
+    #: whether ``_score`` reports each example's outcome (``per_example_details``) and scores the
+    #: examples ``examples(fidelity)`` names: only such tasks take anchor subsets as a fidelity
+    per_example: ClassVar[bool] = False
     ref: str | None = None  # what ``load_task`` loads it by again (set by it): a name or a path
 
     def __init__(self, config: TaskConfig, *, name: str, split: str, root: Path) -> None:
@@ -112,6 +115,16 @@ class Evaluator(ABC):
             return 1.0
         return float(n if fidelity is None else min(fidelity, n))
 
+    def examples(self, fidelity) -> list[int]:
+        """Indices of the split's examples scored at ``fidelity``: a nested random subset of that
+        many, or the examples of a ``WeightedSubset`` (anchors, ``evomerge.eval.anchors``)."""
+        from evomerge.eval.anchors import WeightedSubset
+        from evomerge.eval.data import nested_subset
+
+        if isinstance(fidelity, WeightedSubset):
+            return [int(i) for i in fidelity.indices]
+        return nested_subset(self.size(), fidelity, self.config.subset_seed)
+
     @abstractmethod
     def _score(
         self, model, tokenizer, fidelity: int | None
@@ -119,10 +132,19 @@ class Evaluator(ABC):
         """Values keyed by objective name, the number of examples scored and, optionally, the
         result's ``details`` (e.g. ``per_example_details``)."""
 
-    def evaluate(self, model, tokenizer, fidelity: int | None = None) -> EvalResult:
+    def evaluate(self, model, tokenizer, fidelity=None) -> EvalResult:
+        """Score ``model`` at ``fidelity``: a number of examples (``None``: all) or, for a task
+        with ``per_example``, a ``WeightedSubset`` whose weighted outcomes estimate the values."""
+        from evomerge.eval.anchors import WeightedSubset
+
         t0 = time.perf_counter()
+        subset = fidelity if isinstance(fidelity, WeightedSubset) else None
+        if subset is not None:
+            fidelity = len(subset.indices)
         try:
-            values, n, *extra = self._score(model, tokenizer, fidelity)
+            values, n, *extra = self._score(model, tokenizer, subset if subset is not None else fidelity)
+            if subset is not None:
+                values = _estimated(values, extra[0] if extra else {}, subset, self.name)
             bad = [f"{k} ({v})" for k, v in values.items() if not math.isfinite(v)]
             if bad:
                 raise EvaluationFailure(f"non-finite value for {', '.join(bad)}")
@@ -176,6 +198,20 @@ def register_evaluator(name: str):
     names lazily, that a plugin's ``evomerge.evaluators`` entry point names, or that is imported
     anyway)."""
     return EVALUATORS.decorator(name)
+
+
+def _estimated(values: dict[str, float], details: dict[str, Any], subset, task: str) -> dict[str, float]:
+    """``values`` with each per-example objective replaced by ``subset``'s weighted estimate."""
+    scored = details.get("per_example")
+    if scored is None:
+        raise EvaluationFailure(f"task {task} reported no per-example outcomes, so anchors cannot "
+                                f"estimate its score")
+    position = {int(i): k for k, i in enumerate(scored["indices"])}
+    order = [position[int(i)] for i in subset.indices]
+    out = dict(values)
+    for name, outcomes in scored["outcomes"].items():
+        out[name] = float(subset.estimate([outcomes[k] for k in order]))
+    return out
 
 
 def per_example_details(indices: list[int], outcomes: dict[str, list[float]]) -> dict[str, Any]:

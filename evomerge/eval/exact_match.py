@@ -17,7 +17,7 @@ from evomerge.eval.base import (
     per_example_details,
     register_evaluator,
 )
-from evomerge.eval.data import nested_subset, read_jsonl, split_path
+from evomerge.eval.data import read_jsonl, split_path
 from evomerge.eval.generate import greedy_generate
 
 
@@ -32,6 +32,7 @@ class ExactMatchConfig(TaskConfig):
 @register_evaluator("exact_match")
 class ExactMatch(Evaluator):
     Config = ExactMatchConfig
+    per_example = True
     config: ExactMatchConfig
 
     @cached_property
@@ -46,7 +47,7 @@ class ExactMatch(Evaluator):
         return len(self.rows)
 
     def _score(self, model, tokenizer, fidelity):
-        idx = nested_subset(self.size(), fidelity, self.config.subset_seed)
+        idx = self.examples(fidelity)
         rows = [self.rows[i] for i in idx]
         preds = greedy_generate(
             model,

@@ -23,7 +23,7 @@ from evomerge.eval.base import (
     per_example_details,
     register_evaluator,
 )
-from evomerge.eval.data import TaskDataError, nested_subset, read_jsonl, split_path
+from evomerge.eval.data import TaskDataError, read_jsonl, split_path
 
 
 class LoglikelihoodConfig(TaskConfig):
@@ -67,6 +67,7 @@ def continuation_logprobs(
 @register_evaluator("loglikelihood")
 class Loglikelihood(Evaluator):
     Config = LoglikelihoodConfig
+    per_example = True
     config: LoglikelihoodConfig
 
     @cached_property
@@ -85,7 +86,7 @@ class Loglikelihood(Evaluator):
         return len(self.rows)
 
     def _score(self, model, tokenizer, fidelity):
-        idx = nested_subset(self.size(), fidelity, self.config.subset_seed)
+        idx = self.examples(fidelity)
         rows = [self.rows[i] for i in idx]
         pairs = [(r["prompt"], c) for r in rows for c in r["choices"]]
         scores = continuation_logprobs(model, tokenizer, pairs, self.config.batch_size)

@@ -96,9 +96,10 @@ class Controller:
                  optimizer, executor: Executor, ledger: Ledger, *, budget: int,
                  log: Callable[[str], None], progress: Callable[[Progress], None] | None,
                  on_record: Callable[[EvaluationRecord], None] | None = None,
-                 constraints: list[BoundConstraint] | None = None) -> None:
+                 constraints: list[BoundConstraint] | None = None, anchoring=None) -> None:
         self.config, self.space, self.objectives = config, space, objectives
         self.constraints = list(constraints or [])
+        self.anchoring = anchoring  # an ``Anchoring``: lower levels score anchor subsets once chosen
         self.unique = unique_objectives(objectives)
         self.optimizer, self.executor, self.ledger = optimizer, executor, ledger
         self.tell_all = optimizer.n_objectives > 1
@@ -157,6 +158,11 @@ class Controller:
         trials: list[Trial] = []
         s = self.s
         size, start = self.schedule[self.brackets_started % len(self.schedule)]
+        if self.anchoring is not None:  # calibration trials first, alone and at the top level
+            if self.anchoring.waiting(s.trials + s.duplicates):
+                return False
+            if self.anchoring.calibrates(s.trials + s.duplicates):
+                size, start = 1, len(self.rungs.levels) - 1
         while len(trials) < size and self._may_ask():
             suggestion = self.optimizer.ask()
             if suggestion is None:  # CMA-ES waits for the rest of its generation
@@ -204,7 +210,8 @@ class Controller:
             t.number, job.rung, t.digest, [float(v) for v in t.x], t.recipe.to_yaml(), job.fidelity
         )
         self.s.in_flight[job.id] = job
-        self.executor.submit(job.id, t.recipe, job.fidelity)
+        fidelity = job.fidelity if self.anchoring is None else self.anchoring.fidelity(job.rung, job.fidelity)
+        self.executor.submit(job.id, t.recipe, fidelity)
 
     def _collect(self) -> tuple[_Job, Outcome]:
         s = self.s
@@ -236,6 +243,8 @@ class Controller:
             top = job.rung == len(self.rungs.levels) - 1
             outcome = Outcome({**outcome.values, **violations(outcome.values, self.constraints, top=top)},
                               outcome.error, outcome.seconds)
+        if self.anchoring is not None and outcome.examples and self.anchoring.calibrates(job.trial.number):
+            self.anchoring.save(job.trial.number, outcome.examples)  # before the ledger: resume needs it
         self.ledger.finish(job.id, outcome.values, outcome.error, outcome.seconds)
         if self.on_record is not None:
             self.on_record(self.ledger.get(job.id))
@@ -268,6 +277,8 @@ class Controller:
             j.trial.scores[j.rung] = outcome.values
             if outcome.values is not None and j.rung == len(self.rungs.levels) - 1:
                 self._record_top(j, outcome.values, fresh)
+            if self.anchoring is not None and j.rung == len(self.rungs.levels) - 1:
+                self.anchoring.finished_trial(j.trial.number)
         for bracket in {id(j.bracket): j.bracket for j in jobs}.values():
             self._advance(bracket)
 

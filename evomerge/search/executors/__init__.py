@@ -45,6 +45,9 @@ class Outcome:
     values: dict[str, float] | None
     error: str | None
     seconds: float
+    # per task, each scored example's outcome (``per_example_details``) where the task reports
+    # them: what anchor subsets are chosen from; not recorded in the ledger
+    examples: dict[str, dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,9 @@ class Executor(Protocol):
     Options: ClassVar[type[StrictModel]]
     slots: int
 
-    def submit(self, job: int, recipe, fidelity: int | None) -> None:
-        """Queue ``recipe`` for scoring at ``fidelity``; ``job`` is unique in the run."""
+    def submit(self, job: int, recipe, fidelity) -> None:
+        """Queue ``recipe`` for scoring at ``fidelity`` (examples per task, or an
+        ``AnchoredLevel``: executors pass it on untouched); ``job`` is unique in the run."""
 
     def wait(self) -> tuple[int, Outcome]:
         """Block until a submitted job finishes; return it. Raises ``WorkerLost``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from evomerge.errors import EvomergeError
+from evomerge.eval.anchors import AnchoredLevel
 from evomerge.eval.cost import set_output_bytes
 from evomerge.search.executors import Outcome, WorkerSpec
 
@@ -42,7 +43,7 @@ class Worker:
         if str(self.device).startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def evaluate(self, recipe, fidelity: int | None) -> Outcome:
+    def evaluate(self, recipe, fidelity) -> Outcome:
         t0 = time.perf_counter()
         try:
             plan = self.merger.plan(recipe)  # built once: it gives the depth and drives the merge
@@ -59,10 +60,14 @@ class Worker:
             self._release_memory()
             return Outcome(None, f"merge failed: {type(e).__name__}: {e}", time.perf_counter() - t0)
         values: dict[str, float] = {}
+        examples: dict[str, dict] = {}
         for task in self.tasks:
-            res = task.evaluate(self.model, self.tokenizer, fidelity)  # never raises: failures are values
+            level = fidelity.for_task(task.name) if isinstance(fidelity, AnchoredLevel) else fidelity
+            res = task.evaluate(self.model, self.tokenizer, level)  # never raises: failures are values
             if not res.ok:
                 self._release_memory()  # an out-of-memory inside the task leaves cached blocks
                 return Outcome(None, f"task {task.name} failed: {res.error}", time.perf_counter() - t0)
             values.update({f"{task.name}/{k}": v for k, v in res.values.items()})
-        return Outcome(values, None, time.perf_counter() - t0)
+            if "per_example" in res.details:
+                examples[task.name] = res.details["per_example"]
+        return Outcome(values, None, time.perf_counter() - t0, examples or None)
