@@ -601,7 +601,7 @@ def search(
     from evomerge.search.progress import ProgressPrinter
 
     if dry_run:
-        from evomerge.run import dry_run as plan_run
+        from evomerge.dry_run import dry_run as plan_run
         from evomerge.search.plan import print_plan
 
         print_plan(plan_run(run_config, out, trials=trials, ray_address=_ray_address(ray_address)), console)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.run import dry_run
+from evomerge.dry_run import dry_run
 from evomerge.search.executors import worker as worker_module
 from evomerge.search.space import load_space
 from evomerge.testing import make_family, mini_zoo_config

@@ -19,6 +19,9 @@ a parameter space or the parameter part of a joint space (layer genes stay at th
 Values outside a gene's range are clipped to it (a weight range ``[0, 0.8]`` gives 0.8 for
 "weight 1"); points that decode to the same genes are given once. Other parameters (lambda,
 epsilon, ...) take the middle of their ranges, as ``warm_start`` leaves unnamed genes.
+
+``first_points(space, config, config_path)`` gives a run's first points: these priors where the
+run config asks for them (``priors: sources``), then its own ``warm_start`` points.
 """
 
 from __future__ import annotations
@@ -90,3 +93,41 @@ def source_points(space) -> list[tuple[str, np.ndarray]]:
 
 def _unit(gene, value: float) -> float:
     return (min(max(value, gene.low), gene.high) - gene.low) / (gene.high - gene.low)
+
+
+def first_points(space, config, config_path) -> list[np.ndarray]:
+    """The points a run scores first: the sources' priors (``priors: sources``), then the run
+    config's ``warm_start`` points (genes it leaves out at the middle of their range)."""
+    from evomerge.config.run import RunConfigError
+
+    points: list[np.ndarray] = []
+    if config.priors is not None:
+        try:
+            points += [x for _, x in source_points(space)]
+        except NoPriors as e:
+            raise RunConfigError(f"{config_path}: {e}") from None
+    return points + [_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)]
+
+
+def _warm_point(space, point: dict, index: int, config_path) -> np.ndarray:
+    from evomerge.config.run import RunConfigError
+
+    genes = {g.name: g for g in space.genes()}
+    unknown = sorted(set(point) - set(genes))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(genes), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RunConfigError(
+            f"{config_path}: warm_start[{index}]: unknown gene(s) {unknown}.{hint} "
+            f"`evomerge space show` lists this space's genes."
+        )
+    x = np.full(len(genes), 0.5)
+    for i, (name, g) in enumerate(genes.items()):
+        if name in point:
+            try:
+                x[i] = g.encode(point[name])
+            except ValueError as e:
+                raise RunConfigError(f"{config_path}: warm_start[{index}].{name}: {e}.") from None
+    return x
