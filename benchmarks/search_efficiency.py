@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).parent / "_work" / "search_efficiency"
 TASKS = ("addition", "reversal", "sorting")
+METRIC = dict.fromkeys(TASKS, "exact_match")  # the objective of each task (--tasks changes both)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def _trace_from_ledger(
         lv = r.fidelity
         examples += sum(n_ if lv is None else min(lv, n_) for n_ in sizes.values())
         if r.rung == top and r.scores:
-            skills = np.array([r.scores[f"{t}/exact_match"] for t in TASKS])
+            skills = np.array([r.scores[f"{t}/{METRIC[t]}"] for t in TASKS])
             best = max(best, float(skills.mean()))
             points.append((n, examples, best))
             front = np.vstack([front, skills])
@@ -117,7 +118,7 @@ def run_controller(
     (work / "space.yaml").write_text(yaml.safe_dump(space))
     run = {
         "space": "space.yaml",
-        "objectives": [{"task": t} for t in TASKS],
+        "objectives": [{"task": t, "metric": METRIC[t]} for t in TASKS],
         # pareto: the optimiser is told the three scores (MOTPE, as the quickstart runs); the
         # trace's fitness is still their mean
         "scalarization": "pareto" if pareto else "weighted_sum",
@@ -277,6 +278,9 @@ def main() -> int:
                         "trials (0: random nested subsets)")
     p.add_argument("--hv-reference", default="tpe (3 objectives)+MF",
                    help="the run whose final hypervolume (per seed) the others are measured against")
+    p.add_argument("--tasks", default=None,
+                   help="task:metric,... instead of the three skills (controller runs only: add "
+                        "--no-baseline), e.g. recall:exact_match,addition_mc:acc")
     p.add_argument("--priors", action="store_true", help="the sources' priors are scored first")
     p.add_argument("--no-baseline", action="store_true", help="skip the mergekit-evolve-style runs")
     p.add_argument("--baselines", default="full,compact",
@@ -312,6 +316,11 @@ def main() -> int:
         return 0
 
     from evomerge.zoo.build import default_zoo_dir
+
+    if args.tasks:
+        global TASKS, METRIC
+        METRIC = dict(item.split(":") for item in args.tasks.split(","))
+        TASKS = tuple(METRIC)
 
     zoo = (args.zoo or default_zoo_dir()).resolve()
     if not (zoo / "zoo.json").is_file():
