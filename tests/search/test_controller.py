@@ -93,12 +93,13 @@ def _hashes(run_dir):
     return [t.recipe_hash for t in Ledger(run_dir / "ledger.db").evaluations("complete")]
 
 
-@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "quadratic", "lq_cmaes"])
+@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "quadratic", "lq_cmaes", "quadratic_refine"])
 def test_resume_continues_the_same_trajectory(tmp_path, zoo, optimizer):
     from evomerge.run import resume_search
 
-    cfg = _run(tmp_path, zoo, optimizer={"name": optimizer, "options": {"popsize": 4} if "cmaes" in optimizer else {}},
-               budget={"trials": 6})
+    options = {"cmaes": {"popsize": 4}, "lq_cmaes": {"popsize": 4},
+               "quadratic_refine": {"n_initial": 2, "failure_tolerance": 1}}.get(optimizer, {})  # coordinate steps by the 6th
+    cfg = _run(tmp_path, zoo, optimizer={"name": optimizer, "options": options}, budget={"trials": 6})
     run_search(cfg, tmp_path / "whole", log=lambda s: None)
     run_search(cfg, tmp_path / "split", trials=3, log=lambda s: None)
     first = _hashes(tmp_path / "split")
