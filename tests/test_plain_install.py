@@ -69,3 +69,12 @@ def test_plain_install_scores_lm_eval_and_searches(tmp_path: Path) -> None:
     _run([str(evomerge), "search", "run.yaml", "--out", "out"], tmp_path)
     front = _run([str(evomerge), "front", "out"], tmp_path)
     assert "addition_lm_eval/exact_match" in front and "3 trial(s)" in front, front
+
+    # The botorch extra is not in the default install: choosing its optimiser is refused before
+    # any compute (exit 2), in one paragraph that names the install.
+    (tmp_path / "bo.yaml").write_text((tmp_path / "run.yaml").read_text() + "optimizer: {name: botorch_gp}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(evomerge), "search", "bo.yaml", "--out", "bo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "pip install 'evomerge[botorch]'" in proc.stdout + proc.stderr, proc
+    assert not (tmp_path / "bo").exists()

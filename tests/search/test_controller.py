@@ -93,12 +93,14 @@ def _hashes(run_dir):
     return [t.recipe_hash for t in Ledger(run_dir / "ledger.db").evaluations("complete")]
 
 
-@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "quadratic", "lq_cmaes", "quadratic_refine"])
+@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "quadratic", "lq_cmaes", "quadratic_refine",
+                                       "botorch_gp"])
 def test_resume_continues_the_same_trajectory(tmp_path, zoo, optimizer):
     from evomerge.run import resume_search
 
     options = {"cmaes": {"popsize": 4}, "lq_cmaes": {"popsize": 4},
-               "quadratic_refine": {"n_initial": 2, "failure_tolerance": 1}}.get(optimizer, {})  # coordinate steps by the 6th
+               "quadratic_refine": {"n_initial": 2, "failure_tolerance": 1},  # coordinate steps by the 6th
+               "botorch_gp": {"n_startup_trials": 2}}.get(optimizer, {})  # the GP from the 3rd trial on
     cfg = _run(tmp_path, zoo, optimizer={"name": optimizer, "options": options}, budget={"trials": 6})
     run_search(cfg, tmp_path / "whole", log=lambda s: None)
     run_search(cfg, tmp_path / "split", trials=3, log=lambda s: None)

@@ -84,6 +84,7 @@ OPTIMIZERS: Registry[type[Optimizer]] = Registry(
         "lq_cmaes": "evomerge.search.optimizers.lq_cmaes",
         "nsga2": "evomerge.search.optimizers.optuna_samplers",
         "quadratic": "evomerge.search.optimizers.quadratic",
+        "botorch_gp": "evomerge.search.optimizers.botorch_gp",  # the botorch extra
         "quadratic_refine": "evomerge.search.optimizers.quadratic_refine",
     },
     entry_points="evomerge.optimizers",
