@@ -182,7 +182,7 @@ class Controller:
         self.brackets_started += 1
         s.brackets.append(bracket)
         for t in trials:
-            self._add_job(t, bracket, start)
+            self._add_job(t, bracket, bracket.rung)
         return True
 
     def _add_job(self, t: Trial, bracket: Bracket, rung: int) -> None:

@@ -7,7 +7,8 @@ examples). The optimiser is then told each candidate's score at the highest
 level it reached: every level scores a nested subset of the same examples, so a
 low-level score estimates the same quantity, only more noisily. Ranking for
 promotion is by Pareto rank first (so multi-objective searches promote their
-front), then by the scalarised fitness.
+front), then by the scalarised fitness. A candidate with none left to be ranked
+against (a bracket of one, a lone survivor) goes straight to the top level.
 
 With one level and brackets of one candidate this is plain evaluation, so the
 controller has a single code path.
@@ -61,7 +62,9 @@ class Bracket:
     def __init__(self, trials: list[Trial], rungs: Rungs, start: int = 0) -> None:
         self.trials = trials
         self.rungs = rungs
-        self.rung = start
+        # One candidate has nothing to be ranked against: it goes straight to the top level
+        # (screening it first would only add the lower levels' cost).
+        self.rung = len(rungs.levels) - 1 if len(trials) == 1 else start
         self.improved = False  # whether it raised the search's best (for patience)
         self.active = list(trials)  # those scored at the current rung
         self.done = False
@@ -91,7 +94,8 @@ class Bracket:
                 promoted.append(alive[i])
                 seen.add(alive[i].digest)
         self.active = promoted
-        self.rung += 1
+        # a lone survivor skips the levels between: there is no one left to rank it against
+        self.rung = len(self.rungs.levels) - 1 if len(promoted) == 1 else self.rung + 1
         return list(self.active)
 
 

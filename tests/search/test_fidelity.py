@@ -58,3 +58,18 @@ def test_hyperband_brackets_start_at_every_level():
     assert hyperband_schedule(3, 3) == [(9, 0), (5, 1), (3, 2)]
     assert hyperband_schedule(3, 2) == [(4, 0), (3, 1), (3, 2)]
     assert hyperband_schedule(1, 3) == [(1, 0)]
+
+
+def test_a_candidate_with_none_to_rank_against_goes_straight_to_the_top():
+    rungs = Rungs((4, 8, 16, None), eta=3)
+    alone = Bracket(_cands(1), rungs)  # e.g. an optimiser that proposes one point at a time
+    assert alone.rung == 3 and alone.level is None
+    pair = Bracket(_cands(2), rungs)
+    for c in pair.trials:
+        c.scores[0] = {"a": float(c.number)}
+    up = pair.advance(lambda s: (s["a"],))
+    assert [c.number for c in up] == [1] and pair.rung == 3  # the lone survivor skips 8 and 16
+    nine = Bracket(_cands(9), rungs)
+    for c in nine.trials:
+        c.scores[0] = {"a": float(c.number)}
+    assert len(nine.advance(lambda s: (s["a"],))) == 3 and nine.rung == 1  # three still to rank
