@@ -120,7 +120,9 @@ def _main_thread() -> bool:
 
 
 def _print_error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    from rich.markup import escape  # the message is text: "evomerge[botorch]" is not a style tag
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
 
 
 def _internal_error(err: BaseException) -> None:
