@@ -77,9 +77,15 @@ def schedule(config, task_sizes: list[int | None], trials: int) -> Schedule:
 
 
 def _climb(rungs: Rungs, n: int, start: int, counts: list[int]) -> None:
-    for r in range(start, len(rungs.levels)):
+    """As ``Bracket`` climbs: a lone candidate goes straight to the top level."""
+    top = len(rungs.levels) - 1
+    r = top if n == 1 else start
+    while True:
         counts[r] += n
+        if r == top:
+            return
         n = rungs.promoted(n)
+        r = top if n == 1 else r + 1
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,11 @@ def test_the_quickstart_schedule():
     assert round(s.examples / s.examples_at_top, 2) == 0.26  # and its 26% of the examples
 
 
-def test_a_partial_last_bracket_promotes_at_least_one():
+def test_a_partial_last_bracket_promotes_at_least_one_straight_to_the_top():
     config = _config(multi_fidelity={"levels": [2, 4, 8], "eta": 3, "bracket": 9})
-    s = schedule(config, [8], 11)  # brackets of 9 and 2
-    assert [r.evaluations for r in s.rungs] == [11, 3 + 1, 1 + 1]
+    s = schedule(config, [8], 11)  # brackets of 9 and 2: the 2's survivor has none to rank against
+    assert [r.evaluations for r in s.rungs] == [11, 3, 1 + 1]
+    assert [r.evaluations for r in schedule(config, [8], 10).rungs] == [9, 3, 1 + 1]  # a bracket of 1
 
 
 def test_single_fidelity_is_one_evaluation_per_trial():
