@@ -55,6 +55,7 @@ SETS = {  # name: (zoo seed, [(task, objective)])
     "zoo0-other": (0, [("recall", "exact_match"), ("addition_mc", "acc")]),
 }
 CALIBRATION_SEED, HELD_OUT_SEED = 100, 200
+CONSTANT_SHARE = float(__import__("os").environ.get("ANCHORS_CONSTANT_SHARE", "0"))  # experiment knob
 EXPERTS = ("addition", "reversal", "sorting")
 
 
@@ -172,7 +173,8 @@ def rank_correlations(data: dict, tasks: list[str], ks: list[int], seeds: list[i
                 for t in tasks:
                     y = data[t]
                     if method == "anchors":
-                        sub = anchor_subset(y[calib], anchor_order(y[calib], k, seed), k)
+                        order = anchor_order(y[calib], k, seed, constant_share=CONSTANT_SHARE)
+                        sub = anchor_subset(y[calib], order, k)
                     else:
                         sub = random_subset(y.shape[1], k, seed)
                     est[t] = sub.estimate(y[held][:, sub.indices])

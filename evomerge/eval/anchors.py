@@ -29,7 +29,9 @@ or a per-example metric in [0, 1]):
   taken in a seeded permutation (the seed decides which of equal examples is taken, and breaks
   ties between equal gains);
 - *constant* examples, which every scored model gets right (or every one wrong), tell nothing
-  about the order of models, so they come after every informative example; while none of their
+  about the order of models, so by default they come after every informative example
+  (``constant_share`` > 0 gives them that fraction of their share of every prefix instead: a
+  guard for when the scored models all missed something later ones may get); while none of their
   pattern is an anchor, the estimate counts them at the outcome every scored model had (a fixed
   offset: it shifts every estimate alike and leaves the ranking to the informative anchors).
   They still count: the anchors' weights and their fixed share sum to 1.
@@ -154,10 +156,12 @@ def _split_heaviest(dist: np.ndarray, mass: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
-def anchor_order(correct, k: int, seed: int = 0) -> np.ndarray:
+def anchor_order(correct, k: int, seed: int = 0, constant_share: float = 0.0) -> np.ndarray:
     """The first ``k`` anchors (example indices, most representative first) of the examples
     whose outcomes for already-scored models are the columns of ``correct``. Any prefix is the
-    anchor set of that size: a smaller ``k`` gives a prefix of a larger one's order."""
+    anchor set of that size: a smaller ``k`` gives a prefix of a larger one's order.
+    ``constant_share``: the constant examples' claim on every prefix, as a fraction of their share
+    of the split (0: they come after every informative one; 1: in proportion to their number)."""
     y = _matrix(correct)
     k = min(int(k), y.shape[1])
     if k < 1:
@@ -166,12 +170,20 @@ def anchor_order(correct, k: int, seed: int = 0) -> np.ndarray:
     mass = np.array([len(m) for m in members], dtype=float)
     informative = np.flatnonzero(patterns.max(axis=1) > patterns.min(axis=1))
     constant = np.flatnonzero(patterns.max(axis=1) == patterns.min(axis=1))
-    picked: list[int] = []  # pattern ids, one per anchor
+    orders = []
     for group in (informative, constant):
-        if len(picked) < k and len(group):
-            sub = patterns[group]
-            order = _split_heaviest(_distances(sub, sub), mass[group], k - len(picked))
-            picked += [int(group[i]) for i in order]
+        sub = patterns[group]
+        order = _split_heaviest(_distances(sub, sub), mass[group], k) if len(group) else []
+        orders.append([int(group[i]) for i in order])
+    claim = constant_share * mass[constant].sum() / mass.sum()  # the constant group's share of a prefix
+    picked: list[int] = []  # pattern ids, one per anchor
+    used = [0, 0]
+    while len(picked) < k and (used[0] < len(orders[0]) or used[1] < len(orders[1])):
+        # the constant group takes the next anchor while it is behind its claim, or once the
+        # informative one has run out: every prefix keeps its share
+        g = 1 if used[0] >= len(orders[0]) or (used[1] < len(orders[1]) and used[1] < claim * (len(picked) + 1) - 0.5) else 0
+        picked.append(orders[g][used[g]])
+        used[g] += 1
     taken = np.zeros(len(members), dtype=int)
     out = []
     for pid in picked:  # a pattern's examples in the seeded order

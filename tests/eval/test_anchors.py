@@ -131,3 +131,20 @@ def test_bad_input_is_refused_in_a_sentence():
         anchor_subset(np.zeros((2, 5)), [1, 1])
     with pytest.raises(ValueError, match="outcomes for a subset"):
         random_subset(10, 3).estimate(np.ones(4))
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_constant_examples_claim_their_share_of_every_prefix(share):
+    rng = np.random.default_rng(0)
+    y = np.zeros((6, 200))
+    y[:, :50] = rng.random((6, 50)) < 0.5  # 50 informative examples, 150 wrong for every model
+    constant = set(range(50, 200))
+    assert not set(anchor_order(y, 40, seed=1).tolist()) & constant  # default: informative first
+    order = anchor_order(y, 40, seed=1, constant_share=share)
+    for k in (8, 20, 40):
+        taken = len(set(order[:k].tolist()) & constant)
+        assert abs(taken - share * 0.75 * k) <= 1  # 75% of the split is constant
+    # a model that gets the constant examples right is now seen doing so
+    sub = anchor_subset(y, order, 20)
+    learned = np.ones(200)
+    assert sub.estimate(learned[sub.indices]) == pytest.approx(1.0)
