@@ -118,6 +118,7 @@ class Evaluator(ABC):
     def examples(self, fidelity) -> list[int]:
         """Indices of the split's examples scored at ``fidelity``: a nested random subset of that
         many, or the examples of a ``WeightedSubset`` (anchors, ``evomerge.eval.anchors``)."""
+        # imported here: listing the evaluators loads only base and task (tests/eval/test_task.py)
         from evomerge.eval.anchors import WeightedSubset
         from evomerge.eval.data import nested_subset
 

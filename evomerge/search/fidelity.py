@@ -38,6 +38,12 @@ class Rungs:
         """How many of ``n`` scored trials go up one level."""
         return max(1, math.floor(n / self.eta)) if n else 0
 
+    def rung_for(self, rung: int, n: int) -> int:
+        """Where ``n`` candidates due at ``rung`` are scored: there, unless one is alone, with
+        nothing to be ranked against; it goes straight to the top level (screening it first
+        would only add the lower levels' cost)."""
+        return len(self.levels) - 1 if n == 1 else rung
+
 
 @dataclass
 class Trial:
@@ -62,9 +68,7 @@ class Bracket:
     def __init__(self, trials: list[Trial], rungs: Rungs, start: int = 0) -> None:
         self.trials = trials
         self.rungs = rungs
-        # One candidate has nothing to be ranked against: it goes straight to the top level
-        # (screening it first would only add the lower levels' cost).
-        self.rung = len(rungs.levels) - 1 if len(trials) == 1 else start
+        self.rung = rungs.rung_for(start, len(trials))
         self.improved = False  # whether it raised the search's best (for patience)
         self.active = list(trials)  # those scored at the current rung
         self.done = False
@@ -94,8 +98,7 @@ class Bracket:
                 promoted.append(alive[i])
                 seen.add(alive[i].digest)
         self.active = promoted
-        # a lone survivor skips the levels between: there is no one left to rank it against
-        self.rung = len(self.rungs.levels) - 1 if len(promoted) == 1 else self.rung + 1
+        self.rung = self.rungs.rung_for(self.rung + 1, len(promoted))
         return list(self.active)
 
 

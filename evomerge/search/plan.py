@@ -77,15 +77,15 @@ def schedule(config, task_sizes: list[int | None], trials: int) -> Schedule:
 
 
 def _climb(rungs: Rungs, n: int, start: int, counts: list[int]) -> None:
-    """As ``Bracket`` climbs: a lone candidate goes straight to the top level."""
+    """As ``Bracket`` climbs (``Rungs.rung_for``: a lone candidate goes straight to the top)."""
     top = len(rungs.levels) - 1
-    r = top if n == 1 else start
+    r = rungs.rung_for(start, n)
     while True:
         counts[r] += n
         if r == top:
             return
         n = rungs.promoted(n)
-        r = top if n == 1 else r + 1
+        r = rungs.rung_for(r + 1, n)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ BoTorch is imported directly, not through importorskip: without the extra these 
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import botorch  # noqa: F401  - the extra must be installed where the tests run
 import numpy as np
 import pytest
 import torch
+from optimizer_helpers import run as run_optimizer
 
 from evomerge.errors import EvomergeError
 from evomerge.search.optimizers import OPTIMIZERS
@@ -33,17 +35,7 @@ def make(dimension: int = 6, n_objectives: int = 1, seed: int = 0, **options):
     return OPTIMIZERS.get("botorch_gp")(dimension, n_objectives, seed, **options)
 
 
-def run(name: str, objective, budget: int, seed: int, dimension: int = 6, n_objectives: int = 1,
-        **options) -> list:
-    opt = OPTIMIZERS.get(name)(dimension, n_objectives, seed, **options)
-    out = []
-    for _ in range(budget):
-        s = opt.ask()
-        value = objective(s.x)
-        value = value if isinstance(value, tuple) else (value,)
-        opt.tell(s.id, value)
-        out.append((np.array(s.x), value))
-    return out
+run = functools.partial(run_optimizer, dimension=6)  # dimension= overrides it
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -5,8 +5,11 @@ The ask/tell protocol is checked by the optimiser suite (tests/testing/test_suit
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
+from optimizer_helpers import run as run_optimizer
 
 from evomerge.search.optimizers import OPTIMIZERS
 from evomerge.search.pareto import hypervolume, pareto_mask
@@ -29,16 +32,7 @@ def concave(x: np.ndarray) -> float:
     return -float(e @ A @ e)
 
 
-def run(name: str, objective, budget: int, seed: int, n_objectives: int = 1, **options) -> list:
-    opt = OPTIMIZERS.get(name)(len(OPTIMUM), n_objectives, seed, **options)
-    out = []
-    for _ in range(budget):
-        s = opt.ask()
-        value = objective(s.x)
-        value = value if isinstance(value, tuple) else (value,)
-        opt.tell(s.id, value)
-        out.append((np.array(s.x), value))
-    return out
+run = functools.partial(run_optimizer, dimension=len(OPTIMUM))  # dimension= overrides it
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
