@@ -116,10 +116,11 @@ def prepare(config: RunConfig, config_path: Path) -> Prepared:
         try:
             optimizer.warm_start(warm)
         except NotImplementedError:
-            raise RunConfigError(
-                f"{config_path}: optimizer {config.optimizer.name} takes no first points, so "
-                f"priors/warm_start cannot be used with it; remove them or choose another optimizer."
-            ) from None
+            if config.priors != "auto" or config.warm_start:  # auto priors go where they are taken
+                raise RunConfigError(
+                    f"{config_path}: optimizer {config.optimizer.name} takes no first points, so "
+                    f"priors/warm_start cannot be used with it; remove them or choose another optimizer."
+                ) from None
     check_anchorable(config, tasks, config_path)
     for task in tasks:
         levels = [lv for lv in config.levels() if lv is not None]

@@ -262,10 +262,13 @@ class RunConfig(StrictModel):
         description="Points evaluated first, by gene name (see `evomerge space show`); "
         "genes left out take the middle of their range.",
     )
-    priors: Literal["sources"] | None = Field(
-        default=None,
+    priors: Literal["auto", "sources", "none"] | None = Field(
+        default="auto",
         description="sources: score the equal-weight average, task arithmetic at weights 1 and each "
-        "expert alone first (before warm_start's points), seeding the optimiser's model or mean.",
+        "expert alone first (before warm_start's points), seeding the optimiser's model or mean. "
+        "auto (the default): sources when multi_fidelity.subsets is anchors (the anchors are then "
+        "chosen from outcomes that include each expert's own skill) and the space and optimiser "
+        "take them, else none. none (or null): no priors.",
     )
     split: Literal["search", "test"] = "search"
     allow_test_split: bool = False

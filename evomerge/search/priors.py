@@ -21,7 +21,8 @@ Values outside a gene's range are clipped to it (a weight range ``[0, 0.8]`` giv
 epsilon, ...) take the middle of their ranges, as ``warm_start`` leaves unnamed genes.
 
 ``first_points(space, config, config_path)`` gives a run's first points: these priors where the
-run config asks for them (``priors: sources``), then its own ``warm_start`` points.
+run config asks for them (``priors: sources``, or ``auto`` with anchor subsets), then its own
+``warm_start`` points.
 """
 
 from __future__ import annotations
@@ -101,12 +102,24 @@ def first_points(space, config, config_path) -> list[np.ndarray]:
     from evomerge.config.run import RunConfigError
 
     points: list[np.ndarray] = []
-    if config.priors is not None:
+    if config.priors == "sources":
         try:
             points += [x for _, x in source_points(space)]
         except NoPriors as e:
             raise RunConfigError(f"{config_path}: {e}") from None
+    elif config.priors == "auto" and wants_auto_priors(config):
+        try:
+            points += [x for _, x in source_points(space)]
+        except NoPriors:
+            pass  # auto: a space without weights simply has none
     return points + [_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)]
+
+
+def wants_auto_priors(config) -> bool:
+    """``priors: auto`` scores the sources first where anchors are chosen from the first trials:
+    each expert alone gets its own skill right, so no skill is left without anchors."""
+    mf = config.multi_fidelity
+    return mf is not None and mf.subsets == "anchors"
 
 
 def _warm_point(space, point: dict, index: int, config_path) -> np.ndarray:

@@ -132,3 +132,14 @@ def test_anchors_need_a_task_with_per_example_outcomes(tmp_path, zoo):
     with pytest.raises(RunConfigError, match=r"multi_fidelity.subsets: anchors needs a task"):
         run_search(cfg, tmp_path / "out", log=lambda s: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_calibration_starts_with_the_sources_unless_priors_are_off(tmp_path, zoo):
+    def first_weights(d):
+        rows = sorted(Ledger(d / "ledger.db").evaluations("complete"), key=lambda r: r.trial)
+        return [[m["parameters"]["weight"] for m in yaml.safe_load(r.recipe)["models"]] for r in rows[:3]]
+
+    run_search(_run(tmp_path, zoo, budget={"trials": 4}), tmp_path / "auto", log=lambda s: None)
+    assert first_weights(tmp_path / "auto") == [[0.5, 0.5], [1.0, 1.0], [1.0, 0.0]]  # average, sum, add alone
+    run_search(_run(tmp_path, zoo, budget={"trials": 4}, priors="none"), tmp_path / "none", log=lambda s: None)
+    assert first_weights(tmp_path / "none") != first_weights(tmp_path / "auto")
