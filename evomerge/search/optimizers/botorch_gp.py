@@ -4,15 +4,19 @@ An optional extra (``pip install 'evomerge[botorch]'``: BoTorch and GPyTorch on 
 importing evomerge never imports BoTorch, and building this optimiser without it raises
 ``MissingExtraError`` (a one-paragraph ``EvomergeError``, also an ``ImportError``).
 
-- Model: one exact GP per objective (``SingleTaskGP``: an RBF kernel with one lengthscale per
-  gene and BoTorch's dimension-scaled priors, a learned noise level, outcomes standardised;
-  several objectives: a ``ModelListGP``). Each gene is first warped by its own learned
+- Model: an exact GP (``SingleTaskGP``: an RBF kernel with one lengthscale per gene and
+  BoTorch's dimension-scaled priors, a learned noise level, outcomes standardised). With one
+  output (one objective, no constraints) each gene is first warped by its own learned
   Kumaraswamy CDF (BoTorch's ``Warp``; LogNormal(0, 0.5) priors on both concentrations, centred
   on no warping). A merge's landscape is not stationary in its genes: a density matters most
   near 1, a weight near the task-arithmetic point; a warped gene stretches the part of [0, 1]
   where the score moves fastest, which one lengthscale per gene cannot. (BoTorch's tutorials use
   a wider prior, LogNormal(0, 0.87); with a dozen points it warped a gene's optimum into a corner
-  the model then could not resolve, tests/search/optimizers/test_botorch_gp.py.)
+  the model then could not resolve, tests/search/optimizers/test_botorch_gp.py.) Several outputs
+  (objectives, constraints), all scored at the same points, are one batched multi-output GP, a
+  kernel per output, unwarped: BoTorch cannot share a learned warping across a batched model's
+  outputs, and a model per output (``ModelListGP``) costs a posterior per output at every step
+  of the acquisition search (0.71 against 0.62 s a proposal at three objectives, 500 told).
 - Acquisition: one objective, ``qLogNoisyExpectedImprovement`` (its baseline, the points that
   may hold the incumbent, is the ``_BASELINE`` best told: each evaluation's joint posterior is
   over them rather than the whole fit); several,
@@ -26,14 +30,17 @@ importing evomerge never imports BoTorch, and building this optimiser without it
   approximated to ``_ALPHA`` of the hypervolume (BoTorch's ``NondominatedPartitioning``: 63
   boxes; a proposal's CPU time 3.8 -> 1.4 s at 500 told). Both are Monte-Carlo acquisitions over
   ``mc_samples`` quasi-random base samples seeded per ask.
-- Pending points: suggestions asked but not yet told are ``X_pending``: the acquisition values
-  the new point jointly with them (fantasised from the model), so asks in a batch spread
-  instead of piling on one optimum. Failed trials are left out of the model; the latest
-  ``_FAILED_KEPT`` failed points stay pending for good, so the unchanged model does not propose
-  the same point again (a failure is not retried).
+- Pending points: suggestions asked but not yet told. One objective: they are ``X_pending``,
+  and the acquisition values the new point jointly with them (fantasised from the model), so
+  asks in a batch spread instead of piling on one optimum. Several: the model is conditioned on
+  their posterior mean ("kriging believer", ``_believe``): qLogEHVI's joint form is exponential
+  in the batch (a bracket of nine asked at once took minutes a proposal). Failed trials are left
+  out of the fit; the latest ``_FAILED_KEPT`` failed points stay pending for good (several
+  objectives: believed at the worst told values), so the unchanged model does not propose the
+  same point again (a failure is not retried).
 - Start-up: the warm-start points, then a Sobol sequence scrambled by the seed, for the first
   ``n_startup_trials`` asks (and while fewer than two trials have scored).
-- Constraints (<= 0 met): a GP per constraint beside the objectives'; the acquisitions weight
+- Constraints (<= 0 met): an output per constraint beside the objectives'; the acquisitions weight
   improvement by the modelled probability of feasibility (BoTorch's ``constraints``).
 - Cost: an exact GP's fit is cubic and its acquisition search linear in the points fitted, so
   past ``max_trials`` scored trials the model sees ``gp_window.window``'s choice (the best half
@@ -41,7 +48,10 @@ importing evomerge never imports BoTorch, and building this optimiser without it
   last fit's; they are refitted at every tell up to ``full_refits`` scored trials, then at every
   ``refit_every``-th, and in between the last fit's model is conditioned on the new data. The
   acquisition is maximised by L-BFGS-B (``acq_maxiter`` iterations) from ``num_restarts`` starts
-  chosen among ``raw_samples`` quasi-random points. Torch runs on one thread meanwhile: on these
+  chosen among ``raw_samples`` quasi-random points (both "auto" by default: ``_EFFORT``, less
+  for several objectives). The first qLogEHVI in an environment has BoTorch compile its fused
+  C++ kernel (~20 s once; cached under ~/.cache/torch_extensions; without a compiler BoTorch
+  falls back to Python). Torch runs on one thread meanwhile: on these
   small tensors a second thread's hand-offs cost more than they save (a proposal took 9 s with
   two threads on a busy 2-core machine, 1 s with one). Measured by benchmarks/controller_cost.py
   (benchmarks/README.md).
@@ -70,6 +80,10 @@ _REF_MARGIN = 0.1  # hypervolume reference point: the nadir less this share of t
 _BASELINE = 20  # one objective: the best told points that may be the incumbent (NEI's baseline)
 _ALPHA = 1e-3  # 3+ objectives: the front's boxes approximated to this share of its hypervolume
 _WARP_PRIOR = 0.5  # the Kumaraswamy concentrations: LogNormal(0, this), centred on no warping
+# The acquisition search's effort ("auto" options), by objectives: each step of a search over
+# qLogEHVI costs about twice one over qLogNEI, so several objectives take fewer (item 7 of issue 29:
+# <= 0.5 s a proposal at 37 genes and 500 told; benchmarks/README.md, controller_cost.py).
+_EFFORT = {"one": {"raw_samples": 128, "acq_maxiter": 15}, "several": {"raw_samples": 64, "acq_maxiter": 10}}
 
 
 class MissingExtraError(EvomergeError, ImportError):
@@ -114,11 +128,14 @@ class BotorchGP(Optimizer):
         refit_every: int = 5,
         fit_maxiter: int = 75,
         num_restarts: int = 4,
-        raw_samples: int = 128,
-        acq_maxiter: int = 15,
+        raw_samples: int | str = "auto",
+        acq_maxiter: int | str = "auto",
         mc_samples: int = 32,
     ) -> None:
         super().__init__(dimension, n_objectives, seed)
+        effort = _EFFORT["one" if n_objectives == 1 else "several"]
+        raw_samples = effort["raw_samples"] if raw_samples == "auto" else raw_samples
+        acq_maxiter = effort["acq_maxiter"] if acq_maxiter == "auto" else acq_maxiter
         counts = {"n_startup_trials": n_startup_trials, "full_refits": full_refits, "refit_every": refit_every,
                   "fit_maxiter": fit_maxiter, "num_restarts": num_restarts, "raw_samples": raw_samples,
                   "acq_maxiter": acq_maxiter, "mc_samples": mc_samples}
@@ -127,8 +144,8 @@ class BotorchGP(Optimizer):
         if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 4):
             bad.append(f"max_trials ({max_trials}; None: every scored trial)")
         if bad:
-            raise ValueError(f"botorch_gp options must be whole numbers >= 1 (n_startup_trials >= 0, max_trials >= 4): "
-                             f"{', '.join(bad)}")
+            raise ValueError(f"botorch_gp options must be whole numbers >= 1 (n_startup_trials >= 0, max_trials >= 4; "
+                             f"raw_samples and acq_maxiter may be auto): {', '.join(bad)}")
         if raw_samples < num_restarts:
             raise ValueError(f"raw_samples ({raw_samples}) must be at least num_restarts ({num_restarts})")
         _import_botorch()
@@ -148,7 +165,7 @@ class BotorchGP(Optimizer):
         self._out: dict[int, np.ndarray] = {}
         self._model = None  # (scored count it was fitted to, model)
         self._rows = None  # (scored count, X, Y): what the model is fitted to
-        self._params: list[dict] | None = None  # the last full fit's hyperparameters, per output
+        self._params: dict | None = None  # the last full fit's hyperparameters
         self._fits = 0  # hyperparameter fits so far (for the record)
         self._dtype = torch.double
 
@@ -212,7 +229,7 @@ class BotorchGP(Optimizer):
         import torch
         from botorch.exceptions.errors import ModelFittingError
         from botorch.fit import fit_gpytorch_mll
-        from botorch.models import ModelListGP, SingleTaskGP
+        from botorch.models import SingleTaskGP
         from botorch.models.transforms.input import Warp
         from botorch.models.transforms.outcome import Standardize
         from gpytorch.mlls import ExactMarginalLogLikelihood
@@ -225,29 +242,42 @@ class BotorchGP(Optimizer):
         X, Y = torch.as_tensor(X, dtype=self._dtype), torch.as_tensor(Y, dtype=self._dtype)
         refit = self._params is None or n <= self.full_refits or n % self.refit_every == 0
         unit = torch.stack([torch.zeros(self.dimension), torch.ones(self.dimension)]).to(self._dtype)
-        models = []
-        for k in range(Y.shape[1]):
-            warp = None
-            if self.warping:
-                warp = Warp(self.dimension, indices=list(range(self.dimension)), bounds=unit,
-                            concentration1_prior=LogNormalPrior(0.0, _WARP_PRIOR),
-                            concentration0_prior=LogNormalPrior(0.0, _WARP_PRIOR))
-            gp = SingleTaskGP(X, Y[:, k: k + 1], input_transform=warp, outcome_transform=Standardize(m=1))
-            if self._params is not None:  # start from (or, between refits, keep) the last fit's
-                gp.load_state_dict(self._params[k], strict=False)
-            if refit:
-                mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
-                with contextlib.suppress(ModelFittingError):  # a failed fit keeps its start: still a GP
-                    fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.fit_maxiter}},
-                                     max_attempts=2)
-                self._fits += 1
-            gp.eval()
-            models.append(gp)
+        warp = None
+        if self.warping and Y.shape[1] == 1:
+            warp = Warp(self.dimension, indices=list(range(self.dimension)), bounds=unit,
+                        concentration1_prior=LogNormalPrior(0.0, _WARP_PRIOR),
+                        concentration0_prior=LogNormalPrior(0.0, _WARP_PRIOR))
+        # Several outputs: one batched GP (see the module's docstring: Model).
+        model = SingleTaskGP(X, Y, input_transform=warp, outcome_transform=Standardize(m=Y.shape[1]))
+        if self._params is not None:  # start from (or, between refits, keep) the last fit's
+            model.load_state_dict(self._params, strict=False)
         if refit:
-            self._params = [{name: p.detach().clone() for name, p in gp.named_parameters()} for gp in models]
-        model = models[0] if len(models) == 1 else ModelListGP(*models)
+            mll = ExactMarginalLogLikelihood(model.likelihood, model)
+            with contextlib.suppress(ModelFittingError):  # a failed fit keeps its start: still a GP
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.fit_maxiter}}, max_attempts=2)
+            self._fits += 1
+            self._params = {name: p.detach().clone() for name, p in model.named_parameters()}
+        model.eval()
         self._model = (n, model)
         return model
+
+    def _believe(self, model, Y: np.ndarray):
+        """Several objectives: the model conditioned on what the pending points are believed to score
+        (their posterior mean; a failed point, the worst told value of each output), and those
+        beliefs as rows beside the told ones (the front counts them), so a proposal looks elsewhere.
+        qLogEHVI could take them as ``X_pending`` instead, but it sums over every subset of the joint
+        batch: 2^9 terms for a bracket of nine asked before any is told."""
+        import torch
+
+        pending, failed = list(self._out.values()), list(self._failed)
+        if not pending and not failed:
+            return model, Y
+        x = torch.as_tensor(np.array(pending + failed), dtype=self._dtype)
+        with torch.no_grad():
+            believed = model.posterior(x[: len(pending)]).mean if pending else x.new_zeros(0, Y.shape[1])
+        worst = torch.as_tensor(Y.min(axis=0), dtype=self._dtype).expand(len(failed), -1)
+        beliefs = torch.cat([believed, worst])
+        return model.condition_on_observations(x, beliefs), np.vstack([Y, believed.numpy()])
 
     def _propose(self) -> np.ndarray:
         import torch
@@ -281,14 +311,14 @@ class BotorchGP(Optimizer):
 
             values = Y[:, :m]
             ref = values.min(axis=0) - _REF_MARGIN * np.maximum(values.max(axis=0) - values.min(axis=0), 1e-9)
-            feasible = values[np.all(Y[:, m:] >= 0, axis=1)]  # the told front: feasible trials' values
+            model, rows = self._believe(model, Y)
+            feasible = rows[np.all(rows[:, m:] >= 0, axis=1), :m]  # the front: feasible told and believed values
             front = {"ref_point": tensor(ref), "Y": tensor(feasible).reshape(-1, m)}
             partitioning = (FastNondominatedPartitioning(**front) if m == 2
                             else NondominatedPartitioning(alpha=_ALPHA, **front))
             objective = IdentityMCMultiOutputObjective(outcomes=list(range(m))) if constraints else None
-            acq = qLogExpectedHypervolumeImprovement(model, ref.tolist(), partitioning, sampler=sampler,
-                                                     objective=objective, constraints=constraints,
-                                                     X_pending=X_pending)
+            acq = qLogExpectedHypervolumeImprovement(model, ref.tolist(), partitioning,
+                                                     sampler=sampler, objective=objective, constraints=constraints)
         bounds = tensor([np.zeros(self.dimension), np.ones(self.dimension)])
         x, _ = optimize_acqf(acq, bounds, q=1, num_restarts=self.num_restarts, raw_samples=self.raw_samples,
                              options={"maxiter": self.acq_maxiter, "seed": _seed(self.seed, 4, self._asks)},

@@ -54,11 +54,22 @@ class _WindowView:
         return [t for t in trials if t.state != TrialState.COMPLETE or t.number in keep]
 
 
-def windowed_gp_sampler(max_trials: int | None, **options):
-    """Optuna's GPSampler, fitted to at most ``max_trials`` completed trials (None: all)."""
+def windowed_gp_sampler(max_trials: int | None, acq_samples: int, acq_local_searches: int, **options):
+    """Optuna's GPSampler, fitted to at most ``max_trials`` completed trials (None: all), its
+    acquisition searched from ``acq_samples`` quasi-random points and ``acq_local_searches`` local
+    searches (Optuna keeps both as attributes its ``_optimize_acqf`` reads; the multi-objective
+    warm starts are counted from the second, so both are set there rather than in that hook)."""
     import optuna
 
     class WindowedGPSampler(optuna.samplers.GPSampler):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            for name, value in (("_n_preliminary_samples", acq_samples), ("_n_local_search", acq_local_searches)):
+                if not hasattr(self, name):  # a later Optuna renamed them: say so rather than ignore the effort
+                    raise RuntimeError(f"optuna {optuna.__version__}'s GPSampler has no {name}; "
+                                       f"evomerge's gp optimizer needs updating for it")
+                setattr(self, name, value)
+
         def sample_relative(self, study, trial, search_space):
             view = study if max_trials is None else _WindowView(study, max_trials)
             return super().sample_relative(view, trial, search_space)

@@ -99,6 +99,17 @@ class TPE(OptunaOptimizer):
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, **_given(constraints_func))
 
 
+# What one GP proposal may cost, by objectives: the fit's window (gp_window) and the acquisition search
+# (Optuna's quasi-random preliminary points, then its local searches). With three objectives and 500
+# trials, Optuna's defaults (all trials, 2048, 10) took up to 5.8 s a proposal (log EHVI over a large
+# front); these take 0.28 s in benchmarks/controller_cost.py. The smaller search costs no hypervolume
+# there; the window of 100 about 1-2% at 150 evaluations (benchmarks/README.md).
+_GP_EFFORT = {
+    "one": {"max_trials": 200, "acq_samples": 2048, "acq_local_searches": 10},
+    "several": {"max_trials": 100, "acq_samples": 256, "acq_local_searches": 4},
+}
+
+
 @register_optimizer("gp")
 class GP(OptunaOptimizer):
     """Optuna's GPSampler: log EI, or log EHVI for several objectives; while suggestions are
@@ -106,26 +117,36 @@ class GP(OptunaOptimizer):
     q-batch forms (qLogEI / qLogEHVI), so parallel proposals spread instead of piling up.
     ``deterministic_objective``: the GP interpolates (no noise term): right for a fitness
     that a re-evaluation reproduces exactly (a merge distance; one fixed subset of examples),
-    wrong across fidelity levels. ``max_trials`` (default 200; null: all): past that many
-    completed trials the GP is fitted to the best and the latest (gp_window), which keeps a
-    proposal's cost bounded."""
+    wrong across fidelity levels. ``max_trials`` (null: all): past that many completed trials
+    the GP is fitted to the best and the latest (gp_window), which keeps a proposal's cost
+    bounded; ``acq_samples`` and ``acq_local_searches``: the acquisition search's effort. Each
+    defaults ("auto") to ``_GP_EFFORT`` for one objective or several."""
 
     max_objectives = None  # Optuna's GP sampler handles several objectives too
 
     def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0, *, n_startup_trials: int = 10,
-                 deterministic_objective: bool = False, max_trials: int | None = 200, **kwargs) -> None:
+                 deterministic_objective: bool = False, max_trials: int | None | str = "auto",
+                 acq_samples: int | str = "auto", acq_local_searches: int | str = "auto", **kwargs) -> None:
+        effort = _GP_EFFORT["one" if n_objectives == 1 else "several"]
+        max_trials = effort["max_trials"] if max_trials == "auto" else max_trials
+        acq = {"acq_samples": acq_samples, "acq_local_searches": acq_local_searches}
+        acq = {k: effort[k] if v == "auto" else v for k, v in acq.items()}
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be at least 1, not {n_startup_trials}")
-        if max_trials is not None and max_trials < 2 * n_startup_trials:
-            raise ValueError(f"max_trials must be null or at least twice n_startup_trials, not {max_trials}")
+        if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 2 * n_startup_trials):
+            raise ValueError(f"max_trials must be auto, null or at least twice n_startup_trials, not {max_trials}")
+        bad = [f"{k} ({v})" for k, v in acq.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+        if bad:
+            raise ValueError(f"gp options must be auto or whole numbers >= 1: {', '.join(bad)}")
         self._options = {"n_startup_trials": n_startup_trials, "deterministic_objective": deterministic_objective}
-        self._max_trials = max_trials
+        self._max_trials, self._acq = max_trials, acq
         super().__init__(dimension, n_objectives, seed, **kwargs)
 
     def _sampler(self, seed: int, constraints_func=None):
         from evomerge.search.optimizers.gp_window import windowed_gp_sampler
 
-        return windowed_gp_sampler(self._max_trials, seed=seed, **self._options, **_given(constraints_func))
+        return windowed_gp_sampler(self._max_trials, self._acq["acq_samples"], self._acq["acq_local_searches"],
+                                   seed=seed, **self._options, **_given(constraints_func))
 
 
 @register_optimizer("nsga2")

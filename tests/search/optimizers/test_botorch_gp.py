@@ -55,6 +55,25 @@ def test_pending_proposals_spread():
     assert min(gaps) > 0.02, f"pending points piled up: {out}"
 
 
+def test_several_objectives_spread_a_bracket_asked_before_any_tell(monkeypatch):
+    from botorch.acquisition.multi_objective import logei
+
+    seen = []  # what qLogEHVI is given: pending points go into the model, not its exponential joint batch
+    real = logei.qLogExpectedHypervolumeImprovement.__init__
+    monkeypatch.setattr(logei.qLogExpectedHypervolumeImprovement, "__init__",
+                        lambda self, *a, **k: seen.append(k.get("X_pending")) or real(self, *a, **k))
+    opt = make(4, n_objectives=2, n_startup_trials=6)
+    for _ in range(6):
+        s = opt.ask()
+        opt.tell(s.id, two_objectives(s.x))
+    opt.tell(opt.ask().id, None)  # a failure stays pending for good
+    seen.clear()
+    out = [opt.ask().x for _ in range(9)]
+    gaps = [np.max(np.abs(a - b)) for i, a in enumerate(out) for b in out[i + 1:]]
+    assert min(gaps) > 0.02, f"pending points piled up: {out}"
+    assert len(seen) == 9 and all(p is None for p in seen)
+
+
 def test_same_seed_same_points_with_pending_and_failures_and_global_rngs_untouched():
     def trajectory(seed: int) -> list[np.ndarray]:
         opt = make(4, seed=seed, n_startup_trials=4)
@@ -132,6 +151,10 @@ def test_options_are_checked():
         make(num_restarts=0)
     with pytest.raises(ValueError, match="max_trials"):
         make(max_trials=2)
+    with pytest.raises(ValueError, match="raw_samples"):
+        make(raw_samples="many")
+    one, several = make(), make(n_objectives=3)  # auto: less acquisition search for several objectives
+    assert (one.raw_samples, one.acq_maxiter) == (128, 15) and (several.raw_samples, several.acq_maxiter) == (64, 10)
 
 
 def test_without_the_extra_building_it_names_the_install(monkeypatch):

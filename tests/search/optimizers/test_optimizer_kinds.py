@@ -128,3 +128,13 @@ def test_a_windowed_gp_stays_seeded_past_its_window(monkeypatch):
     assert max(fitted) == 8 and min(fitted) < 8  # never shown more than the window
     with pytest.raises(ValueError, match="max_trials"):
         OPTIMIZERS.get("gp")(3, 1, 0, n_startup_trials=4, max_trials=6)
+
+
+def test_gp_effort_defaults_by_objectives_and_options_are_checked():
+    one, several = OPTIMIZERS.get("gp")(3, 1, 0), OPTIMIZERS.get("gp")(3, 3, 0)
+    effort = lambda o: (o._max_trials, o.study.sampler._n_preliminary_samples, o.study.sampler._n_local_search)  # noqa: E731
+    assert effort(one) == (200, 2048, 10) and effort(several) == (100, 256, 4)
+    given = OPTIMIZERS.get("gp")(3, 3, 0, max_trials=None, acq_samples=512, acq_local_searches=6)
+    assert effort(given) == (None, 512, 6)
+    with pytest.raises(ValueError, match="acq_samples"):
+        OPTIMIZERS.get("gp")(3, 1, 0, acq_samples=0)
