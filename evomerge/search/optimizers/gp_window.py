@@ -34,10 +34,13 @@ def window(completed: list, max_trials: int) -> set[int]:
 
 
 class _WindowView:
-    """The study as the sampler sees it: every attribute but ``_get_trials`` is the study's."""
+    """The study as the sampler sees it: every attribute but ``_get_trials`` is the study's.
+    ``liar``: running trials (pending points) are shown as completed at the worst of the completed
+    trials' values on each objective (a pessimistic constant liar: dominated, so the front and its
+    boxes stay as told), not as running (see ``windowed_gp_sampler``)."""
 
-    def __init__(self, study, max_trials: int) -> None:
-        self._study, self._max_trials = study, max_trials
+    def __init__(self, study, max_trials: int | None, liar: bool = False) -> None:
+        self._study, self._max_trials, self._liar = study, max_trials, liar
         self._kept: tuple[int, set[int]] | None = None  # (completed count, window): one choice per proposal
 
     def __getattr__(self, name):
@@ -48,17 +51,37 @@ class _WindowView:
 
         trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
-        if self._kept is None or self._kept[0] != len(completed):
-            self._kept = (len(completed), window(completed, self._max_trials))
-        keep = self._kept[1]
-        return [t for t in trials if t.state != TrialState.COMPLETE or t.number in keep]
+        if self._max_trials is not None:
+            if self._kept is None or self._kept[0] != len(completed):
+                self._kept = (len(completed), window(completed, self._max_trials))
+            keep = self._kept[1]
+            trials = [t for t in trials if t.state != TrialState.COMPLETE or t.number in keep]
+        if self._liar and completed:
+            lie = np.min([t.values for t in completed], axis=0).tolist()  # maximised: the worst
+            trials = [_lied(t, lie) if t.state == TrialState.RUNNING and t.params else t for t in trials]
+        return trials
 
 
-def windowed_gp_sampler(max_trials: int | None, acq_samples: int, acq_local_searches: int, **options):
+def _lied(trial, values: list[float]):
+    """A running trial as a completed one scoring ``values``."""
+    import optuna
+
+    lied = optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, values=values)
+    lied.number = trial.number
+    return lied
+
+
+def windowed_gp_sampler(max_trials: int | None, acq_samples: int, acq_local_searches: int, *,
+                        liar: bool = False, **options):
     """Optuna's GPSampler, fitted to at most ``max_trials`` completed trials (None: all), its
     acquisition searched from ``acq_samples`` quasi-random points and ``acq_local_searches`` local
     searches (Optuna keeps both as attributes its ``_optimize_acqf`` reads; the multi-objective
-    warm starts are counted from the second, so both are set there rather than in that hook)."""
+    warm starts are counted from the second, so both are set there rather than in that hook).
+
+    ``liar``: pending points enter as completed trials at the worst values (a constant liar) instead
+    of through Optuna's q-batch acquisition, whose several-objective form (qLogEHVI) decomposes a
+    fantasised front per Monte-Carlo sample: 3.2-3.8 s a proposal with running trials at three
+    objectives and 500 trials, against 0.3-0.6 s for log EHVI on the lied data."""
     import optuna
 
     class WindowedGPSampler(optuna.samplers.GPSampler):
@@ -71,7 +94,7 @@ def windowed_gp_sampler(max_trials: int | None, acq_samples: int, acq_local_sear
                 setattr(self, name, value)
 
         def sample_relative(self, study, trial, search_space):
-            view = study if max_trials is None else _WindowView(study, max_trials)
+            view = study if max_trials is None and not liar else _WindowView(study, max_trials, liar)
             return super().sample_relative(view, trial, search_space)
 
     return WindowedGPSampler(**options)

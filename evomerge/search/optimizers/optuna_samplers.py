@@ -113,8 +113,10 @@ _GP_EFFORT = {
 @register_optimizer("gp")
 class GP(OptunaOptimizer):
     """Optuna's GPSampler: log EI, or log EHVI for several objectives; while suggestions are
-    out (an asynchronous executor's other slots) their points enter as pending, through the
-    q-batch forms (qLogEI / qLogEHVI), so parallel proposals spread instead of piling up.
+    out (an asynchronous executor's other slots, a bracket asked at once) their points enter as
+    pending, so parallel proposals spread instead of piling up: through Optuna's q-batch forms
+    (qLogEI; qLogEHVI with constraints), or, with several objectives, as completed at the worst
+    told values (gp_window's constant liar: Optuna's qLogEHVI costs seconds a proposal there).
     ``deterministic_objective``: the GP interpolates (no noise term): right for a fitness
     that a re-evaluation reproduces exactly (a merge distance; one fixed subset of examples),
     wrong across fidelity levels. ``max_trials`` (null: all): past that many completed trials
@@ -142,11 +144,20 @@ class GP(OptunaOptimizer):
         self._max_trials, self._acq = max_trials, acq
         super().__init__(dimension, n_objectives, seed, **kwargs)
 
+    def expect_constraints(self, n: int) -> None:
+        super().expect_constraints(n)
+        if n and _set_constraint_api():  # before any ask: rebuilt without the liar (see _sampler)
+            self.study.sampler = self._sampler(self.seed)
+
     def _sampler(self, seed: int, constraints_func=None):
         from evomerge.search.optimizers.gp_window import windowed_gp_sampler
 
+        # Several objectives, unconstrained: pending points as a constant liar (gp_window), as Optuna's
+        # q-batch form costs seconds a proposal there. Constraints keep Optuna's form (a lie would need
+        # constraint values too).
+        liar = self.n_objectives > 1 and constraints_func is None and not self.n_constraints
         return windowed_gp_sampler(self._max_trials, self._acq["acq_samples"], self._acq["acq_local_searches"],
-                                   seed=seed, **self._options, **_given(constraints_func))
+                                   liar=liar, seed=seed, **self._options, **_given(constraints_func))
 
 
 @register_optimizer("nsga2")

@@ -138,3 +138,35 @@ def test_gp_effort_defaults_by_objectives_and_options_are_checked():
     assert effort(given) == (None, 512, 6)
     with pytest.raises(ValueError, match="acq_samples"):
         OPTIMIZERS.get("gp")(3, 1, 0, acq_samples=0)
+
+
+def test_gp_with_several_objectives_shows_pending_points_as_lies(monkeypatch):
+    from optuna.trial import TrialState
+
+    from evomerge.search.optimizers import gp_window
+
+    shown = []
+    real = gp_window._WindowView._get_trials
+    def spy(self, *args, **kwargs):  # what the sampler is shown, as it is at the call
+        trials = real(self, *args, **kwargs)
+        shown.append([(t.number, t.state, bool(t.params), t.values) for t in trials])
+        return trials
+
+    monkeypatch.setattr(gp_window._WindowView, "_get_trials", spy)
+    opt = OPTIMIZERS.get("gp")(3, 2, 0, n_startup_trials=4)
+
+    def values(x):
+        return (-float(np.sum((x - 0.2) ** 2)), -float(np.sum((x - 0.8) ** 2)))
+
+    told = []
+    for _ in range(4):
+        s = opt.ask()
+        told.append(values(s.x))
+        opt.tell(s.id, told[-1])
+    out = [opt.ask().x for _ in range(3)]  # none told: the later asks see the earlier as lies
+    gaps = [np.max(np.abs(a - b)) for i, a in enumerate(out) for b in out[i + 1:]]
+    assert min(gaps) > 0.02, f"pending points piled up: {out}"
+    last = shown[-1]
+    assert not [n for n, state, params, _ in last if state == TrialState.RUNNING and params]
+    lies = [values for n, state, _, values in last if n >= 4 and state == TrialState.COMPLETE]
+    assert lies == [list(np.min(told, axis=0))] * 2
