@@ -219,6 +219,23 @@ def test_multi_fidelity_resume_replays_to_the_same_trajectory(tmp_path, zoo):
     assert [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "split")] == whole
 
 
+@pytest.mark.parametrize("optimizer", ["gp", "botorch_gp"])
+def test_a_pareto_search_with_pending_brackets_resumes_to_the_same_trajectory(tmp_path, zoo, optimizer):
+    # Brackets are asked whole before any is told: gp shows the pending points as lies, botorch_gp
+    # conditions on beliefs about them; a resume must rebuild both from the ledger alone.
+    from evomerge.run import resume_search
+
+    cfg = _run(tmp_path, zoo, fidelity=None, multi_fidelity=MF, budget={"trials": 12}, scalarization="pareto",
+               objectives=[{"task": "addition"}, {"task": "reversal"}],
+               optimizer={"name": optimizer, "options": {"n_startup_trials": 4}})
+    run_search(cfg, tmp_path / "whole", log=lambda s: None)
+    run_search(cfg, tmp_path / "split", trials=4, log=lambda s: None)  # one bracket (a session ends brackets)
+    resume_search(tmp_path / "split", log=lambda s: None)
+    whole = [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "whole")]
+    assert [(t.recipe_hash, t.fidelity) for t in _rows(tmp_path / "split")] == whole
+    assert len({h for h, _ in whole}) == 12  # the bracket's asks spread: no recipe proposed twice
+
+
 def test_a_pool_of_worker_processes_runs_the_search(tmp_path, zoo):
     from evomerge.run import resume_search
 
