@@ -27,6 +27,8 @@ run config asks for them (``priors: sources``, or ``auto`` with anchor subsets),
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 KEEP_ALL = ("density",)  # per-model keep-fractions: a prior keeps every entry
@@ -108,10 +110,8 @@ def first_points(space, config, config_path) -> list[np.ndarray]:
         except NoPriors as e:
             raise RunConfigError(f"{config_path}: {e}") from None
     elif config.priors == "auto" and wants_auto_priors(config):
-        try:
+        with contextlib.suppress(NoPriors):  # auto: a space without weights simply has none
             points += [x for _, x in source_points(space)]
-        except NoPriors:
-            pass  # auto: a space without weights simply has none
     return points + [_warm_point(space, p, i, config_path) for i, p in enumerate(config.warm_start)]
 
 
