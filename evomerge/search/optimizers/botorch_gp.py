@@ -273,8 +273,8 @@ class BotorchGP(Optimizer):
         if not pending and not failed:
             return model, Y
         x = torch.as_tensor(np.array(pending + failed), dtype=self._dtype)
-        with torch.no_grad():
-            believed = model.posterior(x[: len(pending)]).mean if pending else x.new_zeros(0, Y.shape[1])
+        with torch.no_grad():  # a prediction first also builds the caches that conditioning extends
+            believed = model.posterior(x).mean[: len(pending)]
         worst = torch.as_tensor(Y.min(axis=0), dtype=self._dtype).expand(len(failed), -1)
         beliefs = torch.cat([believed, worst])
         return model.condition_on_observations(x, beliefs), np.vstack([Y, believed.numpy()])
