@@ -19,7 +19,7 @@ merging, writing; not interpreter or torch start-up), from its summary line.
 ``--in-memory`` times ``InMemoryMerger.merge(recipe, into=model)`` per candidate
 instead, as a search worker does (sources resident, the same output tensors reused).
 
-    python benchmarks/merge_throughput.py [--family default|gqa12] \
+    python benchmarks/merge_throughput.py [--family default|gqa12|gqa12-zeros] \
         [--methods ties,dare_ties,linear] [--repeat 3] [--in-memory]
 
 Targets (issues 2 and 17): TIES >= 10x mergekit's throughput, DARE-TIES and linear
@@ -142,13 +142,24 @@ GQA12_KINDS = {
 GQA12_EXPERT_SCALES = (0.001, 0.01)  # expert b's task vector is 10x expert a's
 
 
-def _make_gqa12(root: Path, seed: int = 1) -> None:
+# gqa12-zeros: the same shapes and kinds, each update dropped where it is under half a bfloat16 step
+# of the weight (as a bf16 fine-tune leaves such weights unchanged); these scales put 50-70% of each
+# expert's delta at exact zeros (the generation prints the share).
+GQA12_ZEROS_EXPERT_SCALES = (4e-5, 6e-5)
+
+
+def _under_half_a_bf16_step(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    _, exponent = torch.frexp(w)  # |w| in [2^(e-1), 2^e): bf16's step there is 2^(e-8)
+    return d.abs() < torch.ldexp(torch.ones_like(w), exponent - 9)
+
+
+def _make_gqa12(root: Path, seed: int = 1, zeros: bool = False) -> None:
     gen = torch.Generator().manual_seed(seed)
     config = llama_config(tied=False, **GQA12_SHAPE)
     base = llama_state(config, gen)
     save_model(root / "base", base, config)
-    for e, scale in enumerate(GQA12_EXPERT_SCALES):
-        expert = {}
+    for e, scale in enumerate(GQA12_ZEROS_EXPERT_SCALES if zeros else GQA12_EXPERT_SCALES):
+        expert, dropped, total = {}, 0, 0
         for name, w in base.items():
             rel, heavy = next(v for k, v in GQA12_KINDS.items() if k in name)
             d = torch.randn(w.shape, generator=gen)
@@ -156,12 +167,18 @@ def _make_gqa12(root: Path, seed: int = 1) -> None:
                 d.mul_(torch.randn(w.shape, generator=gen).exp_())
             if "embed_tokens" in name or "lm_head" in name:  # tokens the fine-tune never saw
                 d.mul_((torch.rand(w.shape[0], 1, generator=gen) > 0.2).float())
-            expert[name] = w + d.mul_(scale * rel)
+            d.mul_(scale * rel)
+            if zeros:
+                d.masked_fill_(_under_half_a_bf16_step(d, w), 0.0)
+            dropped += int(torch.eq(d, 0).sum())
+            total += d.numel()
+            expert[name] = w + d
         save_model(root / f"expert{e}", expert, config)
+        print(f"gqa12{'-zeros' if zeros else ''} expert{e}: {dropped / total:.1%} of the delta exactly zero")
 
 
 # The seed each family's models are generated with unless --seed says otherwise.
-DEFAULT_SEEDS = {"default": 0, "gqa12": 1}
+DEFAULT_SEEDS = {"default": 0, "gqa12": 1, "gqa12-zeros": 1}
 
 
 def make_models(family: str = "default", seed: int | None = None) -> dict[str, Path]:
@@ -173,7 +190,7 @@ def make_models(family: str = "default", seed: int | None = None) -> dict[str, P
         if family == "default":
             make_family(root, tied=False, n_experts=2, seed=seed, delta=0.002, **SHAPE)
         else:
-            _make_gqa12(root, seed)
+            _make_gqa12(root, seed, zeros=family == "gqa12-zeros")
     return paths
 
 
@@ -343,11 +360,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--family", choices=("default", "gqa12"), default="default")
+    parser.add_argument("--family", choices=tuple(DEFAULT_SEEDS), default="default")
     parser.add_argument("--methods", default="ties,dare_ties,linear")
     parser.add_argument(
         "--seed", type=int, default=None,
-        help="seed the family's models are generated with (default: default 0, gqa12 1)",
+        help="seed the family's models are generated with (default: default 0, gqa12 and gqa12-zeros 1)",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per tool and method (min/median/max shown)"

@@ -140,8 +140,8 @@ def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int])
         return _select((xf - bf).abs(), ranks)
     idx = _sample_indices(n).to(base.device)
     windows = _windows((xf[idx] - bf[idx]).abs(), ranks, n)
-    below, inside = _count_windows(x, base, windows)
-    return _finish(ranks, below, inside, lambda: (xf - bf).abs())
+    below, at_lo, inside = _count_windows(x, base, windows)
+    return _finish(ranks, windows, below, at_lo, inside, lambda: (xf - bf).abs())
 
 
 def magnitude_order_stats_np(
@@ -178,10 +178,11 @@ def magnitude_order_stats_np(
         per_model = [[c for (j, _, _), c in zip(jobs, counted, strict=True) if j == i]
                      for i in range(len(xs))]
     out = []
-    for xa, r, mine in zip(xas, ranks, per_model, strict=True):
+    for xa, r, win, mine in zip(xas, ranks, windows, per_model, strict=True):
         below = [sum(c[0][w] for c in mine) for w in range(len(r))]
-        inside = [np.concatenate([c[1][w] for c in mine]) for w in range(len(r))]
-        out.append(_finish(r, below, inside, lambda xa=xa: np.abs(xa - ba)))
+        at_lo = [sum(c[1][w] for c in mine) for w in range(len(r))]
+        inside = [np.concatenate([c[2][w] for c in mine]) for w in range(len(r))]
+        out.append(_finish(r, win, below, at_lo, inside, lambda xa=xa: np.abs(xa - ba)))
     return out
 
 
@@ -251,12 +252,17 @@ def _kept_sample_windows(
     return _windows(sample, ranks, n, is_sorted=is_sorted)
 
 
-def _finish(ranks: list[int], below: list[int], inside: list, everything) -> list[float]:
+def _finish(ranks: list[int], windows: list[tuple[float, float]], below: list[int], at_lo: list[int],
+            inside: list, everything) -> list[float]:
+    """Per rank: lo if it falls among the entries tied at the window's low edge, else the entry of
+    that rank among those inside (above lo), else (the sample missed it) a selection over all."""
     out = []
     for j, r in enumerate(ranks):
-        cand = inside[j]
-        if below[j] < r <= below[j] + len(cand):
-            out.append(_select(cand, [r - below[j]])[0])
+        cand, tied = inside[j], below[j] + at_lo[j]
+        if below[j] < r <= tied:  # lo is a sampled magnitude: a value of the tensor's dtype
+            out.append(windows[j][0])
+        elif tied < r <= tied + len(cand):
+            out.append(_select(cand, [r - tied])[0])
         else:  # the sample missed the rank (vanishingly rare): select over everything
             out.append(_select(everything(), [r])[0])
     return out
@@ -264,24 +270,27 @@ def _finish(ranks: list[int], below: list[int], inside: list, everything) -> lis
 
 def _count_windows(
     x: torch.Tensor, base: torch.Tensor, windows: list[tuple[float, float]]
-) -> tuple[list[int], list[torch.Tensor]]:
-    """Per window: how many magnitudes lie below it, and those inside it."""
-    below = [0] * len(windows)
+) -> tuple[list[int], list[int], list[torch.Tensor]]:
+    """Per window: how many magnitudes lie below it, how many equal its low edge, and those
+    inside it above that edge (ties at the edge are counted, not kept: _kernels.count_windows)."""
+    below, at_lo = [0] * len(windows), [0] * len(windows)
     inside: list[list[torch.Tensor]] = [[] for _ in windows]
     for _, d in delta_chunks(x, base):
         mags = d.abs_()
         for j, (lo, hi) in enumerate(windows):
-            in_window = mags >= lo
-            below[j] += mags.numel() - int(torch.count_nonzero(in_window))
-            in_window.logical_and_(mags <= hi)
-            inside[j].append(mags[in_window])
-    return below, [torch.cat(c) for c in inside]
+            n_ge = int(torch.count_nonzero(mags >= lo))
+            above = mags > lo
+            below[j] += mags.numel() - n_ge
+            at_lo[j] += n_ge - int(torch.count_nonzero(above))
+            above.logical_and_(mags <= hi)
+            inside[j].append(mags[above])
+    return below, at_lo, [torch.cat(c) for c in inside]
 
 
 def _count_windows_np(
     xa: np.ndarray, ba: np.ndarray, windows: list[tuple[float, float]]
-) -> tuple[list[int], list[np.ndarray]]:
-    below = [0] * len(windows)
+) -> tuple[list[int], list[int], list[np.ndarray]]:
+    below, at_lo = [0] * len(windows), [0] * len(windows)
     inside: list[list[np.ndarray]] = [[] for _ in windows]
     n = ba.size
     for start in range(0, n, CHUNK):
@@ -293,26 +302,31 @@ def _count_windows_np(
         le = scratch("le", m, np.bool_)
         for j, (lo, hi) in enumerate(windows):
             np.greater_equal(mags, lo, out=ge)
-            below[j] += m - int(np.count_nonzero(ge))
+            n_ge = int(np.count_nonzero(ge))
+            np.greater(mags, lo, out=ge)
+            n_gt = int(np.count_nonzero(ge))
+            below[j] += m - n_ge
+            at_lo[j] += n_ge - n_gt
             np.less_equal(mags, hi, out=le)
             np.logical_and(ge, le, out=ge)
             inside[j].append(np.compress(ge, mags))  # faster than mags[ge]
-    return below, [np.concatenate(c) for c in inside]
+    return below, at_lo, [np.concatenate(c) for c in inside]
 
 
 def _count_windows_fused(
     xas: list[np.ndarray], ba: np.ndarray, windows: list[list[tuple[float, float]]]
-) -> list[tuple[list[int], list[np.ndarray]]]:
+) -> list[tuple[list[int], list[int], list[np.ndarray]]]:
     """``_count_windows_np`` of several models (the same number of windows each), one pass."""
     k, w = len(xas), len(windows[0])
     lo = np.array([[v[0] for v in ws] for ws in windows], dtype=ba.dtype)
     hi = np.array([[v[1] for v in ws] for ws in windows], dtype=ba.dtype)
     inside = scratch("inside", k * w * ba.size, ba.dtype).reshape(k * w, ba.size)
     below = np.zeros((k, w), dtype=np.int64)
+    at_lo = np.zeros((k, w), dtype=np.int64)
     count = np.zeros((k, w), dtype=np.int64)
-    _kernels.count_windows(tuple(xas), ba, lo, hi, inside, below, count)
-    return [([int(v) for v in below[i]], [inside[i * w + j, : count[i, j]].copy() for j in range(w)])
-            for i in range(k)]
+    _kernels.count_windows(tuple(xas), ba, lo, hi, inside, below, at_lo, count)
+    return [([int(v) for v in below[i]], [int(v) for v in at_lo[i]],
+             [inside[i * w + j, : count[i, j]].copy() for j in range(w)]) for i in range(k)]
 
 
 # -- random keep masks ----------------------------------------------------------------------

@@ -167,6 +167,31 @@ def test_fused_counting_finds_the_numpy_path_order_statistics(monkeypatch):
     assert got[0][1] == [float(mags[0]), float(mags[209_998])]
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_order_statistics_inside_and_at_the_edge_of_a_large_tie(monkeypatch, fused):
+    # A bf16 fine-tune's delta: most entries exact zeros, the rest few distinct magnitudes. Ties
+    # at a window's low edge are counted, not kept (issue 30): every rank must still be exact.
+    from evomerge.merge import _kernels
+
+    monkeypatch.setattr(_kernels, "ENABLED", fused)
+    gen = torch.Generator().manual_seed(7)
+    base = torch.randn(300, 700, generator=gen) * 0.05
+    experts = []
+    for zero_share in (0.62, 0.51):
+        d = (torch.randn(base.shape, generator=gen) * 0.01).to(torch.bfloat16).float()  # few values
+        d[torch.rand(base.shape, generator=gen) < zero_share] = 0
+        experts.append(base + d)
+    n = base.numel()
+    mags = [np.sort(np.abs((x - base).numpy()).ravel()) for x in experts]
+    zeros = [int(np.count_nonzero(m == 0)) for m in mags]
+    ranks = [[1, n // 2, zeros[0], zeros[0] + 1, n], [zeros[1] - 3, zeros[1] + 2, 3 * n // 4]]
+    got = sparsify.magnitude_order_stats_np(experts, base, ranks)
+    assert got == [[float(m[r - 1]) for r in rs] for m, rs in zip(mags, ranks, strict=True)]
+    torch_path = [sparsify.magnitude_order_stats(x.double(), base.double(), rs) for x, rs in zip(experts, ranks, strict=True)]
+    assert torch_path == [[float(v) for v in np.sort(np.abs((x.double() - base.double()).numpy()).ravel())[
+        [r - 1 for r in rs]]] for x, rs in zip(experts, ranks, strict=True)]
+
+
 def test_the_fused_combine_reports_non_finite_output():
     from evomerge.merge import _kernels
 
