@@ -20,9 +20,6 @@ from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge
 )
 def linear(group: TensorGroup, weight: list[float], normalize: bool = True) -> torch.Tensor:
     first = group.tensors[0]
-    dtype = work_dtype(first)
-    out = weighted_sum(group.tensors, weight, dtype)
-    if normalize:
-        # Same as dividing by the sum of weights; an exact zero sum is the user's choice.
-        out.div_(torch.tensor(sum(weight), dtype=dtype))
-    return out.to(first.dtype)
+    # Divided by the sum of weights when normalising; an exact zero sum is the user's choice.
+    return weighted_sum(group.tensors, weight, work_dtype(first), divisor=sum(weight) if normalize else None,
+                        out_dtype=first.dtype)

@@ -264,3 +264,22 @@ def test_a_search_merges_with_the_compiled_loops_and_a_small_one_off_merge_does_
 
     one, two = (load_file(tmp_path / d / "model.safetensors") for d in ("out", "out2"))
     assert all(torch.equal(one[k].view(torch.int32), two[k].view(torch.int32)) for k in one)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_on_bf16_accumulates_chunks_into_the_output_with_the_same_bits(monkeypatch, normalize):
+    from evomerge.merge import _util
+    from evomerge.methods import METHODS
+
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(301, 97, generator=gen).to(torch.bfloat16) for _ in range(3)]
+    weights = [0.4, 0.35, 0.25]
+    whole = torch.zeros(301, 97)
+    for t, w in zip(tensors, weights, strict=True):
+        whole.add_(t, alpha=w)
+    if normalize:
+        whole.div_(torch.tensor(sum(weights)))
+    monkeypatch.setattr(_util, "_SUM_CHUNK", 1000)  # many chunks and a ragged last one
+    got = METHODS.get("linear").fn(TensorGroup("t", tensors, None), weight=weights, normalize=normalize)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got.view(torch.int16), whole.to(torch.bfloat16).view(torch.int16))
