@@ -4,21 +4,10 @@ than k."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "anchor_subsets.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("anchor_subsets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "anchor_subsets"  # loaded by conftest.bench
 
 
 def test_rank_correlations_on_a_synthetic_matrix(bench, capsys):

@@ -5,7 +5,6 @@ too small refused before anything is written (seconds)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from collections import namedtuple
@@ -15,15 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "family_1b.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("family_1b", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "family_1b"  # loaded by conftest.bench
 
 
 @pytest.fixture(scope="module")

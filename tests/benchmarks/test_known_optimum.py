@@ -3,22 +3,13 @@ in both spaces, and an ask/tell run of two evaluations goes through (seconds, no
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from evomerge.merge.engine import InMemoryMerger
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "known_optimum.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("known_optimum", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "known_optimum"  # loaded by conftest.bench
 
 
 @pytest.mark.parametrize("kind", ["6", "groups"])
