@@ -31,22 +31,22 @@ def weighted_sum(
     first = tensors[0]
     out_dtype = out_dtype or dtype
     div = None if divisor is None else torch.tensor(divisor, dtype=dtype)
-    if out_dtype == dtype:
-        out = new_output(first.shape, dtype, first.device).zero_()
-        for t, w in zip(tensors, weights, strict=True):
-            out.add_(t, alpha=w)  # promotes t to the accumulator's dtype
-        return out if div is None else out.div_(div)
     out = new_output(first.shape, out_dtype, first.device)
-    flat_out, flats = out.view(-1), [t.reshape(-1) for t in tensors]
-    acc = torch.empty(min(_SUM_CHUNK, flat_out.numel()), dtype=dtype, device=first.device)
-    for start in range(0, flat_out.numel(), _SUM_CHUNK):
-        stop = min(start + _SUM_CHUNK, flat_out.numel())
-        a = acc[: stop - start].zero_()
+    flat_out, flats, n = out.view(-1), [t.reshape(-1) for t in tensors], out.numel()
+    # The output is its own accumulator where the dtypes agree (one pass over the whole tensor);
+    # else a chunk-sized one is reused.
+    step = n if out_dtype == dtype else _SUM_CHUNK
+    acc = None if out_dtype == dtype else torch.empty(min(step, n), dtype=dtype, device=first.device)
+    for start in range(0, n, max(step, 1)):
+        stop = min(start + step, n)
+        a = flat_out[start:stop] if acc is None else acc[: stop - start]
+        a.zero_()
         for t, w in zip(flats, weights, strict=True):
-            a.add_(t[start:stop], alpha=w)
+            a.add_(t[start:stop], alpha=w)  # promotes t to the accumulator's dtype
         if div is not None:
             a.div_(div)
-        flat_out[start:stop].copy_(a)
+        if acc is not None:
+            flat_out[start:stop].copy_(a)
     return out
 
 
