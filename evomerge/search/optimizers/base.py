@@ -28,6 +28,13 @@ import numpy as np
 from evomerge.registry import Registry
 
 
+def auto_options(table: dict[str, dict], n_objectives: int, **given) -> dict:
+    """``given`` with each "auto" replaced by ``table``'s value for one objective ("one") or
+    several ("several"): options whose right amount of effort depends on the objective count."""
+    effort = table["one" if n_objectives == 1 else "several"]
+    return {k: effort[k] if v == "auto" else v for k, v in given.items()}
+
+
 @dataclass(frozen=True)
 class Suggestion:
     id: int

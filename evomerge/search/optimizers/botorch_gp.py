@@ -72,7 +72,7 @@ from typing import NamedTuple
 import numpy as np
 
 from evomerge.errors import EvomergeError
-from evomerge.search.optimizers.base import Optimizer, Suggestion, register_optimizer
+from evomerge.search.optimizers.base import Optimizer, Suggestion, auto_options, register_optimizer
 from evomerge.search.optimizers.gp_window import window
 
 _FAILED_KEPT = 20  # the latest failed points kept pending (not proposed again)
@@ -133,9 +133,8 @@ class BotorchGP(Optimizer):
         mc_samples: int = 32,
     ) -> None:
         super().__init__(dimension, n_objectives, seed)
-        effort = _EFFORT["one" if n_objectives == 1 else "several"]
-        raw_samples = effort["raw_samples"] if raw_samples == "auto" else raw_samples
-        acq_maxiter = effort["acq_maxiter"] if acq_maxiter == "auto" else acq_maxiter
+        effort = auto_options(_EFFORT, n_objectives, raw_samples=raw_samples, acq_maxiter=acq_maxiter)
+        raw_samples, acq_maxiter = effort["raw_samples"], effort["acq_maxiter"]
         counts = {"n_startup_trials": n_startup_trials, "full_refits": full_refits, "refit_every": refit_every,
                   "fit_maxiter": fit_maxiter, "num_restarts": num_restarts, "raw_samples": raw_samples,
                   "acq_maxiter": acq_maxiter, "mc_samples": mc_samples}
@@ -287,8 +286,6 @@ class BotorchGP(Optimizer):
         model = self._fit()
         X, Y = self._data()
         tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=float), dtype=self._dtype)  # noqa: E731
-        pending = [*self._out.values(), *self._failed]
-        X_pending = tensor(pending) if pending else None
         sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=_seed(self.seed, 3, self._asks))
         m = self.n_objectives
         constraints = [(lambda Z, k=k: -Z[..., k]) for k in range(m, Y.shape[1])] or None  # <= 0: met
@@ -299,6 +296,8 @@ class BotorchGP(Optimizer):
             objective = GenericMCObjective(lambda Z, X=None: Z[..., 0]) if constraints else None
             feasible = np.all(Y[:, 1:] >= 0, axis=1)
             best = np.lexsort((-Y[:, 0], ~feasible))[:_BASELINE]  # the best told, feasible first
+            pending = [*self._out.values(), *self._failed]
+            X_pending = tensor(pending) if pending else None
             acq = qLogNoisyExpectedImprovement(model, tensor(X[best]), sampler=sampler, objective=objective,
                                                X_pending=X_pending, constraints=constraints, prune_baseline=True)
         else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evomerge.search.optimizers.base import Optimizer, Suggestion, register_optimizer
+from evomerge.search.optimizers.base import Optimizer, Suggestion, auto_options, register_optimizer
 
 _CONSTRAINTS_ATTR = "evomerge.constraints"  # Optuna 4: the told values, for constraints_func
 
@@ -129,10 +129,9 @@ class GP(OptunaOptimizer):
     def __init__(self, dimension: int, n_objectives: int = 1, seed: int = 0, *, n_startup_trials: int = 10,
                  deterministic_objective: bool = False, max_trials: int | None | str = "auto",
                  acq_samples: int | str = "auto", acq_local_searches: int | str = "auto", **kwargs) -> None:
-        effort = _GP_EFFORT["one" if n_objectives == 1 else "several"]
-        max_trials = effort["max_trials"] if max_trials == "auto" else max_trials
-        acq = {"acq_samples": acq_samples, "acq_local_searches": acq_local_searches}
-        acq = {k: effort[k] if v == "auto" else v for k, v in acq.items()}
+        acq = auto_options(_GP_EFFORT, n_objectives, max_trials=max_trials, acq_samples=acq_samples,
+                           acq_local_searches=acq_local_searches)
+        max_trials = acq.pop("max_trials")
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be at least 1, not {n_startup_trials}")
         if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 2 * n_startup_trials):
