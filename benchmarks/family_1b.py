@@ -133,7 +133,7 @@ def shard_plan(shapes: dict[str, tuple[int, ...]], shard_bytes: int) -> list[lis
 
 def write_model(out: Path, cfg: dict, tensor, shard_bytes: int) -> dict:
     """Write one model's shards, index and config; ``tensor(name, shape)`` makes each tensor.
-    Returns the zero counts ``tensor`` reported (a fine-tune's unchanged entries)."""
+    Returns the bytes written (the index's total_size)."""
     shapes = tensor_shapes(cfg)
     plan = shard_plan(shapes, shard_bytes)
     out.mkdir(parents=True, exist_ok=True)
