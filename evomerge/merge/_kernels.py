@@ -119,7 +119,7 @@ def combine(b, xs, modes, lo, hi, masks, factor, weight, consensus, normalize, o
             d, d_bits, mixed, mixed_bits, total, divisor):  # pragma: no cover - compiled
     """``merge_task_vectors``' second pass over one piece: rebuild each kept, weighted delta,
     sum them (TIES: keep those agreeing with the sum's sign, divide by their weights), add
-    the base. ``factor``/``weight``/``lo``/``hi``: per model, in ``b``'s dtype (``factor[i]
+    the base. ``masks``: bit-packed (``numpy.packbits``, little bit order) for MASK models. ``factor``/``weight``/``lo``/``hi``: per model, in ``b``'s dtype (``factor[i]
     == 1`` multiplies by one, which changes nothing). ``d`` (models x BLOCK), ``mixed`` and
     ``total``, ``divisor`` (BLOCK) are scratch in ``b``'s dtype, ``d_bits`` and
     ``mixed_bits`` their same-width integer views. Returns whether every output value is finite.
@@ -146,10 +146,12 @@ def combine(b, xs, modes, lo, hi, masks, factor, weight, consensus, normalize, o
                     t = x[k] - bb[k]
                     a = abs(t)
                     di[k] = t * (one if (a >= lo_i) & (a <= hi_i) else zero) * f
-            elif mode == 2:
-                mask = masks[i][start:start + m]
+            elif mode == 2:  # the mask is bit-packed, little bit order, from this piece's start
+                mask = masks[i]
                 for k in range(m):
-                    di[k] = (x[k] - bb[k]) * (one if mask[k] else zero) * f
+                    j = start + k
+                    kept = (mask[j >> 3] >> (j & 7)) & 1
+                    di[k] = (x[k] - bb[k]) * (one if kept else zero) * f
             else:
                 for k in range(m):
                     di[k] = (x[k] - bb[k]) * f

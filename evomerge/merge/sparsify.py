@@ -382,16 +382,23 @@ def keep_threshold(density: float) -> int:
 
 def random_mask(
     x: torch.Tensor, base: torch.Tensor, density: float, rng: Uniform16, rescale: bool
-) -> tuple[torch.Tensor, float]:
-    """A DARE keep mask (bool, flat) and the L1 rescale factor (1 without rescale)."""
+) -> tuple[np.ndarray | torch.Tensor, float]:
+    """A DARE keep mask and the L1 rescale factor (1 without rescale). On the CPU the mask is
+    bit-packed (``numpy.packbits``, little bit order: an eighth of a bool mask, which for a
+    128k-token embedding and three models is most of a gigabyte); read it with ``mask_piece``."""
     thr = keep_threshold(density)
     if use_numpy(x, base):
         return _random_mask_np(flat_np(x), flat_np(base), thr, rng, rescale)
-    keep = torch.empty(base.numel(), dtype=torch.bool, device=base.device)
+    cpu = base.device.type == "cpu"
+    n = base.numel()
+    keep = np.empty((n + 7) // 8, np.uint8) if cpu else torch.empty(n, dtype=torch.bool, device=base.device)
     before = after = 0.0
     for sl, d in delta_chunks(x, base):
         k = rng.draw(d.numel()).to(base.device) < thr
-        keep[sl] = k
+        if cpu:
+            keep[sl.start // 8 : (sl.stop + 7) // 8] = np.packbits(k.numpy(), bitorder="little")
+        else:
+            keep[sl] = k
         if rescale:
             mags = d.abs_()
             before += mags.sum(dtype=torch.float64).item()
@@ -399,21 +406,37 @@ def random_mask(
     return keep, _ratio(before, after) if rescale else 1.0
 
 
+def mask_piece(mask: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Entries ``start:stop`` of a ``random_mask`` mask, as a bool tensor (``start`` a multiple
+    of 8 where the mask is packed: every chunk and piece boundary is)."""
+    if isinstance(mask, torch.Tensor):
+        return mask[start:stop]
+    return torch.from_numpy(unpack_piece(mask, start, stop))
+
+
+def unpack_piece(packed: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Entries ``start:stop`` of a bit-packed mask as a numpy bool array (chunk-sized)."""
+    assert start % 8 == 0, start
+    bits = np.unpackbits(packed[start // 8 : (stop + 7) // 8], count=stop - start, bitorder="little")
+    return bits.view(np.bool_)
+
+
 def _random_mask_np(
     xa: np.ndarray, ba: np.ndarray, thr: int, rng: Uniform16, rescale: bool
-) -> tuple[torch.Tensor, float]:
+) -> tuple[np.ndarray, float]:
     n = ba.size
-    keep = np.empty(n, dtype=np.bool_)
+    keep = np.empty((n + 7) // 8, dtype=np.uint8)
     before = after = 0.0
-    for start in range(0, n, SUM_BLOCK):
+    for start in range(0, n, SUM_BLOCK):  # (a multiple of 8: each block packs into whole bytes)
         stop = min(start + SUM_BLOCK, n)
-        k = keep[start:stop]
+        k = scratch("keep", stop - start, np.bool_)
         if thr >= 1 << 16:  # every uniform is below it; the stream is not needed
             k.fill(True)
         elif thr <= 0:
             k.fill(False)
         else:  # compare the uint16 draws directly: no widening, no torch bool kernel
             np.less(rng.draw_u16(stop - start), thr, out=k)
+        keep[start // 8 : (stop + 7) // 8] = np.packbits(k, bitorder="little")
         if rescale:
             mags = np.subtract(
                 xa[start:stop], ba[start:stop], out=scratch("mags", k.size, ba.dtype)
@@ -423,7 +446,7 @@ def _random_mask_np(
             before += t.sum(dtype=torch.float64).item()
             np.multiply(mags, k, out=mags)
             after += t.sum(dtype=torch.float64).item()
-    return torch.from_numpy(keep), _ratio(before, after) if rescale else 1.0
+    return keep, _ratio(before, after) if rescale else 1.0
 
 
 def _ratio(before: float, after: float) -> float:

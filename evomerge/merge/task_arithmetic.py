@@ -42,7 +42,7 @@ class _Survivors:
     factor: float
     lo: float = 0.0  # keep lo <= |delta| <= hi ...
     hi: float = math.inf
-    mask: torch.Tensor | None = None  # ... or where this flat mask is true ...
+    mask: np.ndarray | torch.Tensor | None = None  # ... or where this mask is true (sparsify.mask_piece) ...
     dense: torch.Tensor | None = None  # ... or this precomputed sparse delta (DELLA)
 
     @property
@@ -172,7 +172,7 @@ def merge_task_vectors(
     # Pass 2, piece by piece: rebuild each surviving, weighted delta; elect signs; combine.
     flat_base = base.reshape(-1)
     flat_x = [t.reshape(-1) for t in group.tensors]
-    out = torch.empty_like(flat_base)
+    out = new_output(base.shape, base.dtype, base.device).view(-1)  # the resident tensor, if offered
     total_weight = sum(weight)
     step = sparsify.chunk_size(base)
     for start in range(0, flat_base.numel(), step):
@@ -185,7 +185,7 @@ def merge_task_vectors(
             else:
                 d = torch.sub(x[sl], b)
                 if s.mask is not None:
-                    d.mul_(s.mask[sl])
+                    d.mul_(sparsify.mask_piece(s.mask, sl.start, sl.stop))
                 elif not s.keeps_all:
                     d.mul_(_band(d.abs(), s.lo, s.hi))
                 d.mul_(s.factor)
@@ -232,7 +232,7 @@ def _combine_np(
     base = group.base
     ba = sparsify.flat_np(base)
     xs = [sparsify.flat_np(t) for t in group.tensors]
-    masks = [None if s.mask is None else s.mask.numpy() for s in survivors]
+    masks = [s.mask for s in survivors]  # bit-packed
     dense = [None if s.dense is None else s.dense.reshape(-1) for s in survivors]
     out = new_output(base.shape, base.dtype, base.device)
     oa = out.view(-1).numpy()
@@ -254,7 +254,7 @@ def _combine_np(
             else:
                 np.subtract(xs[i][start:stop], b, out=t)
                 if masks[i] is not None:
-                    np.multiply(t, masks[i][start:stop], out=t)
+                    np.multiply(t, sparsify.unpack_piece(masks[i], start, stop), out=t)
                 elif not s.keeps_all:
                     mags = np.abs(t, out=scratch("mags", m, ba.dtype))
                     band = np.greater_equal(mags, s.lo, out=scratch("ge", m, np.bool_))
@@ -319,7 +319,7 @@ def _combine_np(
         hi = np.array([s.hi for s in survivors], dtype=ba.dtype)
         factor = np.array([s.factor for s in survivors], dtype=ba.dtype)
         weights = np.array(weight, dtype=ba.dtype)
-        none = np.zeros(0, dtype=np.bool_)
+        none = np.zeros(0, dtype=np.uint8)
         masks_ = tuple(none if m is None else m for m in masks)
 
         def run_compiled(first: int, last: int) -> bool:  # whether every output is finite
@@ -328,7 +328,8 @@ def _combine_np(
             d = scratch("fused-d", len(xs) * block, ba.dtype).reshape(len(xs), block)
             mixed = scratch("fused-mixed", block, ba.dtype)
             return _kernels.combine(ba[sl], tuple(x[sl] for x in xs), modes, lo, hi,
-                             tuple(m if m.size == 0 else m[sl] for m in masks_), factor, weights,
+                             tuple(m if m.size == 0 else m[first // 8:(last + 7) // 8] for m in masks_),
+                             factor, weights,
                              consensus, normalize, oa[sl], d, d.view(it), mixed, mixed.view(it),
                              scratch("fused-total", block, ba.dtype),
                              scratch("fused-divisor", block, ba.dtype))

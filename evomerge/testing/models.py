@@ -78,15 +78,23 @@ def save_model(path: Path, state: dict[str, torch.Tensor], config: dict) -> Path
 
 
 def make_family(
-    root: Path, *, tied: bool, n_experts: int = 3, seed: int = 0, delta: float = 0.02, **shape
+    root: Path, *, tied: bool, n_experts: int = 3, seed: int = 0, delta: float = 0.02,
+    dtype: torch.dtype = torch.float32, zeros: float = 0.0, **shape
 ) -> dict[str, Path]:
-    """Write ``base`` and ``expert0..`` under ``root``; returns their paths by name."""
+    """Write ``base`` and ``expert0..`` under ``root`` in ``dtype``; returns their paths by name.
+    ``zeros``: the fraction of each expert's delta left exactly zero (as a bf16 fine-tune's)."""
     gen = torch.Generator().manual_seed(seed)
     config = llama_config(tied=tied, **shape)
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
     base = llama_state(config, gen)
-    models = {"base": save_model(root / "base", base, config)}
+    models = {"base": save_model(root / "base", {k: v.to(dtype) for k, v in base.items()}, config)}
     for e in range(n_experts):
-        expert = {k: v + delta * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+        expert = {}
+        for k, v in base.items():
+            d = delta * torch.randn(v.shape, generator=gen)
+            if zeros:
+                d.masked_fill_(torch.rand(v.shape, generator=gen) < zeros, 0.0)
+            expert[k] = (v + d).to(dtype)
         models[f"expert{e}"] = save_model(root / f"expert{e}", expert, config)
     return models
 
