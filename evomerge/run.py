@@ -180,6 +180,7 @@ def worker_spec(config: RunConfig, p: Prepared, sources: dict[str, Path]) -> Wor
         torch_threads=config.executor.torch_threads,
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
+        sources_on=config.sources_on,
     )
 
 

@@ -288,6 +288,12 @@ class RunConfig(StrictModel):
         description="The dtype of the sources held by each worker and of its resident model "
         "(bfloat16 halves a 7B search's memory). Default: sources as stored, resident model float32.",
     )
+    sources_on: Literal["auto", "device", "host"] = Field(
+        default="auto",
+        description="With a cuda device: hold the source weights on the GPU (device), memory-mapped "
+        "on the host and copied to the GPU a tensor at a time as each candidate is merged (host), or "
+        "on the GPU when they fit beside the candidate and a fifth of its memory (auto). See docs/scale.md.",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

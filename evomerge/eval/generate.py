@@ -61,9 +61,21 @@ def _cache_name(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _last_logits_only(model) -> dict:
+    """The forward's argument computing logits at the last position only (the prompt's forward
+    would otherwise project every position onto the vocabulary: at a 128k vocabulary that is
+    most of the prompt's cost); none where the model has no such argument."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
 def _decode_batch(model, tokenizer, ids, mask, max_new_tokens, stop, eos) -> list[str]:
     n = ids.shape[0]
     cache_name = _cache_name(model)
+    last_only = _last_logits_only(model)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     generated: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
@@ -77,8 +89,9 @@ def _decode_batch(model, tokenizer, ids, mask, max_new_tokens, stop, eos) -> lis
             position_ids=step_pos,
             use_cache=True,
             **{cache_name: past},
+            **last_only,
         )
-        logits = res.logits[:, -1, :]
+        logits = res.logits[:, -1, :].float()  # argmax and isfinite on bf16 are slow on the CPU
         check_finite(logits)
         nxt = logits.argmax(-1)
         past = getattr(res, cache_name)

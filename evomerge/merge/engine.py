@@ -53,6 +53,7 @@ from evomerge.merge._util import (
     use_output_pool,
 )
 from evomerge.merge.low_rank import LowRankSource
+from evomerge.merge.placement import SourcesOn, source_device
 from evomerge.merge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
 
@@ -273,9 +274,13 @@ class InMemoryMerger:
     """Merge candidates in memory, many times, over resident source weights.
 
     ``sources`` maps each model reference to a directory or to an in-memory
-    ``TensorSource``. Every source tensor is loaded once onto ``device`` (in
-    ``dtype`` if given); ``merge`` then writes a recipe's result into ``into``
-    (a state dict or an ``nn.Module``), reusing its tensors when shapes match.
+    ``TensorSource``. Every source tensor is opened once (in ``dtype`` if given:
+    else memory-mapped, as stored); ``merge`` then merges on ``device`` and writes a
+    recipe's result into ``into`` (a state dict or an ``nn.Module``), reusing its
+    tensors when shapes match. ``sources_on`` (a GPU ``device`` only): hold the
+    sources on the device, on the host (each tensor's inputs copied to the device
+    as it is merged), or ``auto``: on the device if they fit beside the candidate
+    and the evaluation (``evomerge.merge.placement``); ``source_device`` says which.
     """
 
     def __init__(
@@ -285,6 +290,7 @@ class InMemoryMerger:
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         allow_pickle: bool = False,
+        sources_on: SourcesOn = "auto",
     ) -> None:
         self.device = check_device(device)
         self.dtype = dtype
@@ -293,6 +299,7 @@ class InMemoryMerger:
         self._vocabularies: dict[str, Vocabulary | None] = {}
         dirs = {r: Path(s) for r, s in sources.items() if isinstance(s, (str, Path))}
         adapters = []  # kept as their factors once their base is resident
+        opened = {}
         for ref, src in sources.items():
             if isinstance(src, (str, Path)):
                 src = open_source(ref, dirs, allow_pickle=allow_pickle)
@@ -300,14 +307,19 @@ class InMemoryMerger:
                 if is_adapter_entry(ref, dirs):  # (its model is an entry of dirs too)
                     adapters.append((ref, src))
                     continue
+            opened[ref] = src
+        sizes = [_held_bytes(src, dtype) for src in opened.values()]
+        # On a GPU: the sources on the device, or memory-mapped on the host and copied per tensor.
+        self.source_device = source_device(self.device, sources_on, sum(sizes), max(sizes, default=0))
+        for ref, src in opened.items():
             tensors = {
-                name: src.get(name).to(device=self.device, dtype=dtype or src.dtype(name))
+                name: src.get(name).to(device=self.source_device, dtype=dtype or src.dtype(name))
                 for name in src.tensor_names()
             }
             self.sources[ref] = StateDictSource(ref, tensors, dict(src.config))
         for ref, src in adapters:
             base = self.sources[split_adapter(ref)[0]]
-            self.sources[ref] = LowRankSource(ref, src, base, device=self.device, dtype=dtype)
+            self.sources[ref] = LowRankSource(ref, src, base, device=self.source_device, dtype=dtype)
             src.close()
         self._source_storages = {
             _storage(t) for s in self.sources.values() for t in s.resident_tensors()
@@ -402,6 +414,17 @@ class InMemoryMerger:
             if _storage(merged) in self._source_storages:  # e.g. a copied tensor: the source itself
                 merged = merged.clone()  # so that a later candidate merging into it cannot alter it
             target[name] = merged
+
+
+def _held_bytes(src: TensorSource, dtype: torch.dtype | None) -> int:
+    """Bytes of a source's tensors as a worker holds them (in ``dtype`` if given)."""
+    total = 0
+    for name in src.tensor_names():
+        numel = 1
+        for d in src.shape(name):
+            numel *= d
+        total += numel * (dtype or src.dtype(name)).itemsize
+    return total
 
 
 def _storage(t: torch.Tensor) -> tuple[str, int]:

@@ -184,14 +184,13 @@ def tiny_char_lm(seed: int = 0, *, layers: int = 2, hidden: int = 32, tied: bool
     return model, tokenizer
 
 
-def run_mergekit(config: dict, out: Path, *, lora_cache: Path | None = None) -> dict[str, torch.Tensor]:
-    """Run mergekit (the reference, a test-only dependency) in-process; returns its tensors.
-    ``lora_cache``: where mergekit writes the dense models of ``base+adapter`` references."""
+def run_mergekit_to_disk(config: dict, out: Path, *, lora_cache: Path | None = None) -> Path:
+    """Run mergekit's ``run_merge`` (the reference, a test-only dependency) in-process into
+    ``out``. ``lora_cache``: where mergekit writes the dense models of ``base+adapter`` references."""
     import logging
 
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
-    from safetensors.torch import load_file
 
     logging.getLogger("mergekit").setLevel(logging.ERROR)
     run_merge(
@@ -200,6 +199,14 @@ def run_mergekit(config: dict, out: Path, *, lora_cache: Path | None = None) -> 
         MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, device="cpu",
                      lora_merge_cache=str(lora_cache) if lora_cache else None),
     )
+    return Path(out)
+
+
+def run_mergekit(config: dict, out: Path, *, lora_cache: Path | None = None) -> dict[str, torch.Tensor]:
+    """``run_mergekit_to_disk``, then mergekit's tensors."""
+    from safetensors.torch import load_file
+
+    run_mergekit_to_disk(config, out, lora_cache=lora_cache)
     state: dict[str, torch.Tensor] = {}
     for f in sorted(Path(out).glob("*.safetensors")):
         state.update(load_file(str(f)))

@@ -70,6 +70,7 @@ class WorkerSpec:
     torch_threads: int | None = None
     dtype: str | None = None  # sources and resident model (None: sources as stored, model float32)
     trust_remote_code: bool = False  # the run config's: the base model's own code may load
+    sources_on: str = "auto"  # on a GPU: sources on the device or the host (merge.placement)
     extra: dict = field(default_factory=dict)
 
 

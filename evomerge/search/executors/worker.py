@@ -32,7 +32,7 @@ class Worker:
         ]
         self.device = spec.device
         dtype = getattr(torch, spec.dtype) if spec.dtype else None
-        self.merger = InMemoryMerger(spec.sources, device=spec.device, dtype=dtype)
+        self.merger = InMemoryMerger(spec.sources, device=spec.device, dtype=dtype, sources_on=spec.sources_on)
         self.model, self.tokenizer = load_causal_lm(model_dir(spec.base, spec.sources), device=spec.device,
                                                     dtype=dtype or torch.float32,
                                                     trust_remote_code=spec.trust_remote_code)

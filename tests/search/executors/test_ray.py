@@ -156,3 +156,20 @@ def test_auto_workers_fill_the_runtime(runtime, zoo):
         assert all(0 <= u <= 1 for u in ex.utilisation()) and sum(ex.utilisation()) > 0
     finally:
         ex.close()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_actors_given_a_gpu_merge_and_evaluate_there_as_on_the_cpu(runtime, zoo):
+    spec = _spec(zoo)
+    on_gpu = WorkerSpec(spec.sources, spec.base, spec.tasks, device="cuda", torch_threads=1)
+    ex = open_executor(ExecutorSpec(kind="ray", workers=1, resources={"num_gpus": 1, "num_cpus": 1}), on_gpu)
+    cpu = open_executor(ExecutorSpec(kind="serial"), spec)
+    try:
+        ex.submit(1, _recipe(zoo, 0.3), 4)
+        cpu.submit(1, _recipe(zoo, 0.3), 4)
+        (_, got), (_, ref) = ex.wait(), cpu.wait()
+        assert got.error is None, got.error
+        assert got.values == pytest.approx(ref.values, abs=0.25)  # at most one of 4 answers differs
+    finally:
+        ex.close()
+        cpu.close()
