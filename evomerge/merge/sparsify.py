@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from evomerge.merge import _kernels
+from evomerge.merge._pieces import Float32Pieces, flat_f32, use_half_pieces
 
 CHUNK = 1 << 16  # elements per piece on the CPU: a pass's buffers stay in L2/L3, calls stay few
 PIECE = 8 * CHUNK  # elements per task on the worker threads: many tasks balance the workers
@@ -147,19 +148,20 @@ def magnitude_order_stats(x: torch.Tensor, base: torch.Tensor, ranks: list[int])
 def magnitude_order_stats_np(
     xs: list[torch.Tensor], base: torch.Tensor, ranks: list[list[int]]
 ) -> list[list[float]]:
-    """``magnitude_order_stats`` of several models' deltas from one base (CPU float32/64).
+    """``magnitude_order_stats`` of several models' deltas from one base (CPU float32/64, or
+    bf16/fp16 read in float32 pieces).
 
     The counting pass runs as (model, range) pieces on the worker threads: many small
     pieces, so a worker that the OS deschedules (the cores are often shared) holds up
     only its piece, not half the tensor.
     """
     n = base.numel()
-    ba = flat_np(base)
-    xas = [flat_np(x) for x in xs]
+    ba = flat_f32(base, "b")
+    xas = [flat_f32(x, f"x{i}") for i, x in enumerate(xs)]
     if not xs:
         return []
     if n <= 4 * _SAMPLE:
-        return parallel_map(lambda xa, r: _select(np.abs(xa - ba), r), xas, ranks)
+        return parallel_map(lambda xa, r: _select(np.abs(np.asarray(xa) - np.asarray(ba)), r), xas, ranks)
     ia = _sample_indices(n).numpy()
     windows = parallel_map(lambda xa, r: _kept_sample_windows(xa, ba, ia, r), xas, ranks)
     if _kernels.active() and len({len(r) for r in ranks}) == 1:
@@ -182,7 +184,8 @@ def magnitude_order_stats_np(
         below = [sum(c[0][w] for c in mine) for w in range(len(r))]
         at_lo = [sum(c[1][w] for c in mine) for w in range(len(r))]
         inside = [np.concatenate([c[2][w] for c in mine]) for w in range(len(r))]
-        out.append(_finish(r, win, below, at_lo, inside, lambda xa=xa: np.abs(xa - ba)))
+        out.append(_finish(r, win, below, at_lo, inside,
+                           lambda xa=xa: np.abs(np.asarray(xa) - np.asarray(ba))))
     return out
 
 
@@ -387,8 +390,8 @@ def random_mask(
     bit-packed (``numpy.packbits``, little bit order: an eighth of a bool mask, which for a
     128k-token embedding and three models is most of a gigabyte); read it with ``mask_piece``."""
     thr = keep_threshold(density)
-    if use_numpy(x, base):
-        return _random_mask_np(flat_np(x), flat_np(base), thr, rng, rescale)
+    if use_numpy(x, base) or use_half_pieces(x, base):
+        return _random_mask_np(flat_f32(x, "x"), flat_f32(base, "b"), thr, rng, rescale)
     cpu = base.device.type == "cpu"
     n = base.numel()
     keep = np.empty((n + 7) // 8, np.uint8) if cpu else torch.empty(n, dtype=torch.bool, device=base.device)
@@ -401,8 +404,8 @@ def random_mask(
             keep[sl] = k
         if rescale:
             mags = d.abs_()
-            before += mags.sum(dtype=torch.float64).item()
-            after += mags.mul_(k).sum(dtype=torch.float64).item()
+            before += l1_sum(mags)
+            after += l1_sum(mags.mul_(k))
     return keep, _ratio(before, after) if rescale else 1.0
 
 
@@ -422,7 +425,7 @@ def unpack_piece(packed: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def _random_mask_np(
-    xa: np.ndarray, ba: np.ndarray, thr: int, rng: Uniform16, rescale: bool
+    xa: np.ndarray | Float32Pieces, ba: np.ndarray | Float32Pieces, thr: int, rng: Uniform16, rescale: bool
 ) -> tuple[np.ndarray, float]:
     n = ba.size
     keep = np.empty((n + 7) // 8, dtype=np.uint8)
@@ -443,10 +446,23 @@ def _random_mask_np(
             )
             np.abs(mags, out=mags)
             t = torch.from_numpy(mags)
-            before += t.sum(dtype=torch.float64).item()
+            before += l1_sum(t)
             np.multiply(mags, k, out=mags)
-            after += t.sum(dtype=torch.float64).item()
+            after += l1_sum(t)
     return keep, _ratio(before, after) if rescale else 1.0
+
+
+_SERIAL = 1 << 15  # torch's grain size: an op on fewer entries runs on the calling thread
+
+
+def l1_sum(mags: torch.Tensor) -> float:
+    """The sum of a piece of magnitudes, in float64. On the CPU in blocks of ``_SERIAL`` added in
+    order: these sums run on the merge's worker threads, where a larger torch reduction would
+    start an OpenMP team per thread and slow every later small torch op of the process (see
+    ``_pieces``); the blocks make the sum the same on every path."""
+    if mags.device.type != "cpu":
+        return mags.sum(dtype=torch.float64).item()
+    return sum(mags[i : i + _SERIAL].sum(dtype=torch.float64).item() for i in range(0, mags.numel(), _SERIAL))
 
 
 def _ratio(before: float, after: float) -> float:
@@ -458,24 +474,24 @@ def _ratio(before: float, after: float) -> float:
 def l1_ratio_in_band(x: torch.Tensor, base: torch.Tensor, lo: float, hi: float) -> float:
     """Rescale factor when entries with lo <= |d| <= hi are kept."""
     before = after = 0.0
-    if use_numpy(x, base):
-        xa, ba = flat_np(x), flat_np(base)
+    if use_numpy(x, base) or use_half_pieces(x, base):
+        xa, ba = flat_f32(x, "x"), flat_f32(base, "b")
         for start in range(0, ba.size, SUM_BLOCK):
             stop = min(start + SUM_BLOCK, ba.size)
             m = stop - start
             mags = np.subtract(xa[start:stop], ba[start:stop], out=scratch("mags", m, ba.dtype))
             np.abs(mags, out=mags)
             t = torch.from_numpy(mags)
-            before += t.sum(dtype=torch.float64).item()
+            before += l1_sum(t)
             band = np.greater_equal(mags, lo, out=scratch("ge", m, np.bool_))
             np.logical_and(band, np.less_equal(mags, hi, out=scratch("le", m, np.bool_)), out=band)
             np.multiply(mags, band, out=mags)  # the same values torch.where gives: mags >= 0
-            after += t.sum(dtype=torch.float64).item()
+            after += l1_sum(t)
         return _ratio(before, after)
     for _, d in delta_chunks(x, base):
         mags = d.abs_()
-        before += mags.sum(dtype=torch.float64).item()
-        after += torch.where((mags >= lo) & (mags <= hi), mags, 0).sum(dtype=torch.float64).item()
+        before += l1_sum(mags)
+        after += l1_sum(torch.where((mags >= lo) & (mags <= hi), mags, 0))
     return _ratio(before, after)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from evomerge.merge import _kernels, sparsify
+from evomerge.merge._pieces import OutputPieces, flat_f32, use_half_pieces
 from evomerge.merge._util import mark_finite, new_output
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
 
@@ -132,7 +133,8 @@ def merge_task_vectors(
     if not group.tensors:
         return base
     n_models = len(group.tensors)
-    fast = sparsify.use_numpy(base, *group.tensors)
+    # float32/64 on the CPU, or bf16/fp16 read in float32 pieces (computed in float32, rounded once)
+    fast = sparsify.use_numpy(base, *group.tensors) or use_half_pieces(base, *group.tensors)
 
     def survivors_of(i: int) -> _Survivors:
         return _survivors(
@@ -230,12 +232,12 @@ def _combine_np(
     give). Products with a Python scalar round it to the tensor's dtype, as torch does.
     """
     base = group.base
-    ba = sparsify.flat_np(base)
-    xs = [sparsify.flat_np(t) for t in group.tensors]
+    ba = flat_f32(base, "b")
+    xs = [flat_f32(t, f"x{i}") for i, t in enumerate(group.tensors)]
     masks = [s.mask for s in survivors]  # bit-packed
     dense = [None if s.dense is None else s.dense.reshape(-1) for s in survivors]
     out = new_output(base.shape, base.dtype, base.device)
-    oa = out.view(-1).numpy()
+    oa = OutputPieces(out)
     ft = ba.dtype.type
     it = np.int32 if ba.dtype == np.float32 else np.int64  # same-width integer view of a float
     sign_bit = it(np.iinfo(it).min)
@@ -299,10 +301,13 @@ def _combine_np(
                 np.add(divisor, empty, out=divisor)  # an empty divisor becomes 1
                 np.divide(mixed, divisor, out=mixed)
         elif normalize:
-            torch.from_numpy(mixed).div_(1.0 if abs(total_weight) < 1e-8 else total_weight)
+            np.divide(mixed, ft(1.0 if abs(total_weight) < 1e-8 else total_weight), out=mixed)  # (numpy:
+            # no torch op on a worker thread, _pieces; torch also divides by the dtype's scalar)
         if lambda_ != 1:
-            torch.from_numpy(mixed).mul_(lambda_)
-        np.add(b, mixed, out=oa[start:stop])
+            np.multiply(mixed, ft(lambda_), out=mixed)
+        dst = oa.piece(start, stop)
+        np.add(b, mixed, out=dst)
+        oa.put(dst, start, stop)
 
     def run_chunks(first: int, last: int) -> None:  # (finiteness is checked by the engine)
         for start in range(first, last, sparsify.CHUNK):
@@ -327,18 +332,21 @@ def _combine_np(
             scratch, block = sparsify.scratch, _kernels.BLOCK
             d = scratch("fused-d", len(xs) * block, ba.dtype).reshape(len(xs), block)
             mixed = scratch("fused-mixed", block, ba.dtype)
-            return _kernels.combine(ba[sl], tuple(x[sl] for x in xs), modes, lo, hi,
-                             tuple(m if m.size == 0 else m[first // 8:(last + 7) // 8] for m in masks_),
-                             factor, weights,
-                             consensus, normalize, oa[sl], d, d.view(it), mixed, mixed.view(it),
-                             scratch("fused-total", block, ba.dtype),
-                             scratch("fused-divisor", block, ba.dtype))
+            dst = oa.piece(first, last)
+            finite = _kernels.combine(ba[sl], tuple(x[sl] for x in xs), modes, lo, hi,
+                                      tuple(m if m.size == 0 else m[first // 8:(last + 7) // 8] for m in masks_),
+                                      factor, weights,
+                                      consensus, normalize, dst, d, d.view(it), mixed, mixed.view(it),
+                                      scratch("fused-total", block, ba.dtype),
+                                      scratch("fused-divisor", block, ba.dtype))
+            oa.put(dst, first, last)
+            return finite
 
         run = run_compiled
     # Chunk-aligned pieces, several per worker: a descheduled worker holds up one piece only.
     starts = range(0, n, sparsify.PIECE)
     finite = sparsify.parallel_map(run, starts, [min(a + sparsify.PIECE, n) for a in starts])
-    if all(f is True for f in finite):
+    if oa.direct and all(f is True for f in finite):  # (a finite float32 may round to inf in fp16)
         mark_finite(out)
     return out
 

@@ -128,6 +128,29 @@ def release_free_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
+def warm_up(methods: list[str], dtype: torch.dtype, n: int = 1_100_001) -> None:
+    """Call each method once on small tensors of ``dtype`` (every path a large tensor takes), so
+    that what loads once per process (numba's compiled loops, per-thread scratch of a few
+    pieces) is held before the measurement starts, as torch's own libraries are."""
+    from evomerge.merge.registry import BasePolicy, Scope, TensorGroup, get_method
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(n, generator=gen).to(dtype)
+    inputs = [(base.float() + 0.01 * torch.randn(n, generator=gen)).to(dtype) for _ in range(3)]
+    for name in methods:
+        spec = get_method(name)
+        k = len(inputs) if spec.max_inputs is None else min(len(inputs), spec.max_inputs)
+        params: dict[str, Any] = {}
+        for p in spec.params:
+            value = 0.5 if p.name == "density" or (p.required and p.type is float) else (
+                False if p.required else p.default)
+            params[p.name] = [value] * k if p.scope is Scope.PER_MODEL else value
+        group = TensorGroup("model.layers.0.mlp.up_proj.weight", inputs[:k],
+                            None if spec.base is BasePolicy.INPUT else base,
+                            seed=0 if spec.randomized else None, layer=0, num_layers=2)
+        spec.fn(group, **params)
+
+
 def probe(family: Path, methods: list[str], *, candidates: int = 2, dtype: str | None = None,
           log=lambda s: None) -> list[dict[str, Any]]:
     """Merge ``candidates`` candidates of each method into one resident model (made first by a
@@ -144,6 +167,8 @@ def probe(family: Path, methods: list[str], *, candidates: int = 2, dtype: str |
     base = family / "base"
     experts = sorted(str(p) for p in family.glob("expert*"))
     merger = InMemoryMerger({r: r for r in [str(base), *experts]})
+    stored = merger.sources[str(base)]
+    warm_up(["linear", *methods], getattr(torch, dtype) if dtype else next(iter(stored.tensors.values())).dtype)
     opened = read_status()
     resident = merger.merge(Recipe.from_dict(method_recipe("linear", str(base), experts, dtype)))
     rows = []

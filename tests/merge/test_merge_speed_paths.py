@@ -39,20 +39,22 @@ def test_order_statistics_of_several_models_are_exact(ranks):
         assert values == [float(mags[r - 1]) for r in ranks]
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "della"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "breadcrumbs_ties", "della"])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_numpy_combine_equals_the_torch_loop_bit_for_bit(method, normalize):
+@pytest.mark.parametrize("lambda_", [1.0, 0.8])
+def test_numpy_combine_equals_the_torch_loop_bit_for_bit(method, normalize, lambda_):
     base, experts = _family()
     sparsification, consensus = {
         "ties": ("magnitude", True),
         "dare_ties": ("random", True),
+        "dare_linear": ("random", False),
         "breadcrumbs_ties": ("magnitude_outliers", True),
         "della": ("della_magprune", True),
     }[method]
     kwargs = dict(
         sparsification=sparsification, consensus=consensus, weight=[0.7, 0.45],
         density=[0.3, 0.6], normalize=normalize, rescale=method != "ties",
-        gamma=[0.01, 0.02], epsilon=[0.1, 0.1],
+        gamma=[0.01, 0.02], epsilon=[0.1, 0.1], lambda_=lambda_,
     )
     fast = merge_task_vectors(TensorGroup("t", experts, base, seed=3), **kwargs)
     # The plain torch loop (what other devices and dtypes run) on the same float32 tensors.
