@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from evomerge.merge._scratch import scratch
+
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -50,8 +52,6 @@ class Float32Pieces:
         return out
 
     def __getitem__(self, index):
-        from evomerge.merge.sparsify import scratch
-
         if isinstance(index, slice):
             start, stop, step = index.indices(self.size)
             if step != 1:
@@ -76,8 +76,6 @@ def flat_f32(t: torch.Tensor, key: str) -> np.ndarray | Float32Pieces:
 def round_to_bf16(piece: np.ndarray, out_bits: np.ndarray) -> None:
     """``piece`` (float32) rounded to bfloat16 bits, as torch rounds: to nearest, ties to even,
     NaN to 0x7FC0."""
-    from evomerge.merge.sparsify import scratch
-
     u = piece.view(np.uint32)
     t = scratch("half-round", u.size, np.uint32)
     np.right_shift(u, 16, out=t)
@@ -103,8 +101,6 @@ class OutputPieces:
         self._array = (flat.view(torch.int16).numpy().view(np.uint16) if self._bf16 else flat.numpy())
 
     def piece(self, start: int, stop: int) -> np.ndarray:
-        from evomerge.merge.sparsify import scratch
-
         if self.direct:
             return self._array[start:stop]
         return scratch("half-out", stop - start, np.float32)

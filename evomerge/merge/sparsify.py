@@ -43,8 +43,8 @@ import torch
 
 from evomerge.merge import _kernels
 from evomerge.merge._pieces import Float32Pieces, flat_f32, use_half_pieces
+from evomerge.merge._scratch import CHUNK, scratch
 
-CHUNK = 1 << 16  # elements per piece on the CPU: a pass's buffers stay in L2/L3, calls stay few
 PIECE = 8 * CHUNK  # elements per task on the worker threads: many tasks balance the workers
 # Rescale factors are sums of |delta| in float64, one torch sum per block of this many entries
 # and the blocks' sums added in order: the block size is part of the result, so it stays fixed.
@@ -74,18 +74,6 @@ def use_numpy(*tensors: torch.Tensor) -> bool:
 def flat_np(t: torch.Tensor) -> np.ndarray:
     """A flat numpy view of a CPU tensor (a copy only if it is not contiguous)."""
     return t.detach().reshape(-1).numpy()
-
-
-_local = threading.local()
-
-
-def scratch(key: str, n: int, dtype) -> np.ndarray:
-    """A per-thread buffer reused across calls: fresh pages are slow to fault in."""
-    bufs = _local.__dict__.setdefault("bufs", {})
-    buf = bufs.get(key)
-    if buf is None or buf.dtype != dtype or buf.size < n:
-        buf = bufs[key] = np.empty(max(n, CHUNK), dtype=dtype)
-    return buf[:n]
 
 
 _pool: ThreadPoolExecutor | None = None
