@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evomerge.merge import _kernels, sparsify
+from evomerge.merge import _kernels, order_stats, sparsify
 from evomerge.merge._pieces import OutputPieces, flat_f32, use_half_pieces
 from evomerge.merge._util import mark_finite, new_output
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
@@ -91,7 +91,7 @@ def _survivors(
     ranks = _band_ranks(n, sparsification, density, gamma)
     if ranks is None:
         return _Survivors(weight, lo=math.inf)
-    bounds = stats if stats is not None else sparsify.magnitude_order_stats(x, base, ranks)
+    bounds = stats if stats is not None else order_stats.magnitude_order_stats(x, base, ranks)
     return _band_survivors(x, base, bounds, weight, rescale)
 
 
@@ -157,7 +157,7 @@ def merge_task_vectors(
             if density[i] < 1
             and (r := _band_ranks(n, sparsification, density[i], gamma[i] if gamma else 0.0))
         }
-        found = sparsify.magnitude_order_stats_np(
+        found = order_stats.magnitude_order_stats_np(
             [group.tensors[i] for i in ranks], base, list(ranks.values())
         )
         stats = dict(zip(ranks, found, strict=True))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.merge import sparsify
+from evomerge.merge import order_stats, sparsify
 from evomerge.merge.engine import InMemoryMerger
 from evomerge.merge.registry import TensorGroup
 from evomerge.merge.task_arithmetic import merge_task_vectors
@@ -33,7 +33,7 @@ def _family(n_rows: int = 300, n_cols: int = 700, seed: int = 0):
 @pytest.mark.parametrize("ranks", [[1], [105_000], [210_000], [60_000, 200_000]])
 def test_order_statistics_of_several_models_are_exact(ranks):
     base, experts = _family()  # 210,000 entries: above the size where a sample brackets
-    got = sparsify.magnitude_order_stats_np(experts, base, [ranks] * len(experts))
+    got = order_stats.magnitude_order_stats_np(experts, base, [ranks] * len(experts))
     for x, values in zip(experts, got, strict=True):
         mags = np.sort(np.abs((x - base).numpy()).ravel())
         assert values == [float(mags[r - 1]) for r in ranks]
@@ -163,7 +163,7 @@ def test_fused_counting_finds_the_numpy_path_order_statistics(monkeypatch):
     got = []
     for enabled in (True, False):
         monkeypatch.setattr(_kernels, "ENABLED", enabled)
-        got.append(sparsify.magnitude_order_stats_np(experts, base, ranks))
+        got.append(order_stats.magnitude_order_stats_np(experts, base, ranks))
     assert got[0] == got[1]
     mags = np.sort(np.abs((experts[1] - base).numpy()).ravel())
     assert got[0][1] == [float(mags[0]), float(mags[209_998])]
@@ -187,9 +187,9 @@ def test_order_statistics_inside_and_at_the_edge_of_a_large_tie(monkeypatch, fus
     mags = [np.sort(np.abs((x - base).numpy()).ravel()) for x in experts]
     zeros = [int(np.count_nonzero(m == 0)) for m in mags]
     ranks = [[1, n // 2, zeros[0], zeros[0] + 1, n], [zeros[1] - 3, zeros[1] + 2, 3 * n // 4]]
-    got = sparsify.magnitude_order_stats_np(experts, base, ranks)
+    got = order_stats.magnitude_order_stats_np(experts, base, ranks)
     assert got == [[float(m[r - 1]) for r in rs] for m, rs in zip(mags, ranks, strict=True)]
-    torch_path = [sparsify.magnitude_order_stats(x.double(), base.double(), rs) for x, rs in zip(experts, ranks, strict=True)]
+    torch_path = [order_stats.magnitude_order_stats(x.double(), base.double(), rs) for x, rs in zip(experts, ranks, strict=True)]
     assert torch_path == [[float(v) for v in np.sort(np.abs((x.double() - base.double()).numpy()).ravel())[
         [r - 1 for r in rs]]] for x, rs in zip(experts, ranks, strict=True)]
 
@@ -217,13 +217,13 @@ def test_the_fused_combine_reports_non_finite_output():
 def test_kept_samples_give_the_same_order_statistics_and_never_a_wrong_one():
     base, experts = _family(seed=7)
     ranks = [[50_000], [150_000]]
-    sparsify._kept_samples.clear()
-    runs = [sparsify.magnitude_order_stats_np(experts, base, ranks) for _ in range(3)]
+    order_stats._kept_samples.clear()
+    runs = [order_stats.magnitude_order_stats_np(experts, base, ranks) for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]  # gathered, then sorted, then looked up
-    assert all(entry[1] for entry in sparsify._kept_samples.values())
+    assert all(entry[1] for entry in order_stats._kept_samples.values())
     # Another delta with the same fingerprint (equal at the probed entries): the kept windows
     # are wrong for it, and the answer must still be exact.
-    ia = sparsify._sample_indices(base.numel()).numpy()
+    ia = order_stats._sample_indices(base.numel()).numpy()
     probe = ia[:: max(1, ia.size // 64)]
     other = experts[0].clone()
     keep = np.zeros(base.numel(), dtype=bool)
@@ -231,7 +231,7 @@ def test_kept_samples_give_the_same_order_statistics_and_never_a_wrong_one():
     flat, flat_base = other.view(-1), base.view(-1)
     flat[~torch.from_numpy(keep)] = flat_base[~torch.from_numpy(keep)] + 50 * (
         flat[~torch.from_numpy(keep)] - flat_base[~torch.from_numpy(keep)])
-    got = sparsify.magnitude_order_stats_np([other], base, [ranks[0]])[0]
+    got = order_stats.magnitude_order_stats_np([other], base, [ranks[0]])[0]
     mags = np.sort(np.abs((other - base).numpy()).ravel())
     assert got == [float(mags[ranks[0][0] - 1])]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from evomerge.merge import METHODS, TensorGroup, get_method
-from evomerge.merge.sparsify import CHUNK, magnitude_order_stats
+from evomerge.merge.order_stats import magnitude_order_stats
+from evomerge.merge.sparsify import CHUNK
 
 SHAPE = (48, 40)
 
