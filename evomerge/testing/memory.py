@@ -75,6 +75,16 @@ class MemoryWatch:
         return self.peak["RssAnon"] - self.start["RssAnon"]
 
 
+def _probe_value(param) -> Any:
+    """What the probe gives a method's parameter: density 0.5; 0.5 (numbers) or False (flags)
+    where there is no default, as the method suite does; else the default."""
+    if param.name == "density":
+        return 0.5
+    if param.required:
+        return 0.5 if param.type is float else False
+    return param.default
+
+
 def method_recipe(name: str, base: str, experts: list[str], dtype: str | None) -> dict[str, Any]:
     """A recipe of ``name`` over ``experts`` (and ``base`` where the method takes one), with the
     parameters the method suite gives it (0.5 where there is no default; density 0.5)."""
@@ -85,13 +95,8 @@ def method_recipe(name: str, base: str, experts: list[str], dtype: str | None) -
     shared: dict[str, Any] = {}
     per_model: dict[str, Any] = {}
     for p in spec.params:
-        if p.name == "density":
-            value = 0.5
-        elif p.required:
-            value = 0.5 if p.type is float else False if p.type is bool else None
-        else:
-            continue
-        (per_model if p.scope is Scope.PER_MODEL else shared)[p.name] = value
+        if p.name == "density" or p.required:  # (the others take the method's defaults)
+            (per_model if p.scope is Scope.PER_MODEL else shared)[p.name] = _probe_value(p)
     models = [{"model": m, "parameters": dict(per_model)} for m in experts[:n]]
     recipe: dict[str, Any] = {"merge_method": name, "models": models, "parameters": shared}
     if spec.base is BasePolicy.INPUT:
@@ -140,11 +145,8 @@ def warm_up(methods: list[str], dtype: torch.dtype, n: int = 1_100_001) -> None:
     for name in methods:
         spec = get_method(name)
         k = len(inputs) if spec.max_inputs is None else min(len(inputs), spec.max_inputs)
-        params: dict[str, Any] = {}
-        for p in spec.params:
-            value = 0.5 if p.name == "density" or (p.required and p.type is float) else (
-                False if p.required else p.default)
-            params[p.name] = [value] * k if p.scope is Scope.PER_MODEL else value
+        params = {p.name: [_probe_value(p)] * k if p.scope is Scope.PER_MODEL else _probe_value(p)
+                  for p in spec.params}
         group = TensorGroup("model.layers.0.mlp.up_proj.weight", inputs[:k],
                             None if spec.base is BasePolicy.INPUT else base,
                             seed=0 if spec.randomized else None, layer=0, num_layers=2)
