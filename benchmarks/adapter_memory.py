@@ -80,7 +80,7 @@ def measure(root: Path, kind: str) -> None:
     """One worker's start and first candidate (run in its own process)."""
     from evomerge.io.hf import load_model
     from evomerge.io.sources import resolve_sources
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.recipe import Recipe
 
     torch.set_num_threads(1)

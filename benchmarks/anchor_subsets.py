@@ -100,7 +100,7 @@ def outcome_matrices(name: str, n_calibration: int, n_held_out: int,
 
     from evomerge.eval import load_task
     from evomerge.io.hf import load_causal_lm
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.zoo.build import read_manifest
 
     seed, tasks = SETS[name]

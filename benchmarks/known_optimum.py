@@ -181,7 +181,7 @@ def summary(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.search.optimizers import OPTIMIZERS
     from evomerge.search.priors import source_points
 

@@ -328,7 +328,7 @@ def run_cli(args, paths: dict[str, Path], input_bytes: int) -> None:
 def run_in_memory(args, paths: dict[str, Path], input_bytes: int) -> None:
     """Candidates merged as a search worker merges them: sources resident, into one model."""
     from evomerge import Recipe
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
 
     refs = {str(p): str(p) for p in paths.values()}
     start = time.perf_counter()

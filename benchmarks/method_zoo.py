@@ -104,7 +104,7 @@ def score_fixed(method: str, zoo: Path) -> dict[str, float]:
     """Test-split scores of ``method`` with its defaults (a space without genes)."""
     from evomerge.eval import load_task
     from evomerge.io.hf import load_causal_lm
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.search.space import ParameterSpace
 
     recipe = ParameterSpace.model_validate(space_for(method, zoo)).decode([])

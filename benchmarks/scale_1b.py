@@ -98,7 +98,7 @@ def _generate_evomerge(model, tokenizer, texts: list[str]) -> float:
 def part_evomerge(paths: dict[str, Path], methods: list[str], repeats: int) -> dict:
     from evomerge import Recipe
     from evomerge.io.hf import load_causal_lm
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.testing.memory import MemoryWatch
 
     out: dict = {"merge": {}}
@@ -149,24 +149,18 @@ def part_mergekit_api(paths: dict[str, Path], method: str) -> dict:
     from evomerge.io.sources import open_source
 
     model = load_model(paths["base"], dtype=torch.bfloat16)
-    refs = {n: p for n, p in paths.items()}
     states = {}
-    for n in refs:
-        src = open_source(n, refs)
+    for n in paths:
+        src = open_source(n, paths)
         states[n] = {k: src.get(k) for k in src.tensor_names()}  # memory-mapped, as evomerge's
     params = parameters(method, 0)
     ids = [f"expert{e}" for e in range(3)]
     per_input = {key: {i: p[key] for i, p in zip(ids, params, strict=True)} for key in params[0]}
-    inputs = {i: states[i] for i in ids}
-    base = None
-    if method == "linear":
-        inputs = {"base": states["base"], **inputs}
+    if method == "linear":  # the base is one of the averaged inputs, as in mergekit_config
         per_input["weight"]["base"] = 0.25
-    else:
-        inputs = {"base": states["base"], **inputs}
-        base = "base"
     t = time.perf_counter()
-    merged = merge_state_dicts(inputs, method, parameters=per_input, base=base, out_dtype=torch.bfloat16)
+    merged = merge_state_dicts(states, method, parameters=per_input, base=None if method == "linear" else "base",
+                               out_dtype=torch.bfloat16)
     model.load_state_dict(merged, strict=False)
     return {"merge_s": time.perf_counter() - t}
 
@@ -211,7 +205,6 @@ def main() -> None:
     args = ap.parse_args()
     methods = args.methods.split(",")
     if args.part:  # inside a subprocess
-        torch.set_num_threads(torch.get_num_threads())
         paths = family_1b.make_family(args.root, shape=args.shape, log=lambda s: None)
         kind = args.part[0]
         result = (part_evomerge(paths, methods, args.repeats) if kind == "evomerge"

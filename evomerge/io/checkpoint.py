@@ -10,6 +10,7 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +47,11 @@ class TensorSource(Protocol):
     def shape(self, tensor: str) -> tuple[int, ...]: ...
     def dtype(self, tensor: str) -> torch.dtype: ...
     def get(self, tensor: str) -> torch.Tensor: ...
+
+
+def tensor_bytes(src: TensorSource, dtype: torch.dtype | None = None) -> int:
+    """Bytes of a source's tensors, as stored or (``dtype``) converted."""
+    return sum(math.prod(src.shape(n)) * (dtype or src.dtype(n)).itemsize for n in src.tensor_names())
 
 
 def read_config(path: Path) -> dict[str, Any]:

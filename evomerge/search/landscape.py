@@ -29,7 +29,7 @@ def score_landscape(
     random ones only (rows: ``search_best``)."""
     from evomerge.eval import load_task
     from evomerge.io.hf import load_causal_lm
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.merge.resident import fit_layers
     from evomerge.recipe import Recipe
     from evomerge.search.objectives import best_evaluation

@@ -110,17 +110,14 @@ def method_recipe(name: str, base: str, experts: list[str], dtype: str | None) -
 
 
 def model_bytes(path: Path) -> int:
-    """Bytes of a model directory's tensors (from its safetensors headers)."""
-    return sum(_tensor_bytes(f) for f in sorted(path.glob("*.safetensors")))
+    """Bytes of a model directory's tensors, as stored."""
+    from evomerge.io.checkpoint import Checkpoint, tensor_bytes
 
-
-def _tensor_bytes(file: Path) -> int:
-    """Bytes of the tensors in one safetensors file (its header's offsets)."""
-    import struct
-
-    with open(file, "rb") as f:
-        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    checkpoint = Checkpoint(path)
+    try:
+        return tensor_bytes(checkpoint)
+    finally:
+        checkpoint.close()
 
 
 def release_free_memory() -> None:
@@ -164,7 +161,7 @@ def probe(family: Path, methods: list[str], *, candidates: int = 2, dtype: str |
     large allocation and unmaps it when freed, so freed scratch is not silently reused by the
     next method's allocations (which would hide that method's peak)."""
     from evomerge import Recipe
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
 
     base = family / "base"
     experts = sorted(str(p) for p in family.glob("expert*"))

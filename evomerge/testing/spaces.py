@@ -192,7 +192,7 @@ class SpaceSuite:
         import torch
 
         from evomerge.io.hf import load_model
-        from evomerge.merge.engine import InMemoryMerger
+        from evomerge.merge.in_memory import InMemoryMerger
         from evomerge.merge.resident import fit_layers
 
         first = space.source_models()[0]

@@ -80,7 +80,7 @@ def zoo_report(
 ) -> ZooReport:
     from evomerge.eval import load_task
     from evomerge.io.hf import load_causal_lm
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.zoo.build import read_manifest
 
     manifest = read_manifest(zoo)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 
 BENCHMARK = "known_optimum"  # loaded by conftest.bench
 

@@ -76,7 +76,7 @@ def test_a_worker_keeps_adapters_as_factors_and_merges_the_same_bytes(lm):
     """The in-memory merger holds ``base+adapter`` sources as factors over the resident base: the
     candidates are bitwise those merged from dense adapted copies, for less resident memory."""
     from evomerge.io.sources import open_source, resolve_sources
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.merge.low_rank import LowRankSource
 
     recipe = Recipe.from_dict(_recipes(lambda m: str(lm[m]))["ties"])

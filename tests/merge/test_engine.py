@@ -10,7 +10,8 @@ from mergekit_ref import load_dir, run_mergekit
 
 from evomerge.errors import CheckpointError, RecipeError
 from evomerge.io import Checkpoint
-from evomerge.merge.engine import InMemoryMerger, merge_to_disk
+from evomerge.merge.engine import merge_to_disk
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.mergekit_compat import to_mergekit
 from evomerge.recipe import Recipe
 

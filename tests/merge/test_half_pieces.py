@@ -48,8 +48,8 @@ def _merge(name, base, models, seed=11):
 def test_half_merges_are_the_float32_merge_rounded_once(name, dtype, compiled, monkeypatch):
     if not compiled:
         monkeypatch.setattr(_kernels, "active", lambda: False)
-    elif not _kernels.active():
-        pytest.skip("numba is not installed")  # (it is a core dependency: never in CI)
+    else:
+        assert _kernels.active(), "numba (a core dependency) did not load: the compiled path is untested"
     base, models = _inputs(dtype)
     got = _merge(name, base, models)
     want = _merge(name, base.float(), [m.float() for m in models]).to(dtype)

@@ -13,7 +13,7 @@ from evomerge.errors import RecipeError
 from evomerge.io import StateDictSource
 from evomerge.merge import TensorGroup, get_method
 from evomerge.merge.cabs import cabs_masks, nm_mask
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.merge.registry import Param
 from evomerge.mergekit_compat import MergekitExportError, to_mergekit
 from evomerge.recipe import Recipe

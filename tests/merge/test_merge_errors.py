@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.errors import RecipeError
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.recipe import Recipe
 from evomerge.testing.models import llama_config, llama_state, save_model
 

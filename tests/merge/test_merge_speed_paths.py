@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evomerge.merge import order_stats, sparsify
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.merge.registry import TensorGroup
 from evomerge.merge.task_arithmetic import merge_task_vectors
 from evomerge.recipe import Recipe

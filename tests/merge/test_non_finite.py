@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from evomerge.cli import app
 from evomerge.errors import EvomergeError
 from evomerge.io.compat import NonFiniteSourceError
-from evomerge.merge.engine import InMemoryMerger, NonFiniteMergeError, finite_flag, merge_to_disk
+from evomerge.merge.engine import NonFiniteMergeError, finite_flag, merge_to_disk
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.recipe import Recipe
 from evomerge.testing import llama_config, llama_state, save_model
 

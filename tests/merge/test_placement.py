@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evomerge import Recipe
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.merge.placement import EVAL_SHARE, fits_on_device, source_device
 from evomerge.testing.models import make_family
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from evomerge.merge.engine import InMemoryMerger, merge_to_disk
+from evomerge.merge.engine import merge_to_disk
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.merge.resident import decoder_layers, fit_layers
 from evomerge.search.space import LayerSpace
 

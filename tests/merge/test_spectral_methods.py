@@ -323,7 +323,7 @@ def test_out_of_range_parameters_are_refused_before_any_compute(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_recipe_merges_a_tiny_llama(tmp_path, method):
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.testing import llama_config, llama_state, save_model
 
     config = llama_config(tied=False, layers=2)

@@ -221,7 +221,7 @@ def test_an_unknown_template_name_is_refused(untied_family, tmp_path):
 
 
 def test_in_memory_merger_builds_the_same_vocabulary(fam, tmp_path):
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
 
     recipe = Recipe.from_dict(CASES["tokens_and_padding"](fam))
     on_disk = load_dir(merge_to_disk(recipe, tmp_path / "ev").out)

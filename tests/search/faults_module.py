@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 
 HERE = Path(__file__).parent
 FAULTS: list[str] = json.loads((HERE / "plan.json").read_text())["faults"]

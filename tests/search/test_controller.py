@@ -444,7 +444,7 @@ def test_a_dead_worker_process_is_replaced_and_its_evaluation_rerun(tmp_path, zo
 
 
 def test_an_unexpected_merge_error_fails_the_trial_not_the_search(tmp_path, zoo, monkeypatch):
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
 
     def boom(self, recipe, into=None, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")

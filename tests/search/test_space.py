@@ -9,7 +9,7 @@ from space_helpers import ps_data
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.search.space import ParameterSpace, SearchSpaceError
 
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 from space_helpers import ps_data
 
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.merge.resident import fit_layers
 from evomerge.recipe import Recipe
 from evomerge.search.space import (

@@ -6,7 +6,7 @@ import pytest
 import torch
 from space_helpers import ps_data
 
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.merge.registry import BasePolicy, Scope, get_method
 from evomerge.methods import METHODS
 from evomerge.recipe import Recipe

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from run_helpers import evaluations
 
-from evomerge.merge.engine import InMemoryMerger
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.recipe import Recipe
 from evomerge.run import run_search
 from evomerge.testing import tiny_char_lm

@@ -88,7 +88,7 @@ def test_report_scores_models_and_merges(mini_zoo):
 
 
 def test_zoo_models_merge_in_mergekit_as_in_evomerge(tmp_path):
-    from evomerge.merge.engine import InMemoryMerger
+    from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.recipe import Recipe
     from evomerge.testing import run_mergekit
 

@@ -23,7 +23,7 @@ class Worker:
         from evomerge.eval import load_task
         from evomerge.io.hf import load_causal_lm
         from evomerge.io.sources import model_dir
-        from evomerge.merge.engine import InMemoryMerger
+        from evomerge.merge.in_memory import InMemoryMerger
 
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
