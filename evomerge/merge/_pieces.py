@@ -4,18 +4,75 @@ numpy has no bfloat16, and torch's elementwise kernels on bf16 / fp16 convert ev
 every op; the float32 loops of ``sparsify`` and ``task_arithmetic`` are several times faster.
 A ``Float32Pieces`` stands where those loops take a flat float32 array: slicing it converts that
 piece (exactly: every half value is a float32 value) into a per-thread scratch buffer, so no
-whole-tensor float32 copy is made. The loops compute in float32 and the result is rounded to the
-tensor's dtype once (``OutputPieces``), where torch's half ops round after every op.
+whole-tensor float32 copy is made.
+
+Two arithmetics, as mergekit's ``dtype`` (the compute dtype) chooses them: half tensors merged as
+they are compute as torch's ops in that dtype do (each op in float32, rounded to the half dtype;
+sums over models accumulated in float32 and rounded once; ``half_rounding`` names the dtype and
+``round_half`` does the rounding), which is mergekit's arithmetic with ``dtype: bfloat16``. Under
+``computing_in_float32`` (a plan whose compute dtype is float32 hands its half sources over
+unconverted) the loops compute in float32 and round the result once (``OutputPieces``), as
+mergekit does with ``dtype: float32, out_dtype: bfloat16``.
 """
 
 from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
 
 import numpy as np
 import torch
 
 from evomerge.merge._scratch import scratch
+from evomerge.merge._util import _using
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+_in_float32: ContextVar[bool] = ContextVar("evomerge_half_in_float32", default=False)
+
+
+def computing_in_float32() -> contextlib.AbstractContextManager[None]:
+    """Within the block, half tensors given to a merge method stand for their float32 values:
+    the merge computes in float32 and rounds its result once."""
+    return _using(_in_float32, True)
+
+
+def half_rounding(*tensors: torch.Tensor) -> torch.dtype | None:
+    """The half dtype every step of a merge of these tensors rounds to (torch's arithmetic in
+    that dtype), or None: they are not half, or the merge computes in float32. Read it on the
+    calling thread (context variables do not reach the merge's worker threads)."""
+    dtype = tensors[0].dtype
+    return dtype if dtype in HALF_DTYPES and not _in_float32.get() else None
+
+
+def round_half(a: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
+    """A float32 piece rounded in place to ``dtype``'s values (bf16 / fp16: to nearest, ties to
+    even, as torch converts); unchanged for None."""
+    if dtype is None:
+        return a
+    if dtype == torch.bfloat16:
+        u = a.view(np.uint32)
+        t = scratch("round-half", u.size, np.uint32)
+        np.right_shift(u, 16, out=t)
+        np.bitwise_and(t, 1, out=t)
+        np.add(t, 0x7FFF, out=t)
+        nan = np.isnan(a)
+        np.add(u, t, out=u)
+        np.bitwise_and(u, np.uint32(0xFFFF0000), out=u)
+        if nan.any():
+            u[nan] = 0x7FC00000
+        return a
+    h = scratch("round-half-16", a.size, np.float16)
+    with np.errstate(over="ignore"):  # past float16's range is inf, as torch converts
+        np.copyto(h, a, casting="same_kind")
+    np.copyto(a, h)
+    return a
+
+
+def round_scalar(value: float, dtype: torch.dtype | None) -> float:
+    """A Python number as a tensor of ``dtype`` holds it (unchanged for None)."""
+    return value if dtype is None else torch.tensor(value, dtype=dtype).item()
 
 
 def use_half_pieces(*tensors: torch.Tensor) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from evomerge.merge._util import work_dtype
 from evomerge.merge.registry import BasePolicy, TensorGroup, merge_method
 
 _EPS = 1e-8
@@ -26,14 +25,16 @@ def _order_statistic(values: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def arcee_fusion_tensors(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    dtype = work_dtype(base)
+    dtype = base.dtype  # mergekit's arithmetic: in the inputs' dtype, bf16 / fp16 included
     b, o = base.to(dtype), other.to(dtype)
     p = torch.softmax(o, dim=-1) + _EPS
     q = torch.softmax(b, dim=-1) + _EPS
     importance = (o - b).abs() * (p * (p / q).log()).sum(dim=-1, keepdim=True)
     q1, median, q3 = (_order_statistic(importance, f) for f in (0.25, 0.5, 0.75))
     fused = importance >= median + 1.5 * (q3 - q1)
-    return torch.where(fused, o, b).to(base.dtype)
+    # As mergekit: the base plus the masked difference, with a float32 mask (half: the sum in
+    # float32, rounded once)
+    return (b + (o - b) * fused.float()).to(base.dtype)
 
 
 @merge_method(

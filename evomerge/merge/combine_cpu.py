@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from evomerge.merge import _kernels, sparsify
-from evomerge.merge._pieces import OutputPieces, flat_f32
+from evomerge.merge._pieces import OutputPieces, flat_f32, round_half, round_scalar
 from evomerge.merge._util import mark_finite, new_output
 from evomerge.merge.registry import TensorGroup
 
@@ -40,10 +40,13 @@ def combine_cpu(
     consensus: bool,
     normalize: bool,
     lambda_: float,
+    rounding: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Pass 2 of ``merge_task_vectors`` on the CPU through numpy or the compiled loop, bit-identical
-    to the torch loop on float32/64 (bf16/fp16: the float32 result of the upcast inputs, rounded
-    once).
+    to the torch loop on float32/64. bf16/fp16 with ``rounding`` (``_pieces.half_rounding``):
+    mergekit's arithmetic in that dtype, step by step (the delta, each weighted delta, the sums,
+    the quotient, the lambda product, the result each rounded; weights are a tensor of that
+    dtype); without: the float32 result of the upcast inputs, rounded once.
 
     Masks are bool comparisons (x * True == x and x * False == +-0, as the float masks
     give). Products with a Python scalar round it to the tensor's dtype, as torch does.
@@ -58,6 +61,9 @@ def combine_cpu(
     ft = ba.dtype.type
     it = np.int32 if ba.dtype == np.float32 else np.int64  # same-width integer view of a float
     sign_bit = it(np.iinfo(it).min)
+    rnd = rounding
+    if rnd is not None:  # mergekit's weights are a tensor of the merge's dtype
+        weight = [round_scalar(w, rnd) for w in weight]
     total_weight = sum(weight)
     n = ba.size
 
@@ -71,7 +77,7 @@ def combine_cpu(
             if dense[i] is not None:
                 np.multiply(dense[i][start:stop], ft(s.factor), out=t)  # (no torch op here: _pieces)
             else:
-                np.subtract(xs[i][start:stop], b, out=t)
+                round_half(np.subtract(xs[i][start:stop], b, out=t), rnd)
                 if masks[i] is not None:
                     np.multiply(t, sparsify.unpack_piece(masks[i], start, stop), out=t)
                 elif not s.keeps_all:
@@ -82,7 +88,7 @@ def combine_cpu(
                         np.logical_and(band, le, out=band)
                     np.multiply(t, band, out=t)
                 if s.factor != 1:  # x * 1.0 is x; torch also rounds the factor to the dtype first
-                    np.multiply(t, ft(s.factor), out=t)
+                    round_half(np.multiply(t, ft(round_scalar(s.factor, rnd)), out=t), rnd)
             ts.append(t)
         mixed = scratch("mixed", m, ba.dtype)
         if len(ts) == 1:
@@ -113,15 +119,22 @@ def combine_cpu(
                     np.multiply(a, ft(weight[i]), out=divisor)
                 else:
                     np.add(divisor, np.multiply(a, ft(weight[i]), out=t), out=divisor)
+            round_half(mixed, rnd)  # sums over the models are accumulated in float32, rounded once
             if divisor is not None:
+                round_half(divisor, rnd)
                 empty = np.equal(divisor, 0, out=scratch("ge", m, np.bool_))
                 np.add(divisor, empty, out=divisor)  # an empty divisor becomes 1
-                np.divide(mixed, divisor, out=mixed)
+                round_half(np.divide(mixed, divisor, out=mixed), rnd)
         elif normalize:
-            np.divide(mixed, ft(1.0 if abs(total_weight) < 1e-8 else total_weight), out=mixed)  # (numpy:
+            round_half(mixed, rnd)
+            divide_by = round_scalar(total_weight, rnd)
+            np.divide(mixed, ft(1.0 if abs(divide_by) < 1e-8 else divide_by), out=mixed)  # (numpy:
             # no torch op on a worker thread, _pieces; torch also divides by the dtype's scalar)
+            round_half(mixed, rnd)
+        else:
+            round_half(mixed, rnd)
         if lambda_ != 1:
-            np.multiply(mixed, ft(lambda_), out=mixed)
+            round_half(np.multiply(mixed, ft(lambda_), out=mixed), rnd)  # (a float32 scalar, as torch)
         dst = oa.piece(start, stop)
         np.add(b, mixed, out=dst)
         oa.put(dst, start, stop)
@@ -131,7 +144,7 @@ def combine_cpu(
             chunk(start, min(start + sparsify.CHUNK, last))
 
     run = run_chunks
-    if (_kernels.active() and lambda_ == 1 and (consensus or not normalize)
+    if (_kernels.active() and rnd is None and lambda_ == 1 and (consensus or not normalize)
             and all(d is None for d in dense)):
         # The common case (TIES, DARE, breadcrumbs, task arithmetic) in one fused pass.
         modes = np.array([_kernels.MASK if m is not None else

@@ -135,7 +135,8 @@ class InMemoryMerger:
                 else:
                     dest.tensor = existing  # a method may build its result right there
                 try:
-                    merged = plan.run_op(op, lambda m, t: self.sources[m].tensors[t], self.device)
+                    merged = plan.run_op(op, lambda m, t: self.sources[m].tensors[t], self.device,
+                                         into_dtype=None if existing is None else existing.dtype)
                 finally:
                     dest.tensor = None
                 self._store(op.name, merged, existing, target, into)

@@ -17,6 +17,7 @@ from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge
     ),
     base=BasePolicy.INPUT,
     reference="https://arxiv.org/abs/2203.05482",
+    reads_half_as_float32=True,  # it accumulates half inputs in float32 either way, as mergekit's
 )
 def linear(group: TensorGroup, weight: list[float], normalize: bool = True) -> torch.Tensor:
     first = group.tensors[0]

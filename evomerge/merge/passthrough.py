@@ -12,6 +12,7 @@ from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge
     params=(Param("scale", float, Scope.PER_MODEL, default=None),),
     base=BasePolicy.INPUT,
     max_inputs=1,
+    reads_half_as_float32=True,  # a copy, or one product computed in float32 and rounded
 )
 def passthrough(group: TensorGroup, scale: list[float | None]) -> torch.Tensor:
     tensor = group.tensors[0]

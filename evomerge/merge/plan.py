@@ -22,6 +22,7 @@ shape, and a mismatch names the tensor, the models and their shapes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from evomerge.io.compat import check_sources_fit, config_differences
 from evomerge.io.model_config import layer_count
 from evomerge.io.tokenizer import Vocabulary
 from evomerge.io.writer import TensorSpec
+from evomerge.merge._pieces import HALF_DTYPES, computing_in_float32
 from evomerge.merge.registry import BasePolicy, MethodSpec, Param, TensorGroup, get_method
 from evomerge.merge.vocab import align_vocabulary
 from evomerge.recipe import (
@@ -121,15 +123,27 @@ class MergePlan:
                 config["vocab_size"] = self.vocabulary.size
         return config
 
-    def run_op(self, op: TensorOp, fetch, device: torch.device | str) -> torch.Tensor:
-        """Merge one tensor; ``fetch(model, tensor)`` returns an input tensor."""
+    def run_op(self, op: TensorOp, fetch, device: torch.device | str,
+               into_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Merge one tensor; ``fetch(model, tensor)`` returns an input tensor. ``into_dtype``: the
+        dtype of the tensor the result is stored into (a resident model's), which is the output
+        dtype where the recipe names none: the result is rounded there once either way."""
+        out_dtype = self.output_dtype(op) if self.out_dtype or into_dtype is None else into_dtype
+        raw_base = fetch(*op.base) if op.base else None
+        raw = [fetch(*r) for r in op.inputs]
+        # Half sources of a float32 merge go to a method that reads them as float32 itself
+        # unconverted: no float32 copy of each input (a 128k-token bf16 embedding's is 1 GB).
+        as_float32 = (self.compute_dtype == torch.float32 and op.method.reads_half_as_float32
+                      and out_dtype in HALF_DTYPES and op.scale in (None, 1.0)
+                      and torch.device(device).type == "cpu"
+                      and all(t.dtype == out_dtype for t in [*raw, *([raw_base] if op.base else [])]))
 
-        def load(ref: tuple[str, str]) -> torch.Tensor:
-            t = fetch(*ref)
-            return t.to(device=device, dtype=self.compute_dtype or t.dtype, non_blocking=True)
+        def load(t: torch.Tensor) -> torch.Tensor:
+            dtype = t.dtype if as_float32 else self.compute_dtype or t.dtype
+            return t.to(device=device, dtype=dtype, non_blocking=True)
 
-        base = load(op.base) if op.base else None
-        tensors = [load(r) for r in op.inputs]
+        base = load(raw_base) if op.base else None
+        tensors = [load(t) for t in raw]
         if op.vocab_models is not None and self.vocabulary is not None:
             by_model = {m: t for (m, _), t in zip(op.inputs, tensors, strict=True)}
             if op.base:
@@ -148,7 +162,8 @@ class MergePlan:
             num_layers=self.num_layers,
         )
         try:
-            out = op.method.fn(group, **op.shared, **op.per_model)
+            with computing_in_float32() if as_float32 else contextlib.nullcontext():
+                out = op.method.fn(group, **op.shared, **op.per_model)
         except ValueError as e:  # what a method refuses in these tensors' values, not a bug
             where = f"tensor {op.name}" if op.name in str(e) else f"tensor {op.name} ({', '.join(m for m, _ in op.all_inputs)})"
             raise RecipeError(
@@ -157,7 +172,7 @@ class MergePlan:
             ) from e
         if op.scale is not None and op.scale != 1.0:
             out = out * op.scale
-        return out.to(self.output_dtype(op))
+        return out.to(out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from evomerge.merge._util import work_dtype
 from evomerge.merge.registry import BasePolicy, Param, TensorGroup, merge_method
 
 
@@ -25,7 +24,7 @@ def ram_tensors(
 ) -> torch.Tensor:
     if not tensors:
         return base
-    dtype = work_dtype(base)
+    dtype = base.dtype  # mergekit's arithmetic: in the inputs' dtype, bf16 / fp16 included
     b = base.to(dtype)
     tvs = torch.stack([t.to(dtype).reshape(-1) for t in tensors]) - b.reshape(1, -1)
     contributes = tvs.abs() > epsilon
@@ -34,8 +33,9 @@ def ram_tensors(
     tvs = tvs * contributes
     scale = torch.ones(len(tensors), 1, dtype=dtype, device=tvs.device)
     if r:
-        n_shared = (contributes & shared).sum(dim=1).to(dtype)
-        n_unique = (contributes & unique).sum(dim=1).to(dtype)
+        # Counts divided as mergekit divides them: a float32 ratio (half deltas then sum in float32)
+        n_shared = (contributes & shared).sum(dim=1)
+        n_unique = (contributes & unique).sum(dim=1)
         rho = n_shared / n_unique.clamp(min=epsilon)
         scale = (1 + r * rho.clamp(min=0, max=alpha)).unsqueeze(1)
     merged = (tvs * unique * scale + tvs * shared / count.clamp(min=1)).sum(dim=0)

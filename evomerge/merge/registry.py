@@ -134,6 +134,10 @@ class MethodSpec:
     # Checks that involve several parameters of one input (DELLA's density and epsilon):
     # given that input's resolved values by name, a message saying what is wrong, or None.
     check: Callable[[dict[str, Any]], str | None] | None = None
+    # Whether the method computes in float32 from half CPU tensors itself, without a float32
+    # copy of them (``_pieces.computing_in_float32``): a plan computing in float32 hands it its
+    # bf16 / fp16 sources unconverted.
+    reads_half_as_float32: bool = False
     _by_name: dict[str, Param] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -164,13 +168,15 @@ def merge_method(
     randomized: bool = False,
     reference: str = "",
     check: Callable[[dict[str, Any]], str | None] | None = None,
+    reads_half_as_float32: bool = False,
 ) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(group: TensorGroup, **params) -> Tensor`` as merge method ``name``."""
 
     def wrap(fn: MergeFn) -> MergeFn:
         METHODS.register(
             name,
-            MethodSpec(name, fn, params, base, min_inputs, max_inputs, randomized, reference, check),
+            MethodSpec(name, fn, params, base, min_inputs, max_inputs, randomized, reference, check,
+                       reads_half_as_float32),
         )
         return fn
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from evomerge.merge._util import work_dtype
 from evomerge.merge.registry import BasePolicy, Param, TensorGroup, merge_method
 
 
@@ -33,7 +32,7 @@ def _most_varied(tvs: torch.Tensor, fraction: float) -> torch.Tensor:
 def sce_tensors(base: torch.Tensor, tensors: list[torch.Tensor], select_topk: float) -> torch.Tensor:
     if not tensors:
         return base
-    dtype = work_dtype(base)
+    dtype = base.dtype  # mergekit's arithmetic: in the inputs' dtype, bf16 / fp16 included
     b = base.to(dtype)
     tvs = torch.stack([t.to(dtype) - b for t in tensors])
     if select_topk < 1:

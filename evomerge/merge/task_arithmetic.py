@@ -29,7 +29,7 @@ import math
 import torch
 
 from evomerge.merge import order_stats, sparsify
-from evomerge.merge._pieces import use_half_pieces
+from evomerge.merge._pieces import half_rounding, round_scalar, use_half_pieces
 from evomerge.merge._util import new_output
 from evomerge.merge.combine_cpu import Survivors, combine_cpu
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
@@ -117,8 +117,12 @@ def merge_task_vectors(
     if not group.tensors:
         return base
     n_models = len(group.tensors)
-    # float32/64 on the CPU, or bf16/fp16 read in float32 pieces (computed in float32, rounded once)
+    # float32/64 on the CPU, or bf16/fp16 read in float32 pieces
     fast = sparsify.use_numpy(base, *group.tensors) or use_half_pieces(base, *group.tensors)
+    # Half tensors merged as they are: mergekit's arithmetic in their dtype (_pieces). Random
+    # sparsifications compute in float32: their masks are evomerge's own, so no mergekit result
+    # to match, and the float32 loops are the fast ones.
+    rounding = None if sparsification in ("random", "della_magprune") else half_rounding(base)
 
     def survivors_of(i: int) -> Survivors:
         return _survivors(
@@ -144,22 +148,28 @@ def merge_task_vectors(
         found = order_stats.magnitude_order_stats_np(
             [group.tensors[i] for i in ranks], base, list(ranks.values())
         )
-        stats = dict(zip(ranks, found, strict=True))
+        # Rounding is monotonic: the rounded deltas' order statistics are the rounded statistics.
+        stats = {i: [round_scalar(v, rounding) for v in f] for i, f in zip(ranks, found, strict=True)}
         survivors = sparsify.parallel_map(
             lambda i: _survivors(group, i, sparsification, weight[i], density[i], rescale,
                                  gamma[i] if gamma else 0.0, 0.0, stats.get(i)),
             range(n_models),
         )
-        return combine_cpu(group, survivors, weight, consensus, normalize, lambda_)
+        return combine_cpu(group, survivors, weight, consensus, normalize, lambda_, rounding)
     if fast:  # one model per worker: each pass is independent and numpy releases the GIL
         survivors = sparsify.parallel_map(survivors_of, range(n_models))
-        return combine_cpu(group, survivors, weight, consensus, normalize, lambda_)
+        return combine_cpu(group, survivors, weight, consensus, normalize, lambda_, rounding)
     survivors = [survivors_of(i) for i in range(n_models)]
     # Pass 2, piece by piece: rebuild each surviving, weighted delta; elect signs; combine.
+    # Half tensors: mergekit's arithmetic (weights a tensor of their dtype, sums over the models
+    # accumulated in float32 and rounded once; a Python scalar stays float32, as torch takes it).
+    half = base.dtype in (torch.bfloat16, torch.float16)
+    acc_dtype = torch.float32 if half else base.dtype
+    weight = [round_scalar(w, base.dtype if half else None) for w in weight]
     flat_base = base.reshape(-1)
     flat_x = [t.reshape(-1) for t in group.tensors]
     out = new_output(base.shape, base.dtype, base.device).view(-1)  # the resident tensor, if offered
-    total_weight = sum(weight)
+    total_weight = round_scalar(sum(weight), base.dtype if half else None)
     step = sparsify.chunk_size(base)
     for start in range(0, flat_base.numel(), step):
         sl = slice(start, min(start + step, flat_base.numel()))
@@ -174,28 +184,32 @@ def merge_task_vectors(
                     d.mul_(sparsify.mask_piece(s.mask, sl.start, sl.stop))
                 elif not s.keeps_all:
                     d.mul_(_band(d.abs(), s.lo, s.hi))
-                d.mul_(s.factor)
+                if s.factor != 1:
+                    d.mul_(torch.tensor(round_scalar(s.factor, base.dtype if half else None), dtype=torch.float32))
             deltas.append(d)
-        mixed = deltas[0].clone()
+        acc = deltas[0].to(acc_dtype, copy=True)
         for d in deltas[1:]:
-            mixed.add_(d)
+            acc.add_(d)
         if consensus:
             # TIES: keep only entries whose sign agrees with the sign of the weighted sum.
             # (sign(0) is 0, so entries that are exactly zero never count towards the divisor.)
             # Masks are built with float arithmetic: on CPU it is several times faster than
             # comparisons that produce bool tensors.
-            elected = mixed.sign_().add_(0.5).sign_()  # +1 where the sum is >= 0, else -1
-            mixed = torch.zeros_like(b)
-            divisor = torch.zeros_like(b)
+            elected = acc.sign_().add_(0.5).sign_()  # +1 where the sum is >= 0, else -1
+            total = torch.zeros_like(b, dtype=acc_dtype)
+            divisor = torch.zeros_like(b, dtype=acc_dtype)
             for d, w in zip(deltas, weight, strict=True):
                 agrees = torch.sign(d).mul_(elected).relu_()
-                mixed.add_(d.mul_(agrees))
+                total.add_(d.mul_(agrees))
                 divisor.add_(agrees, alpha=w)
+            mixed, divisor = total.to(base.dtype), divisor.to(base.dtype)
             divisor.add_(torch.abs(divisor).sign_().neg_().add_(1))  # an empty divisor becomes 1
             if normalize:
                 mixed.div_(divisor)
-        elif normalize:
-            mixed.div_(1.0 if abs(total_weight) < 1e-8 else total_weight)
+        else:
+            mixed = acc.to(base.dtype)
+            if normalize:
+                mixed.div_(1.0 if abs(total_weight) < 1e-8 else total_weight)
         if lambda_ != 1:
             mixed.mul_(lambda_)
         torch.add(b, mixed, out=out[sl])
@@ -238,6 +252,7 @@ def _register(
         randomized=sparsification in ("random", "della_magprune"),
         reference=ref,
         check=_della_window if sparsification == "della_magprune" else None,
+        reads_half_as_float32=True,
     )(method)
 
 

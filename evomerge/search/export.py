@@ -64,6 +64,10 @@ def export_trial(
     # its hash covers); the exported files get absolute paths, so they merge from any directory,
     # and Hub ids pinned to the commit the run searched (never a cache path).
     recipe = _portable_model_refs(recipe, run_dir, [Path(config.space).parent, run_dir])
+    if config.dtype and recipe.out_dtype is None:
+        # The workers stored each candidate in the run's dtype (a float32 merge rounded once):
+        # the exported model, and mergekit's from the exported config, are the one scored.
+        recipe = Recipe.from_dict({**recipe.to_dict(), "out_dtype": config.dtype}, f"trial {chosen.trial}")
     merge_to_disk(recipe, out, device=device, force=force)
     card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe, missed)
     atomic_write_text(Path(out) / "README.md", card)

@@ -151,11 +151,13 @@ def warm_up(methods: list[str], dtype: torch.dtype, n: int = 1_100_001) -> None:
 
 
 def probe(family: Path, methods: list[str], *, candidates: int = 2, dtype: str | None = None,
-          log=lambda s: None) -> list[dict[str, Any]]:
+          compute: str | None = None, log=lambda s: None) -> list[dict[str, Any]]:
     """Merge ``candidates`` candidates of each method into one resident model (made first by a
     linear merge and reused, as a search worker's); per method: seconds per candidate and the
     peak anonymous bytes it added above what was held before it (its scratch: the resident
-    model is already counted), with the file-backed peak.
+    model is already counted), with the file-backed peak. ``dtype``: the resident model's and
+    the recipes' (default: the sources'); ``compute``: the recipes' compute dtype instead (a
+    search's recipes compute in float32 and are stored into its resident model's dtype).
 
     Run it with ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment: glibc then maps every
     large allocation and unmaps it when freed, so freed scratch is not silently reused by the
@@ -172,7 +174,7 @@ def probe(family: Path, methods: list[str], *, candidates: int = 2, dtype: str |
     resident = merger.merge(Recipe.from_dict(method_recipe("linear", str(base), experts, dtype)))
     rows = []
     for name in methods:
-        recipe = Recipe.from_dict(method_recipe(name, str(base), experts, dtype), name)
+        recipe = Recipe.from_dict(method_recipe(name, str(base), experts, compute or dtype), name)
         times = []
         release_free_memory()
         with MemoryWatch() as watch:
@@ -194,11 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default="ties,dare_ties,linear")
     ap.add_argument("--candidates", type=int, default=2)
     ap.add_argument("--dtype", default=None)
+    ap.add_argument("--compute", default=None, help="the recipes' compute dtype (default: --dtype)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    probe(args.family, args.methods.split(","), candidates=args.candidates, dtype=args.dtype,
+    probe(args.family, args.methods.split(","), candidates=args.candidates, dtype=args.dtype, compute=args.compute,
           log=lambda s: print(s, flush=True))
 
 

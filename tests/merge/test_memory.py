@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from evomerge.testing.models import make_family
@@ -42,13 +43,16 @@ main(sys.argv[1:])
 """
 
 
-def test_bounded_methods_hold_one_model_plus_half_and_a_float32_copy_is_seen(tmp_path):
+@pytest.mark.parametrize("compute", [None, "float32"], ids=["as-stored", "float32-compute"])
+def test_bounded_methods_hold_one_model_plus_half_and_a_float32_copy_is_seen(compute, tmp_path):
+    # as-stored: recipes computing in bf16 (mergekit's arithmetic); float32-compute: a search's
+    # recipes (float32, rounded once into the bf16 resident model).
     make_family(tmp_path, tied=False, dtype=torch.bfloat16, zeros=0.6, hidden=384, layers=2,
                 intermediate=1536, vocab=32768, heads=6, kv_heads=2)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     run = subprocess.run(
         [sys.executable, "-c", _CONTROL, str(tmp_path), "--candidates", "1", "--threads", "2",
-         "--methods", ",".join([*BOUNDED, "float32_copies"])],
+         "--methods", ",".join([*BOUNDED, "float32_copies"]), *(["--compute", compute] if compute else [])],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]

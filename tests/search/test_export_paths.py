@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from evomerge.merge.engine import merge_to_disk
+from evomerge.merge.in_memory import InMemoryMerger
 from evomerge.recipe import Recipe
 from evomerge.run import run_search
 from evomerge.search.export import export_trial
@@ -40,8 +42,13 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-5, atol=1e-6), name
 
 
-def test_exported_recipes_use_absolute_paths_and_merge_from_anywhere(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_exported_recipes_use_absolute_paths_and_merge_from_anywhere(dtype, tmp_path, monkeypatch):
     build_zoo(tmp_path / "zoo", mini_zoo_config(), log=lambda s: None)
+    if dtype:  # sources stored in the run's dtype, as bf16 checkpoints from the Hub are
+        for f in (tmp_path / "zoo").glob("*/*.safetensors"):
+            save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(f)).items()}, str(f),
+                      metadata={"format": "pt"})
     (tmp_path / "spaces").mkdir()
     space = {  # relative to the space file's folder, as a user writes them
         "base_model": "../zoo/base",
@@ -57,6 +64,7 @@ def test_exported_recipes_use_absolute_paths_and_merge_from_anywhere(tmp_path, m
         "budget": {"trials": 2},
         "fidelity": 4,
         "tracking": {"enabled": False},
+        **({"dtype": dtype} if dtype else {}),  # bf16 sources and resident model in the workers
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     run_dir = tmp_path / "run"
@@ -83,6 +91,17 @@ def test_exported_recipes_use_absolute_paths_and_merge_from_anywhere(tmp_path, m
     config = yaml.safe_load((export / "mergekit_config.yml").read_text())
     monkeypatch.chdir(export)
     _assert_same(run_mergekit(config, tmp_path / "by_mergekit"), exported)
+    if dtype:
+        # The exported model is the candidate a worker scored: the recipe (computing in float32)
+        # merged into the run's bf16 resident model, bit for bit, and so is mergekit's.
+        stored = Recipe.from_yaml(next(r for n, _, r in before if n == number))
+        sources = {m: str(zoo / Path(m).name) for m in stored.referenced_models()}
+        worker = InMemoryMerger(sources, dtype=torch.bfloat16)
+        scored = worker.merge(stored, into={k: torch.zeros_like(v) for k, v in exported.items()})
+        by_mergekit = _tensors(tmp_path / "by_mergekit")
+        for name, t in exported.items():
+            assert t.dtype == torch.bfloat16, name
+            assert torch.equal(t, scored[name]) and torch.equal(t, by_mergekit[name]), name
 
     # (c) the exported evomerge recipe merges from another directory, with no search dirs
     (tmp_path / "elsewhere").mkdir()
