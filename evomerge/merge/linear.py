@@ -21,6 +21,8 @@ from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge
 )
 def linear(group: TensorGroup, weight: list[float], normalize: bool = True) -> torch.Tensor:
     first = group.tensors[0]
-    # Divided by the sum of weights when normalising; an exact zero sum is the user's choice.
-    return weighted_sum(group.tensors, weight, work_dtype(first), divisor=sum(weight) if normalize else None,
-                        out_dtype=first.dtype)
+    dtype = work_dtype(first)
+    # Divided by the sum of weights when normalising (the weights rounded to the working dtype and
+    # summed there, as mergekit sums them); an exact zero sum is the user's choice.
+    divisor = torch.tensor(weight, dtype=dtype).sum().item() if normalize else None
+    return weighted_sum(group.tensors, weight, dtype, divisor=divisor, out_dtype=first.dtype)

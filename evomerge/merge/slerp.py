@@ -3,41 +3,65 @@
 ``t`` = 0 gives the base, 1 the other model. The angle is measured between the
 whole flattened tensors; when they are nearly colinear (|cos| above 0.9995)
 the formula is ill-conditioned, so the result falls back to linear
-interpolation. Accumulates in float32 (float64 stays float64).
+interpolation.
+
+The arithmetic is mergekit's ``slerp``, operation for operation, so the two agree bit for bit:
+computed in float32 (float64 stays float64) a chunk of ``_CHUNK`` entries at a time (the norms are
+the norm of the chunks' norms, the cosine the sum of the chunks' sums of products of the
+normalised entries), ``t`` and the coefficients float32 tensors, and each entry of the result
+``coef_a * a + coef_b * b`` rounded once to the inputs' dtype (the wider of the two).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from evomerge.merge._util import work_dtype
+from evomerge.merge._util import new_output
 from evomerge.merge.registry import BasePolicy, Param, TensorGroup, merge_method
 
 DOT_THRESHOLD = 0.9995
 NORM_EPS = 1e-8
+# mergekit's _CHUNK_ELEMENTS // (tensors merged in one batch); its graph executor merges one
+# tensor at a time, so a chunk is 1M entries.
+_CHUNK = 1024 * 1024
 
 
 def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-    dtype = work_dtype(v0)
-    a = v0.reshape(-1).to(dtype)
-    b = v1.reshape(-1).to(dtype)
-    norm_a = torch.linalg.vector_norm(a).item()
-    norm_b = torch.linalg.vector_norm(b).item()
-    norm_a = norm_a if norm_a > NORM_EPS else 1.0
-    norm_b = norm_b if norm_b > NORM_EPS else 1.0
-    dot = max(-1.0, min(1.0, torch.dot(a, b).item() / (norm_a * norm_b)))
-    if abs(dot) > DOT_THRESHOLD:
-        c0, c1 = 1.0 - t, t
-    else:
-        theta = math.acos(dot)
-        sin_theta = math.sin(theta)
-        c0 = math.sin((1.0 - t) * theta) / sin_theta
-        c1 = math.sin(t * theta) / sin_theta
-    out = torch.mul(a, c0)
-    out.add_(b, alpha=c1)
-    return out.reshape(v0.shape).to(v0.dtype)  # like every method: the inputs' dtype out
+    common = torch.promote_types(v0.dtype, v1.dtype)  # mergekit aligns the two inputs' dtypes first
+    dtype = torch.float64 if common == torch.float64 else torch.float32
+    a = v0.reshape(1, -1)  # mergekit's [outputs, entries] layout, one output
+    b = v1.reshape(1, -1)
+    tt = torch.tensor([t], dtype=dtype, device=v0.device).reshape(-1, 1)
+    n = a.shape[1]
+    if not n:
+        return ((1 - tt) * a + tt * b).reshape(v0.shape).to(common)
+    chunks = [slice(s, s + _CHUNK) for s in range(0, n, _CHUNK)]
+    norm_a = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(a[:, c].to(dtype), dim=1, keepdim=True) for c in chunks]), dim=0)
+    norm_b = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(b[:, c].to(dtype), dim=1, keepdim=True) for c in chunks]), dim=0)
+    norm_a = torch.where(norm_a > NORM_EPS, norm_a, 1)
+    norm_b = torch.where(norm_b > NORM_EPS, norm_b, 1)
+    dot_parts = []
+    for c in chunks:
+        x = a[:, c].to(dtype) / norm_a
+        y = b[:, c].to(dtype) / norm_b
+        dot_parts.append(x.mul_(y).sum(dim=1, keepdim=True))
+        del x, y
+    dot = torch.stack(dot_parts).sum(dim=0).clamp(-1, 1)
+    linear = dot.abs() > DOT_THRESHOLD
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin_theta = torch.sin(theta)
+    coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
+    coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+
+    out = new_output(a.shape, common, v0.device)
+    for c in chunks:
+        x = coef_a * a[:, c].to(dtype)
+        x.add_(coef_b * b[:, c].to(dtype))
+        out[:, c] = x  # rounded once to the inputs' dtype
+        del x
+    return out.reshape(v0.shape)
 
 
 @merge_method(
