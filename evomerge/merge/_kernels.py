@@ -191,3 +191,44 @@ def combine(b, xs, modes, lo, hi, masks, factor, weight, consensus, normalize, o
             ok &= abs(v) < np.inf  # NaN fails every comparison
         finite &= ok
     return finite
+
+
+LEAF = 128  # numpy's pairwise summation adds blocks of this many entries with eight accumulators
+
+
+@njit
+def dare_block(x, b, draws, thr, keep, leaves):  # pragma: no cover - compiled
+    """DARE's mask pass over one block of ``2**k * LEAF`` entries: keep bit i (packed, little
+    bit order, into ``keep``) where ``draws[i] < thr``, and the L1 sums of the float32 deltas
+    ``|x - b|`` before and after masking, in float64, each exactly the sum numpy's
+    ``np.add.reduce`` gives for those magnitudes as a float64 array (its pairwise summation:
+    leaves of LEAF entries in eight interleaved accumulators combined as
+    ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))``, then halves added pairwise), which
+    is how ``sparsify.l1_sum`` defines them. ``leaves``: float64 scratch of 2 x blocks/LEAF.
+    One pass, where numpy makes eight (subtract, abs, compare, pack, convert, sum, mask, sum)."""
+    n = x.shape[0]
+    count = n // LEAF
+    before = leaves[0]
+    after = leaves[1]
+    for leaf in range(count):
+        o = leaf * LEAF
+        for j in range(LEAF // 8):
+            byte = 0
+            for bit in range(8):
+                byte |= np.uint8(draws[o + 8 * j + bit] < thr) << bit
+            keep[(o >> 3) + j] = byte
+        r = np.zeros(8, dtype=np.float64)
+        s = np.zeros(8, dtype=np.float64)
+        for i in range(o, o + LEAF, 8):
+            for lane in range(8):
+                m = abs(x[i + lane] - b[i + lane])
+                r[lane] += np.float64(m)
+                s[lane] += np.float64(m) if draws[i + lane] < thr else 0.0
+        before[leaf] = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        after[leaf] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+    while count > 1:
+        count //= 2
+        for k in range(count):
+            before[k] = before[2 * k] + before[2 * k + 1]
+            after[k] = after[2 * k] + after[2 * k + 1]
+    return before[0], after[0]

@@ -36,6 +36,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from evomerge.merge import _kernels
 from evomerge.merge._pieces import Float32Pieces, flat_f32, use_half_pieces
 from evomerge.merge._scratch import CHUNK, scratch
 
@@ -111,10 +112,15 @@ class Uniform16:
     next call and drops the unused 16 bits, as ``integers`` does.
     """
 
-    def __init__(self, seed: int, device: torch.device) -> None:
+    def __init__(self, seed: int, device: torch.device, start: int = 0) -> None:
+        """``start`` (CPU, a multiple of 4): the stream from its ``start``-th uniform on, as a
+        stream drawn in pieces of multiples of 4 reaches it (each 64-bit word is 4 uniforms)."""
         self.device = device
         if device.type == "cpu":
             self._bits = np.random.PCG64(seed)
+            if start:
+                assert start % 4 == 0, start
+                self._bits.advance(start // 4)
             self._held: np.ndarray | None = None  # a kept 32-bit half, as two uint16
         else:
             self._torch = torch.Generator(device=device).manual_seed(seed)
@@ -190,14 +196,68 @@ def unpack_piece(packed: np.ndarray, start: int, stop: int) -> np.ndarray:
     return bits.view(np.bool_)
 
 
+def random_masks(
+    xs: list[torch.Tensor], base: torch.Tensor, densities: list[float], seeds: list[int], rescale: bool
+) -> list[tuple[np.ndarray, float]]:
+    """``random_mask`` of several models of one base (CPU, the numpy path's dtypes) at once,
+    each model's stream ``Uniform16(seeds[i])``: the work is cut into spans of ``SPAN`` entries
+    of every model, shared out on the worker threads (three models on two cores would otherwise
+    leave a core idle for a third of the pass). A span's draws start where its model's stream
+    stands at the span, and the L1 sums are the same per-block sums added in the same order:
+    the same masks and factors as one ``random_mask`` per model."""
+    n = base.numel()
+    ba = flat_f32(base, "b")
+    xas = [flat_f32(x, f"x{i}") for i, x in enumerate(xs)]
+    keeps = [np.empty((n + 7) // 8, dtype=np.uint8) for _ in xs]
+    tasks = [(i, a) for i in range(len(xs)) for a in range(0, n, SPAN)]
+
+    def span(i: int, start: int) -> tuple[list[float], list[float]]:
+        rng = Uniform16(seeds[i], base.device, start)
+        return _random_mask_np(xas[i], ba, keep_threshold(densities[i]), rng, rescale,
+                               start, min(start + SPAN, n), keeps[i])
+
+    sums = parallel_map(span, [i for i, _ in tasks], [a for _, a in tasks])
+    out = []
+    for i in range(len(xs)):
+        befores = [b for (j, _), (bs, _) in zip(tasks, sums, strict=True) if j == i for b in bs]
+        afters = [a for (j, _), (_, as_) in zip(tasks, sums, strict=True) if j == i for a in as_]
+        out.append((keeps[i], _ratio(_ordered_sum(befores), _ordered_sum(afters)) if rescale else 1.0))
+    return out
+
+
+def _ordered_sum(parts: list[float]) -> float:
+    total = 0.0
+    for p in parts:  # in order, from 0.0: as a single pass accumulates them
+        total += p
+    return total
+
+
+SPAN = 16 * SUM_BLOCK  # entries of one model per task of random_masks (a multiple of SUM_BLOCK)
+
+
 def _random_mask_np(
-    xa: np.ndarray | Float32Pieces, ba: np.ndarray | Float32Pieces, thr: int, rng: Uniform16, rescale: bool
-) -> tuple[np.ndarray, float]:
-    n = ba.size
-    keep = np.empty((n + 7) // 8, dtype=np.uint8)
-    before = after = 0.0
-    for start in range(0, n, SUM_BLOCK):  # (a multiple of 8: each block packs into whole bytes)
+    xa: np.ndarray | Float32Pieces, ba: np.ndarray | Float32Pieces, thr: int, rng: Uniform16, rescale: bool,
+    first: int = 0, last: int | None = None, keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, float] | tuple[list[float], list[float]]:
+    """The mask of entries ``first:last`` (default: all) into ``keep``; without ``keep``, the
+    whole mask and its factor, else the blocks' L1 sums (before, after) for the caller to add."""
+    whole = keep is None
+    n = ba.size if last is None else last
+    if keep is None:
+        keep = np.empty((n + 7) // 8, dtype=np.uint8)
+    befores, afters = [], []
+    fused = rescale and 0 < thr < 1 << 16 and _kernels.active()
+    for start in range(first, n, SUM_BLOCK):  # (a multiple of 8: each block packs into whole bytes)
         stop = min(start + SUM_BLOCK, n)
+        if fused and stop - start == SUM_BLOCK:  # the whole block in one compiled pass
+            leaves = scratch("dare-leaves", 2 * SUM_BLOCK // _kernels.LEAF, np.float64)
+            before, after = _kernels.dare_block(
+                xa[start:stop], ba[start:stop],
+                rng.draw_u16(SUM_BLOCK), thr, keep[start // 8 : stop // 8],
+                leaves.reshape(2, -1))
+            befores.append(before)
+            afters.append(after)
+            continue
         k = scratch("keep", stop - start, np.bool_)
         if thr >= 1 << 16:  # every uniform is below it; the stream is not needed
             k.fill(True)
@@ -212,23 +272,26 @@ def _random_mask_np(
             )
             np.abs(mags, out=mags)
             t = torch.from_numpy(mags)
-            before += l1_sum(t)
+            befores.append(l1_sum(t))
             np.multiply(mags, k, out=mags)
-            after += l1_sum(t)
-    return keep, _ratio(before, after) if rescale else 1.0
-
-
-_SERIAL = 1 << 15  # torch's grain size: an op on fewer entries runs on the calling thread
+            afters.append(l1_sum(t))
+    if not whole:
+        return befores, afters
+    return keep, _ratio(_ordered_sum(befores), _ordered_sum(afters)) if rescale else 1.0
 
 
 def l1_sum(mags: torch.Tensor) -> float:
-    """The sum of a piece of magnitudes, in float64. On the CPU in blocks of ``_SERIAL`` added in
-    order: these sums run on the merge's worker threads, where a larger torch reduction would
-    start an OpenMP team per thread and slow every later small torch op of the process (see
-    ``_pieces``); the blocks make the sum the same on every path."""
+    """The sum of a piece of magnitudes, in float64. On the CPU: numpy's pairwise sum of the
+    piece converted to float64 (``_kernels.dare_block`` computes the same sum in its fused
+    pass); no torch op, as these sums run on the merge's worker threads, where a torch
+    reduction would start an OpenMP team per thread and slow every later small torch op of the
+    process (see ``_pieces``)."""
     if mags.device.type != "cpu":
         return mags.sum(dtype=torch.float64).item()
-    return sum(mags[i : i + _SERIAL].sum(dtype=torch.float64).item() for i in range(0, mags.numel(), _SERIAL))
+    a = mags.detach().reshape(-1).numpy()
+    wide = scratch("l1-f64", a.size, np.float64)
+    np.copyto(wide, a)
+    return float(np.add.reduce(wide))
 
 
 def _ratio(before: float, after: float) -> float:

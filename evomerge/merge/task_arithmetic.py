@@ -156,6 +156,16 @@ def merge_task_vectors(
             range(n_models),
         )
         return combine_cpu(group, survivors, weight, consensus, normalize, lambda_, rounding)
+    if fast and sparsification == "random":
+        # Every model's mask at once, in spans shared out on the workers (sparsify.random_masks).
+        masked = [i for i in range(n_models) if density[i] < 1]
+        found = sparsify.random_masks(
+            [group.tensors[i] for i in masked], base, [density[i] for i in masked],
+            [_stream_seed(group.seed or 0, group.name, i) for i in masked], rescale)
+        masks = dict(zip(masked, found, strict=True))
+        survivors = [Survivors(weight[i] * masks[i][1], mask=masks[i][0]) if i in masks
+                     else Survivors(weight[i]) for i in range(n_models)]
+        return combine_cpu(group, survivors, weight, consensus, normalize, lambda_, rounding)
     if fast:  # one model per worker: each pass is independent and numpy releases the GIL
         survivors = sparsify.parallel_map(survivors_of, range(n_models))
         return combine_cpu(group, survivors, weight, consensus, normalize, lambda_, rounding)

@@ -285,3 +285,40 @@ def test_linear_on_bf16_accumulates_chunks_into_the_output_with_the_same_bits(mo
     got = METHODS.get("linear").fn(TensorGroup("t", tensors, None), weight=weights, normalize=normalize)
     assert got.dtype == torch.bfloat16
     assert torch.equal(got.view(torch.int16), whole.to(torch.bfloat16).view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masks_drawn_in_spans_on_the_workers_equal_one_pass_per_model(monkeypatch, dtype):
+    # Spans of one SUM_BLOCK: the tensor crosses three span boundaries and ends mid-block.
+    monkeypatch.setattr(sparsify, "SPAN", sparsify.SUM_BLOCK)
+    n = 3 * sparsify.SUM_BLOCK + 12345
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(n, generator=gen).to(dtype)
+    xs = [(base.float() + 0.01 * torch.randn(n, generator=gen)).to(dtype) for _ in range(3)]
+    densities, seeds = [0.3, 0.5, 0.9], [11, 12, 13]
+    spans = sparsify.random_masks(xs, base, densities, seeds, rescale=True)
+    for x, d, seed, (keep, factor) in zip(xs, densities, seeds, spans, strict=True):
+        one_keep, one_factor = sparsify.random_mask(x, base, d, sparsify.Uniform16(seed, base.device), True)
+        assert np.array_equal(keep, one_keep) and factor == one_factor
+        assert factor > 1  # rescaled: the kept entries' L1 is below the whole delta's
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_dare_pass_equals_the_numpy_path_bit_for_bit(monkeypatch, dtype):
+    # Two whole blocks go through the compiled pass, the tail through numpy: the masks and the
+    # L1 rescale factor (numpy's pairwise float64 sums, which the kernel reproduces) are equal.
+    n = 2 * sparsify.SUM_BLOCK + 1000
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(n, generator=gen).to(dtype)
+    x = (base.float() + 0.01 * torch.randn(n, generator=gen)).to(dtype)
+    same = torch.rand(n, generator=gen) < 0.6
+    x[same] = base[same]  # deltas mostly exact zeros, as a bf16 fine-tune's
+    results, calls = {}, []
+    real = sparsify._kernels.dare_block
+    for fused in (True, False):
+        monkeypatch.setattr(sparsify._kernels, "ENABLED", fused)
+        monkeypatch.setattr(sparsify._kernels, "dare_block", lambda *a: calls.append(fused) or real(*a))
+        results[fused] = sparsify.random_mask(x, base, 0.3, sparsify.Uniform16(7, base.device), True)
+    assert calls and set(calls) == {True}  # the compiled pass ran, and only where enabled
+    assert np.array_equal(results[True][0], results[False][0])
+    assert results[True][1] == results[False][1] and results[True][1] > 1
