@@ -115,28 +115,45 @@ def count_windows(xs, b, lo, hi, inside, below, at_lo, count):  # pragma: no cov
 
 
 @njit
-def combine(b, xs, modes, lo, hi, masks, factor, weight, consensus, normalize, out,
-            d, d_bits, mixed, mixed_bits, total, divisor):  # pragma: no cover - compiled
+def combine(b, xs, bf16, modes, lo, hi, masks, factor, weight, consensus, normalize, out,
+            d, d_bits, mixed, mixed_bits, total, divisor, conv, conv_bits):  # pragma: no cover - compiled
     """``merge_task_vectors``' second pass over one piece: rebuild each kept, weighted delta,
     sum them (TIES: keep those agreeing with the sum's sign, divide by their weights), add
-    the base. ``masks``: bit-packed (``numpy.packbits``, little bit order) for MASK models. ``factor``/``weight``/``lo``/``hi``: per model, in ``b``'s dtype (``factor[i]
-    == 1`` multiplies by one, which changes nothing). ``d`` (models x BLOCK), ``mixed`` and
-    ``total``, ``divisor`` (BLOCK) are scratch in ``b``'s dtype, ``d_bits`` and
-    ``mixed_bits`` their same-width integer views. Returns whether every output value is finite.
+    the base. ``b``, ``xs`` and ``out``: float32, or with ``bf16`` bfloat16 bits as uint16 (read
+    as float32 a block at a time, exactly; the result rounded to nearest, ties to even, as
+    torch converts; a NaN as 0x7FC0), so that no conversion pass over the tensors is made.
+    (float64 works as float32 does.) ``masks``: bit-packed (``numpy.packbits``, little bit
+    order) for MASK models. ``factor``/``weight``/``lo``/``hi``: per model, in the working
+    dtype (``factor[i] == 1`` multiplies by one, which changes nothing). ``d`` (models x
+    BLOCK), ``mixed`` and ``total``, ``divisor`` (BLOCK) are scratch in the working dtype,
+    ``d_bits`` and ``mixed_bits`` their same-width integer views; ``conv`` ((models + 2) x
+    BLOCK) scratch for the block's inputs and output, ``conv_bits`` its unsigned integer view.
+    Returns whether every output value is finite.
 
     Each inner loop runs over a block of elements with selects, not branches, so that it
     vectorises; the loop over models is outside (indexing a tuple is a switch)."""
     n_models = len(xs)
     n = b.shape[0]
-    zero = np.zeros(1, dtype=b.dtype)[0]  # typed: float32 arithmetic stays float32
-    one = np.ones(1, dtype=b.dtype)[0]
+    zero = np.zeros(1, dtype=conv.dtype)[0]  # typed: float32 arithmetic stays float32
+    one = np.ones(1, dtype=conv.dtype)[0]
     sign_bit = mixed_bits.dtype.type(1) << (8 * mixed_bits.itemsize - 1)
     finite = True
     for start in range(0, n, BLOCK):
         m = min(BLOCK, n - start)
-        bb = b[start:start + m]
+        # The block's inputs in float32: row i model i, row n_models the base.
+        for i in range(n_models + 1):
+            src = b if i == n_models else xs[i]
+            if bf16:
+                row_bits = conv_bits[i]
+                for k in range(m):
+                    row_bits[k] = np.uint32(src[start + k]) << 16
+            else:
+                row = conv[i]
+                for k in range(m):
+                    row[k] = src[start + k]
+        bb = conv[n_models]
         for i in range(n_models):
-            x = xs[i][start:start + m]
+            x = conv[i]
             di = d[i]
             mode = modes[i]
             f = factor[i]
@@ -183,12 +200,23 @@ def combine(b, xs, modes, lo, hi, masks, factor, weight, consensus, normalize, o
             else:
                 for k in range(m):
                     mixed[k] = total[k]
-        o = out[start:start + m]
         ok = True
-        for k in range(m):
-            v = bb[k] + mixed[k]
-            o[k] = v
-            ok &= abs(v) < np.inf  # NaN fails every comparison
+        if bf16:
+            res = conv[n_models + 1]
+            res_bits = conv_bits[n_models + 1]
+            for k in range(m):
+                res[k] = bb[k] + mixed[k]
+            for k in range(m):
+                u = res_bits[k]
+                r = np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
+                r = np.uint16(0x7FC0) if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r
+                out[start + k] = r
+                ok &= (r & np.uint16(0x7F80)) != np.uint16(0x7F80)
+        else:
+            for k in range(m):
+                v = bb[k] + mixed[k]
+                out[start + k] = v
+                ok &= abs(v) < np.inf  # NaN fails every comparison
         finite &= ok
     return finite
 
@@ -197,33 +225,49 @@ LEAF = 128  # numpy's pairwise summation adds blocks of this many entries with e
 
 
 @njit
-def dare_block(x, b, draws, thr, keep, leaves):  # pragma: no cover - compiled
+def dare_block(x, b, bf16, draws, thr, keep, leaves):  # pragma: no cover - compiled
     """DARE's mask pass over one block of ``2**k * LEAF`` entries: keep bit i (packed, little
     bit order, into ``keep``) where ``draws[i] < thr``, and the L1 sums of the float32 deltas
     ``|x - b|`` before and after masking, in float64, each exactly the sum numpy's
     ``np.add.reduce`` gives for those magnitudes as a float64 array (its pairwise summation:
     leaves of LEAF entries in eight interleaved accumulators combined as
     ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))``, then halves added pairwise), which
-    is how ``sparsify.l1_sum`` defines them. ``leaves``: float64 scratch of 2 x blocks/LEAF.
-    One pass, where numpy makes eight (subtract, abs, compare, pack, convert, sum, mask, sum)."""
+    is how ``sparsify.l1_sum`` defines them. ``x``, ``b``: float32, or with ``bf16`` the bfloat16
+    bits as uint16 (read as float32 a leaf at a time, exactly). ``leaves``: float64 scratch of
+    2 x blocks/LEAF. One pass, where numpy makes eight (convert, subtract, abs, compare, pack,
+    widen, sum, mask and sum again)."""
     n = x.shape[0]
     count = n // LEAF
     before = leaves[0]
     after = leaves[1]
+    xbits = np.empty(LEAF, dtype=np.uint32)
+    bbits = np.empty(LEAF, dtype=np.uint32)
+    xl = xbits.view(np.float32)
+    bl = bbits.view(np.float32)
+    r = np.zeros(8, dtype=np.float64)
+    s = np.zeros(8, dtype=np.float64)
     for leaf in range(count):
         o = leaf * LEAF
+        if bf16:
+            for i in range(LEAF):
+                xbits[i] = np.uint32(x[o + i]) << 16
+                bbits[i] = np.uint32(b[o + i]) << 16
+        else:
+            for i in range(LEAF):
+                xl[i] = x[o + i]
+                bl[i] = b[o + i]
         for j in range(LEAF // 8):
             byte = 0
             for bit in range(8):
                 byte |= np.uint8(draws[o + 8 * j + bit] < thr) << bit
             keep[(o >> 3) + j] = byte
-        r = np.zeros(8, dtype=np.float64)
-        s = np.zeros(8, dtype=np.float64)
-        for i in range(o, o + LEAF, 8):
+        r[:] = 0.0
+        s[:] = 0.0
+        for i in range(0, LEAF, 8):
             for lane in range(8):
-                m = abs(x[i + lane] - b[i + lane])
-                r[lane] += np.float64(m)
-                s[lane] += np.float64(m) if draws[i + lane] < thr else 0.0
+                m = np.float64(abs(xl[i + lane] - bl[i + lane]))
+                r[lane] += m
+                s[lane] += m if draws[o + i + lane] < thr else 0.0
         before[leaf] = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
         after[leaf] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
     while count > 1:

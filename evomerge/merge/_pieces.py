@@ -101,6 +101,11 @@ class Float32Pieces:
         self._bf16 = flat.dtype == torch.bfloat16
         self._data = flat.view(torch.int16).numpy().view(np.uint16) if self._bf16 else flat.numpy()
 
+    def bf16_bits(self, start: int, stop: int) -> np.ndarray | None:
+        """Entries ``start:stop`` as bfloat16 bits (uint16, no copy), for a compiled loop that
+        reads them itself; None where the tensor is float16."""
+        return self._data[start:stop] if self._bf16 else None
+
     def _convert(self, src: np.ndarray, out: np.ndarray) -> np.ndarray:
         if self._bf16:
             np.left_shift(src, 16, out=out.view(np.uint32), dtype=np.uint32)

@@ -144,6 +144,7 @@ def combine_cpu(
             chunk(start, min(start + sparsify.CHUNK, last))
 
     run = run_chunks
+    bits = None
     if (_kernels.active() and rnd is None and lambda_ == 1 and (consensus or not normalize)
             and all(d is None for d in dense)):
         # The common case (TIES, DARE, breadcrumbs, task arithmetic) in one fused pass.
@@ -157,25 +158,46 @@ def combine_cpu(
         none = np.zeros(0, dtype=np.uint8)
         masks_ = tuple(none if m is None else m for m in masks)
 
+        bits = _bf16_views(base, group.tensors, out)  # bf16 read and written in the loop
+
         def run_compiled(first: int, last: int) -> bool:  # whether every output is finite
             sl = slice(first, last)
             scratch, block = sparsify.scratch, _kernels.BLOCK
             d = scratch("fused-d", len(xs) * block, ba.dtype).reshape(len(xs), block)
             mixed = scratch("fused-mixed", block, ba.dtype)
-            dst = oa.piece(first, last)
-            finite = _kernels.combine(ba[sl], tuple(x[sl] for x in xs), modes, lo, hi,
+            conv = scratch("fused-conv", (len(xs) + 2) * block, ba.dtype).reshape(len(xs) + 2, block)
+            if bits is not None:
+                b_in, x_in, dst = bits[0][sl], tuple(x[sl] for x in bits[1]), bits[2][sl]
+            else:
+                b_in, x_in, dst = ba[sl], tuple(x[sl] for x in xs), oa.piece(first, last)
+            finite = _kernels.combine(b_in, x_in, bits is not None, modes, lo, hi,
                                       tuple(m if m.size == 0 else m[first // 8:(last + 7) // 8] for m in masks_),
                                       factor, weights,
                                       consensus, normalize, dst, d, d.view(it), mixed, mixed.view(it),
                                       scratch("fused-total", block, ba.dtype),
-                                      scratch("fused-divisor", block, ba.dtype))
-            oa.put(dst, first, last)
+                                      scratch("fused-divisor", block, ba.dtype),
+                                      conv, conv.view(np.uint32 if ba.dtype == np.float32 else np.uint64))
+            if bits is None:
+                oa.put(dst, first, last)
             return finite
 
         run = run_compiled
     # Chunk-aligned pieces, several per worker: a descheduled worker holds up one piece only.
     starts = range(0, n, sparsify.PIECE)
     finite = sparsify.parallel_map(run, starts, [min(a + sparsify.PIECE, n) for a in starts])
-    if oa.direct and all(f is True for f in finite):  # (a finite float32 may round to inf in fp16)
+    if (oa.direct or run is not run_chunks and bits is not None) and all(f is True for f in finite):
+        # (the numpy path checks float32 values, and a finite one may round to inf in fp16)
         mark_finite(out)
     return out
+
+
+def _bf16_views(base: torch.Tensor, xs: list[torch.Tensor], out: torch.Tensor):
+    """(base, inputs, output) as flat uint16 views of their bfloat16 bits, where all are bf16
+    CPU tensors (the compiled loop reads and rounds them itself); else None."""
+    if not all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in (base, *xs, out)):
+        return None
+
+    def view(t: torch.Tensor) -> np.ndarray:
+        return t.detach().reshape(-1).view(torch.int16).numpy().view(np.uint16)
+
+    return view(base), [view(x) for x in xs], view(out)

@@ -251,8 +251,9 @@ def _random_mask_np(
         stop = min(start + SUM_BLOCK, n)
         if fused and stop - start == SUM_BLOCK:  # the whole block in one compiled pass
             leaves = scratch("dare-leaves", 2 * SUM_BLOCK // _kernels.LEAF, np.float64)
+            bits = _bf16_bits(xa, ba, start, stop)  # bf16 read in the loop: no conversion pass
             before, after = _kernels.dare_block(
-                xa[start:stop], ba[start:stop],
+                *(bits or (xa[start:stop], ba[start:stop])), bits is not None,
                 rng.draw_u16(SUM_BLOCK), thr, keep[start // 8 : stop // 8],
                 leaves.reshape(2, -1))
             befores.append(before)
@@ -278,6 +279,15 @@ def _random_mask_np(
     if not whole:
         return befores, afters
     return keep, _ratio(_ordered_sum(befores), _ordered_sum(afters)) if rescale else 1.0
+
+
+def _bf16_bits(xa, ba, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both pieces' bfloat16 bits, where both are bf16 pieces."""
+    if isinstance(xa, Float32Pieces) and isinstance(ba, Float32Pieces):
+        x, b = xa.bf16_bits(start, stop), ba.bf16_bits(start, stop)
+        if x is not None and b is not None:
+            return x, b
+    return None
 
 
 def l1_sum(mags: torch.Tensor) -> float:

@@ -197,21 +197,29 @@ def test_order_statistics_inside_and_at_the_edge_of_a_large_tie(monkeypatch, fus
 def test_the_fused_combine_reports_non_finite_output():
     from evomerge.merge import _kernels
 
-    b = np.zeros(4, dtype=np.float32)
     one = np.ones(1, dtype=np.float32)
     d = np.empty((1, _kernels.BLOCK), np.float32)
     mixed, total, divisor = (np.empty(_kernels.BLOCK, np.float32) for _ in range(3))
-    out = np.empty(4, dtype=np.float32)
+    conv = np.empty((3, _kernels.BLOCK), np.float32)
 
-    def combine(x):  # one model kept whole, TIES-normalized
-        return _kernels.combine(b, (x,), np.zeros(1, np.int8), one * 0, one * np.inf,
-                                (np.zeros(0, np.bool_),), one, one, True, True, out,
-                                d, d.view(np.int32), mixed, mixed.view(np.int32), total, divisor)
+    def combine(x, bf16=False):  # one model kept whole, TIES-normalized, onto a zero base
+        if bf16:  # bfloat16 bits in and out, rounded in the loop
+            x = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        b = np.zeros(4, dtype=x.dtype)
+        out = np.empty(4, dtype=x.dtype)
+        finite = _kernels.combine(b, (x,), bf16, np.zeros(1, np.int8), one * 0, one * np.inf,
+                                  (np.zeros(0, np.bool_),), one, one, True, True, out,
+                                  d, d.view(np.int32), mixed, mixed.view(np.int32), total, divisor,
+                                  conv, conv.view(np.uint32))
+        got = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16).float().numpy() if bf16 else out
+        return finite, got.tolist()
 
-    assert not combine(np.array([1, 2, np.inf, 4], dtype=np.float32))
-    assert not combine(np.array([1, np.nan, 3, 4], dtype=np.float32))
-    assert combine(np.array([1, -2, 3, 0], np.float32))
-    assert out.tolist() == [1, -2, 3, 0]
+    for bf16 in (False, True):
+        assert not combine(np.array([1, 2, np.inf, 4], dtype=np.float32), bf16)[0]
+        assert not combine(np.array([1, np.nan, 3, 4], dtype=np.float32), bf16)[0]
+        assert combine(np.array([1, -2, 3, 0], np.float32), bf16) == (True, [1, -2, 3, 0])
+    big = float(torch.finfo(torch.bfloat16).max)  # the largest finite bf16 stays finite
+    assert combine(np.array([big, -big, 0.5, 0.25], np.float32), True) == (True, [big, -big, 0.5, 0.25])
 
 
 def test_kept_samples_give_the_same_order_statistics_and_never_a_wrong_one():
