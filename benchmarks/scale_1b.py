@@ -5,7 +5,9 @@ are mostly exact zeros; generated once, ~10 GB), per merge method (TIES, DARE-TI
 
 * **evomerge**, as a search worker holds it: the sources memory-mapped (``InMemoryMerger``, run
   dtype bf16), one resident bf16 model loaded with transformers, each candidate merged into it
-  (``--repeats`` candidates a method, their weights differing); then a short generation task
+  (``--repeats`` candidates a method, their weights differing), computing in float32 as a
+  search's recipes do (and, for the deterministic methods, again with ``dtype: bfloat16``:
+  mergekit's arithmetic, bit-exact with its result, not a target); then a short generation task
   (16 prompts, 16 new tokens, one batch, KV cache) with evomerge's ``greedy_generate`` and with
   transformers' ``generate`` on the same model and batch (``--repeats`` each). The worker's peak
   anonymous (``RssAnon``) and file-backed (``RssFile``) memory over the whole run.
@@ -107,14 +109,20 @@ def part_evomerge(paths: dict[str, Path], methods: list[str], repeats: int) -> d
         merger = InMemoryMerger({str(p): str(p) for p in paths.values()}, dtype=torch.bfloat16)
         model, tokenizer = load_causal_lm(paths["base"], dtype=torch.bfloat16)
         out["start_s"] = time.perf_counter() - t
+        out["merge_bf16"] = {}
         for method in methods:
-            times = []
-            for k in range(repeats):
-                recipe = Recipe.from_dict(mergekit_config(paths, method, k))
-                t = time.perf_counter()
-                merger.merge(recipe, into=model)
-                times.append(time.perf_counter() - t)
-            out["merge"][method] = times
+            # A search's recipes compute in float32 (rounded once into the bf16 resident model);
+            # `dtype: bfloat16` is mergekit's arithmetic, step by step in bf16 (bit-exact with it).
+            for dtype, into in (("float32", out["merge"]), ("bfloat16", out["merge_bf16"])):
+                if dtype == "bfloat16" and method == "dare_ties":
+                    continue  # random masks compute in float32 in either case
+                times = []
+                for k in range(repeats):
+                    recipe = Recipe.from_dict({**mergekit_config(paths, method, k), "dtype": dtype})
+                    t = time.perf_counter()
+                    merger.merge(recipe, into=model)
+                    times.append(time.perf_counter() - t)
+                into[method] = times
         texts = prompts()
         _generate_evomerge(model, tokenizer, texts[:2])  # first-call set-up, not a repeat
         out["generate_evomerge"] = [_generate_evomerge(model, tokenizer, texts) for _ in range(repeats)]
@@ -233,6 +241,8 @@ def main() -> None:
             total = disk["merge_s"] + disk["load_s"]
             line += f" {total:18.1f} {total / med:6.1f} {api['merge_s']:12.1f} {api['merge_s'] / med:6.2f}"
         print(line, flush=True)
+    for method, times in evo["merge_bf16"].items():
+        print(f"{method:10s} {spread(times):>32s}   (evomerge with dtype: bfloat16, mergekit's arithmetic)")
     gen_e, gen_h = evo["generate_evomerge"], evo["generate_hf"]
     print(f"generation, {PROMPTS} prompts x {NEW_TOKENS} new tokens, one batch: evomerge {spread(gen_e)} s, "
           f"transformers generate {spread(gen_h)} s (ratio of medians {statistics.median(gen_h) / statistics.median(gen_e):.2f})")
