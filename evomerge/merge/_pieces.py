@@ -71,8 +71,11 @@ def round_half(a: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
 
 
 def round_scalar(value: float, dtype: torch.dtype | None) -> float:
-    """A Python number as a tensor of ``dtype`` holds it (unchanged for None)."""
-    return value if dtype is None else torch.tensor(value, dtype=dtype).item()
+    """A Python number as a tensor of ``dtype`` holds it (unchanged for None): as torch converts
+    it, through float32. In numpy: this runs on the merge's worker threads too (no torch op there)."""
+    if dtype is None:
+        return value
+    return float(round_half(np.array([value], dtype=np.float32), dtype)[0])
 
 
 def use_half_pieces(*tensors: torch.Tensor) -> bool:
