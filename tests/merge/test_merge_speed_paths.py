@@ -325,7 +325,7 @@ def test_the_fused_dare_pass_equals_the_numpy_path_bit_for_bit(monkeypatch, dtyp
     real = sparsify._kernels.dare_block
     for fused in (True, False):
         monkeypatch.setattr(sparsify._kernels, "ENABLED", fused)
-        monkeypatch.setattr(sparsify._kernels, "dare_block", lambda *a: calls.append(fused) or real(*a))
+        monkeypatch.setattr(sparsify._kernels, "dare_block", lambda *a, f=fused: calls.append(f) or real(*a))
         results[fused] = sparsify.random_mask(x, base, 0.3, sparsify.Uniform16(7, base.device), True)
     assert calls and set(calls) == {True}  # the compiled pass ran, and only where enabled
     assert np.array_equal(results[True][0], results[False][0])
