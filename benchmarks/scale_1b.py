@@ -103,30 +103,35 @@ def part_evomerge(paths: dict[str, Path], methods: list[str], repeats: int) -> d
     from evomerge.merge.in_memory import InMemoryMerger
     from evomerge.testing.memory import MemoryWatch
 
-    out: dict = {"merge": {}}
-    with MemoryWatch() as watch:
+    out: dict = {"merge": {}, "merge_bf16": {}}
+    t = time.perf_counter()
+    merger = InMemoryMerger({str(p): str(p) for p in paths.values()}, dtype=torch.bfloat16)
+    model, tokenizer = load_causal_lm(paths["base"], dtype=torch.bfloat16)
+    out["start_s"] = time.perf_counter() - t
+
+    def candidate(method: str, k: int, dtype: str = "float32") -> float:
+        recipe = Recipe.from_dict({**mergekit_config(paths, method, k), "dtype": dtype})
         t = time.perf_counter()
-        merger = InMemoryMerger({str(p): str(p) for p in paths.values()}, dtype=torch.bfloat16)
-        model, tokenizer = load_causal_lm(paths["base"], dtype=torch.bfloat16)
-        out["start_s"] = time.perf_counter() - t
-        out["merge_bf16"] = {}
+        merger.merge(recipe, into=model)
+        return time.perf_counter() - t
+
+    for method in methods:
+        # A search's recipes compute in float32 (rounded once into the bf16 resident model);
+        # `dtype: bfloat16` is mergekit's arithmetic, step by step in bf16 (bit-exact with it;
+        # random masks compute in float32 either way, so DARE is not repeated).
+        out["merge"][method] = [candidate(method, k) for k in range(repeats)]
+        if method != "dare_ties":
+            out["merge_bf16"][method] = [candidate(method, k, "bfloat16") for k in range(repeats)]
+    texts = prompts()
+    _generate_evomerge(model, tokenizer, texts[:2])  # first-call set-up, not a repeat
+    out["generate_evomerge"] = [_generate_evomerge(model, tokenizer, texts) for _ in range(repeats)]
+    out["generate_hf"] = [_generate_hf(model, tokenizer, texts) for _ in range(repeats)]
+    # The worker's memory, apart from the timings: the 1 ms sampler thread slowed linear's
+    # many short torch ops by a fifth on 2 cores. One more candidate a method, then generation.
+    with MemoryWatch() as watch:
         for method in methods:
-            # A search's recipes compute in float32 (rounded once into the bf16 resident model);
-            # `dtype: bfloat16` is mergekit's arithmetic, step by step in bf16 (bit-exact with it).
-            for dtype, into in (("float32", out["merge"]), ("bfloat16", out["merge_bf16"])):
-                if dtype == "bfloat16" and method == "dare_ties":
-                    continue  # random masks compute in float32 in either case
-                times = []
-                for k in range(repeats):
-                    recipe = Recipe.from_dict({**mergekit_config(paths, method, k), "dtype": dtype})
-                    t = time.perf_counter()
-                    merger.merge(recipe, into=model)
-                    times.append(time.perf_counter() - t)
-                into[method] = times
-        texts = prompts()
-        _generate_evomerge(model, tokenizer, texts[:2])  # first-call set-up, not a repeat
-        out["generate_evomerge"] = [_generate_evomerge(model, tokenizer, texts) for _ in range(repeats)]
-        out["generate_hf"] = [_generate_hf(model, tokenizer, texts) for _ in range(repeats)]
+            candidate(method, repeats)
+        _generate_evomerge(model, tokenizer, texts)
     out["anon_peak"], out["file_peak"] = watch.peak["RssAnon"], watch.peak["RssFile"]
     return out
 
