@@ -9,8 +9,10 @@ are mostly exact zeros; generated once, ~10 GB), per merge method (TIES, DARE-TI
   search's recipes do (and, for the deterministic methods, again with ``dtype: bfloat16``:
   mergekit's arithmetic, bit-exact with its result, not a target); then a short generation task
   (16 prompts, 16 new tokens, one batch, KV cache) with evomerge's ``greedy_generate`` and with
-  transformers' ``generate`` on the same model and batch (``--repeats`` each). The worker's peak
-  anonymous (``RssAnon``) and file-backed (``RssFile``) memory over the whole run.
+  transformers' ``generate`` on the same model and batch (``--repeats`` each). Then, apart from
+  the timings (a 1 ms sampler thread slows short torch ops on 2 cores), the worker's peak
+  anonymous (``RssAnon``) and file-backed (``RssFile``) memory over one more candidate a method
+  and a generation.
 * **mergekit-evolve's on-disk loop**, once a method: mergekit's ``run_merge`` to a directory,
   then ``AutoModelForCausalLM.from_pretrained`` of it (bf16), then the same generation.
 * **mergekit's in-memory API** (0.1.5: ``mergekit.merge_methods.api.merge_state_dicts``), once a
