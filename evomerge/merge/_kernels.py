@@ -66,6 +66,7 @@ class _Compiled:
                 if self._compiled is None:
                     from numba import njit
 
+                    _compile_helpers()
                     self._compiled = njit(nogil=True, cache=True, error_model="numpy")(self.fn)
         return self._compiled(*args)
 
@@ -114,14 +115,37 @@ def count_windows(xs, b, lo, hi, inside, below, at_lo, count):  # pragma: no cov
             count[i, j] = c
 
 
+def _compile_helpers() -> None:
+    """Compile the helpers the loops call (a loop sees them as module globals when compiled)."""
+    global _round_bf16
+    if not hasattr(_round_bf16, "py_func"):
+        from numba import njit
+
+        _round_bf16 = njit(inline="always", nogil=True, cache=True)(_round_bf16)
+
+
+def _round_bf16(bits, m):  # pragma: no cover - compiled (inlined into the loops below)
+    """The first ``m`` float32 values behind integer view ``bits`` rounded in place to bfloat16's
+    values (to nearest, ties to even), as torch converts (a NaN stays a NaN)."""
+    for k in range(m):
+        u = np.uint32(bits[k])
+        if (u & np.uint32(0x7FFFFFFF)) <= np.uint32(0x7F800000):
+            u = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+        bits[k] = u
+
+
 @njit
-def combine(b, xs, bf16, modes, lo, hi, masks, factor, weight, consensus, normalize, out,
-            d, d_bits, mixed, mixed_bits, total, divisor, conv, conv_bits):  # pragma: no cover - compiled
+def combine(b, xs, bf16, rounding, modes, lo, hi, masks, factor, weight, consensus, normalize, out,
+            d, d_bits, mixed, mixed_bits, total, total_bits, divisor, divisor_bits, conv,
+            conv_bits):  # pragma: no cover - compiled
     """``merge_task_vectors``' second pass over one piece: rebuild each kept, weighted delta,
     sum them (TIES: keep those agreeing with the sum's sign, divide by their weights), add
     the base. ``b``, ``xs`` and ``out``: float32, or with ``bf16`` bfloat16 bits as uint16 (read
     as float32 a block at a time, exactly; the result rounded to nearest, ties to even, as
     torch converts; a NaN as 0x7FC0), so that no conversion pass over the tensors is made.
+    ``rounding`` (with ``bf16``): mergekit's arithmetic in bf16, each step rounded where the
+    numpy path rounds it (``combine_cpu``: the delta, the weighted delta, the sums, the
+    quotient); ``factor``, ``weight``, ``lo``, ``hi`` then hold bf16 values.
     (float64 works as float32 does.) ``masks``: bit-packed (``numpy.packbits``, little bit
     order) for MASK models. ``factor``/``weight``/``lo``/``hi``: per model, in the working
     dtype (``factor[i] == 1`` multiplies by one, which changes nothing). ``d`` (models x
@@ -157,10 +181,14 @@ def combine(b, xs, bf16, modes, lo, hi, masks, factor, weight, consensus, normal
             di = d[i]
             mode = modes[i]
             f = factor[i]
+            for k in range(m):
+                di[k] = x[k] - bb[k]
+            if rounding:  # the delta is rounded before its magnitude is compared or weighted
+                _round_bf16(d_bits[i], m)
             if mode == 1:
                 lo_i, hi_i = lo[i], hi[i]
                 for k in range(m):
-                    t = x[k] - bb[k]
+                    t = di[k]
                     a = abs(t)
                     di[k] = t * (one if (a >= lo_i) & (a <= hi_i) else zero) * f
             elif mode == 2:  # the mask is bit-packed, little bit order, from this piece's start
@@ -168,10 +196,12 @@ def combine(b, xs, bf16, modes, lo, hi, masks, factor, weight, consensus, normal
                 for k in range(m):
                     j = start + k
                     kept = (mask[j >> 3] >> (j & 7)) & 1
-                    di[k] = (x[k] - bb[k]) * (one if kept else zero) * f
+                    di[k] = di[k] * (one if kept else zero) * f
             else:
                 for k in range(m):
-                    di[k] = (x[k] - bb[k]) * f
+                    di[k] = di[k] * f
+            if rounding:
+                _round_bf16(d_bits[i], m)
         for k in range(m):
             mixed[k] = d[0, k]
         for i in range(1, n_models):
@@ -193,6 +223,9 @@ def combine(b, xs, bf16, modes, lo, hi, masks, factor, weight, consensus, normal
                     agrees = (d_bits[i, k] ^ mixed_bits[k]) > 0
                     total[k] = total[k] + d[i, k] * (one if agrees else zero)
                     divisor[k] = divisor[k] + (one if agrees else zero) * w
+            if rounding:  # the sums accumulated in float32, rounded once
+                _round_bf16(total_bits, m)
+                _round_bf16(divisor_bits, m)
             if normalize:
                 for k in range(m):
                     q = divisor[k]
@@ -200,6 +233,8 @@ def combine(b, xs, bf16, modes, lo, hi, masks, factor, weight, consensus, normal
             else:
                 for k in range(m):
                     mixed[k] = total[k]
+        if rounding:
+            _round_bf16(mixed_bits, m)
         ok = True
         if bf16:
             res = conv[n_models + 1]

@@ -145,20 +145,19 @@ def combine_cpu(
 
     run = run_chunks
     bits = None
-    if (_kernels.active() and rnd is None and lambda_ == 1 and (consensus or not normalize)
-            and all(d is None for d in dense)):
+    bits = _bf16_views(base, group.tensors, out)  # bf16 read and written in the loop
+    if (_kernels.active() and (rnd is None or rnd == torch.bfloat16 and bits is not None)
+            and lambda_ == 1 and (consensus or not normalize) and all(d is None for d in dense)):
         # The common case (TIES, DARE, breadcrumbs, task arithmetic) in one fused pass.
         modes = np.array([_kernels.MASK if m is not None else
                           _kernels.KEEP_ALL if s.keeps_all else _kernels.BAND
                           for s, m in zip(survivors, masks, strict=True)], dtype=np.int8)
-        lo = np.array([s.lo for s in survivors], dtype=ba.dtype)
+        lo = np.array([s.lo for s in survivors], dtype=ba.dtype)  # (rounded already, with rnd)
         hi = np.array([s.hi for s in survivors], dtype=ba.dtype)
-        factor = np.array([s.factor for s in survivors], dtype=ba.dtype)
-        weights = np.array(weight, dtype=ba.dtype)
+        factor = np.array([round_scalar(s.factor, rnd) for s in survivors], dtype=ba.dtype)
+        weights = np.array(weight, dtype=ba.dtype)  # (rounded above, with rnd)
         none = np.zeros(0, dtype=np.uint8)
         masks_ = tuple(none if m is None else m for m in masks)
-
-        bits = _bf16_views(base, group.tensors, out)  # bf16 read and written in the loop
 
         def run_compiled(first: int, last: int) -> bool:  # whether every output is finite
             sl = slice(first, last)
@@ -170,12 +169,13 @@ def combine_cpu(
                 b_in, x_in, dst = bits[0][sl], tuple(x[sl] for x in bits[1]), bits[2][sl]
             else:
                 b_in, x_in, dst = ba[sl], tuple(x[sl] for x in xs), oa.piece(first, last)
-            finite = _kernels.combine(b_in, x_in, bits is not None, modes, lo, hi,
+            total = scratch("fused-total", block, ba.dtype)
+            divisor = scratch("fused-divisor", block, ba.dtype)
+            finite = _kernels.combine(b_in, x_in, bits is not None, rnd is not None, modes, lo, hi,
                                       tuple(m if m.size == 0 else m[first // 8:(last + 7) // 8] for m in masks_),
-                                      factor, weights,
-                                      consensus, normalize, dst, d, d.view(it), mixed, mixed.view(it),
-                                      scratch("fused-total", block, ba.dtype),
-                                      scratch("fused-divisor", block, ba.dtype),
+                                      factor, weights, consensus, normalize, dst,
+                                      d, d.view(it), mixed, mixed.view(it), total, total.view(it),
+                                      divisor, divisor.view(it),
                                       conv, conv.view(np.uint32 if ba.dtype == np.float32 else np.uint64))
             if bits is None:
                 oa.put(dst, first, last)

@@ -68,12 +68,19 @@ HALF_ARITHMETIC = {  # deterministic members, and the options that add a rounded
 }
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", sorted(HALF_ARITHMETIC))
-def test_half_merges_follow_torchs_arithmetic_in_that_dtype(case, dtype, monkeypatch):
+def test_half_merges_follow_torchs_arithmetic_in_that_dtype(case, dtype, compiled, monkeypatch):
+    # (the compiled loop takes bf16 without lambda or a normalised sum without consensus)
     name = case.split("-")[0]
+    calls = []
+    real = _kernels.combine
+    monkeypatch.setattr(_kernels, "combine", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_kernels, "ENABLED", compiled)
     base, models = _inputs(dtype)
     got = _merge(name, base, models, **HALF_ARITHMETIC[case])
+    got_compiled = bool(calls)
     with computing_in_float32():
         once = _merge(name, base, models, **HALF_ARITHMETIC[case])
     # The torch loop (the path other devices take) in the half dtype: mergekit's order of ops.
@@ -82,6 +89,7 @@ def test_half_merges_follow_torchs_arithmetic_in_that_dtype(case, dtype, monkeyp
     assert got.dtype == dtype
     assert torch.equal(got, want), f"{int((got != want).sum())} entries differ"
     assert not torch.equal(got, once)  # the two arithmetics differ on these inputs
+    assert got_compiled == (compiled and dtype == torch.bfloat16 and case in ("ties", "breadcrumbs_ties", "task_arithmetic"))
 
 
 def test_pieces_convert_slices_and_gathers_exactly():

@@ -207,9 +207,10 @@ def test_the_fused_combine_reports_non_finite_output():
             x = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
         b = np.zeros(4, dtype=x.dtype)
         out = np.empty(4, dtype=x.dtype)
-        finite = _kernels.combine(b, (x,), bf16, np.zeros(1, np.int8), one * 0, one * np.inf,
+        finite = _kernels.combine(b, (x,), bf16, False, np.zeros(1, np.int8), one * 0, one * np.inf,
                                   (np.zeros(0, np.bool_),), one, one, True, True, out,
-                                  d, d.view(np.int32), mixed, mixed.view(np.int32), total, divisor,
+                                  d, d.view(np.int32), mixed, mixed.view(np.int32), total,
+                                  total.view(np.int32), divisor, divisor.view(np.int32),
                                   conv, conv.view(np.uint32))
         got = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16).float().numpy() if bf16 else out
         return finite, got.tolist()
