@@ -117,21 +117,28 @@ def count_windows(xs, b, lo, hi, inside, below, at_lo, count):  # pragma: no cov
 
 def _compile_helpers() -> None:
     """Compile the helpers the loops call (a loop sees them as module globals when compiled)."""
-    global _round_bf16
+    global _bf16_of, _round_bf16
     if not hasattr(_round_bf16, "py_func"):
         from numba import njit
 
+        _bf16_of = njit(inline="always", nogil=True, cache=True)(_bf16_of)
         _round_bf16 = njit(inline="always", nogil=True, cache=True)(_round_bf16)
+
+
+def _bf16_of(u):  # pragma: no cover - compiled (inlined into the loops below)
+    """The bfloat16 bits of the float32 whose bits are ``u``, as torch rounds (to nearest, ties
+    to even; NaN to 0x7FC0), as ``_pieces.round_to_bf16`` does in numpy."""
+    u = np.uint32(u)
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16(0x7FC0)
+    return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
 def _round_bf16(bits, m):  # pragma: no cover - compiled (inlined into the loops below)
     """The first ``m`` float32 values behind integer view ``bits`` rounded in place to bfloat16's
-    values (to nearest, ties to even), as torch converts (a NaN stays a NaN)."""
+    values (``_pieces.round_half``)."""
     for k in range(m):
-        u = np.uint32(bits[k])
-        if (u & np.uint32(0x7FFFFFFF)) <= np.uint32(0x7F800000):
-            u = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
-        bits[k] = u
+        bits[k] = np.uint32(_bf16_of(bits[k])) << np.uint32(16)
 
 
 @njit
@@ -242,9 +249,7 @@ def combine(b, xs, bf16, rounding, modes, lo, hi, masks, factor, weight, consens
             for k in range(m):
                 res[k] = bb[k] + mixed[k]
             for k in range(m):
-                u = res_bits[k]
-                r = np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
-                r = np.uint16(0x7FC0) if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r
+                r = _bf16_of(res_bits[k])
                 out[start + k] = r
                 ok &= (r & np.uint16(0x7F80)) != np.uint16(0x7F80)
         else:

@@ -46,22 +46,28 @@ def half_rounding(*tensors: torch.Tensor) -> torch.dtype | None:
     return dtype if dtype in HALF_DTYPES and not _in_float32.get() else None
 
 
+def _bf16_rounded(piece: np.ndarray) -> np.ndarray:
+    """``piece`` (float32) rounded to bfloat16 as torch rounds (to nearest, ties to even; NaN to
+    0x7FC0): a uint32 scratch array whose high 16 bits are the bf16 bits (low bits not cleared)."""
+    u = piece.view(np.uint32)
+    t = scratch("half-round", u.size, np.uint32)
+    np.right_shift(u, 16, out=t)
+    np.bitwise_and(t, 1, out=t)
+    np.add(t, 0x7FFF, out=t)
+    np.add(t, u, out=t)
+    nan = np.isnan(piece, out=scratch("half-nan", u.size, np.bool_))
+    if nan.any():
+        t[nan] = 0x7FC00000
+    return t
+
+
 def round_half(a: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
     """A float32 piece rounded in place to ``dtype``'s values (bf16 / fp16: to nearest, ties to
     even, as torch converts); unchanged for None."""
     if dtype is None:
         return a
     if dtype == torch.bfloat16:
-        u = a.view(np.uint32)
-        t = scratch("round-half", u.size, np.uint32)
-        np.right_shift(u, 16, out=t)
-        np.bitwise_and(t, 1, out=t)
-        np.add(t, 0x7FFF, out=t)
-        nan = np.isnan(a)
-        np.add(u, t, out=u)
-        np.bitwise_and(u, np.uint32(0xFFFF0000), out=u)
-        if nan.any():
-            u[nan] = 0x7FC00000
+        np.bitwise_and(_bf16_rounded(a), np.uint32(0xFFFF0000), out=a.view(np.uint32))
         return a
     h = scratch("round-half-16", a.size, np.float16)
     with np.errstate(over="ignore"):  # past float16's range is inf, as torch converts
@@ -141,17 +147,7 @@ def flat_f32(t: torch.Tensor, key: str) -> np.ndarray | Float32Pieces:
 def round_to_bf16(piece: np.ndarray, out_bits: np.ndarray) -> None:
     """``piece`` (float32) rounded to bfloat16 bits, as torch rounds: to nearest, ties to even,
     NaN to 0x7FC0."""
-    u = piece.view(np.uint32)
-    t = scratch("half-round", u.size, np.uint32)
-    np.right_shift(u, 16, out=t)
-    np.bitwise_and(t, 1, out=t)
-    np.add(t, 0x7FFF, out=t)
-    np.add(t, u, out=t)
-    np.right_shift(t, 16, out=t)
-    nan = np.isnan(piece, out=scratch("half-nan", u.size, np.bool_))
-    if nan.any():
-        t[nan] = 0x7FC0
-    np.copyto(out_bits, t, casting="unsafe")
+    np.right_shift(_bf16_rounded(piece), 16, out=out_bits, casting="unsafe")
 
 
 class OutputPieces:
