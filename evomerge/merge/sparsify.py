@@ -23,7 +23,8 @@ On the CPU, float32/float64 work goes through numpy views of the tensors: its
 comparisons and bool masks are several times faster than torch's there, and
 every operation used is exact IEEE arithmetic, so results are bit-identical to
 the torch path (kept for other devices); bf16 / fp16 are read in float32 pieces
-(``_pieces``). Sums stay in torch, whose reduction order defines the rescale factors.
+(``_pieces``). Rescale factors' L1 sums on the CPU are numpy's pairwise float64 sums of each
+block (``l1_sum``), which the compiled DARE pass reproduces.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from evomerge.merge._pieces import Float32Pieces, flat_f32, use_half_pieces
 from evomerge.merge._scratch import CHUNK, scratch
 
 PIECE = 8 * CHUNK  # elements per task on the worker threads: many tasks balance the workers
-# Rescale factors are sums of |delta| in float64, one torch sum per block of this many entries
-# and the blocks' sums added in order: the block size is part of the result, so it stays fixed.
+# Rescale factors are sums of |delta| in float64, one sum per block of this many entries and the
+# blocks' sums added in order: the block size is part of the result, so it stays fixed.
 SUM_BLOCK = 1 << 19
 _RESCALE_EPS = 1e-7
 _NUMPY_DTYPES = (torch.float32, torch.float64)
@@ -162,10 +163,12 @@ def random_mask(
     bit-packed (``numpy.packbits``, little bit order: an eighth of a bool mask, which for a
     128k-token embedding and three models is most of a gigabyte); read it with ``mask_piece``."""
     thr = keep_threshold(density)
-    if use_numpy(x, base) or use_half_pieces(x, base):
-        return _random_mask_np(flat_f32(x, "x"), flat_f32(base, "b"), thr, rng, rescale)
-    cpu = base.device.type == "cpu"
     n = base.numel()
+    if use_numpy(x, base) or use_half_pieces(x, base):
+        keep = np.empty((n + 7) // 8, np.uint8)
+        sums = _random_mask_np(flat_f32(x, "x"), flat_f32(base, "b"), thr, rng, rescale, 0, n, keep)
+        return keep, _factor(*sums, rescale)
+    cpu = base.device.type == "cpu"
     keep = np.empty((n + 7) // 8, np.uint8) if cpu else torch.empty(n, dtype=torch.bool, device=base.device)
     before = after = 0.0
     for sl, d in delta_chunks(x, base):
@@ -219,17 +222,23 @@ def random_masks(
     sums = parallel_map(span, [i for i, _ in tasks], [a for _, a in tasks])
     out = []
     for i in range(len(xs)):
-        befores = [b for (j, _), (bs, _) in zip(tasks, sums, strict=True) if j == i for b in bs]
-        afters = [a for (j, _), (_, as_) in zip(tasks, sums, strict=True) if j == i for a in as_]
-        out.append((keeps[i], _ratio(_ordered_sum(befores), _ordered_sum(afters)) if rescale else 1.0))
+        mine = [sm for (j, _), sm in zip(tasks, sums, strict=True) if j == i]  # spans in order
+        befores = [b for bs, _ in mine for b in bs]
+        afters = [a for _, as_ in mine for a in as_]
+        out.append((keeps[i], _factor(befores, afters, rescale)))
     return out
 
 
-def _ordered_sum(parts: list[float]) -> float:
-    total = 0.0
-    for p in parts:  # in order, from 0.0: as a single pass accumulates them
-        total += p
-    return total
+def _factor(befores: list[float], afters: list[float], rescale: bool) -> float:
+    """The L1 rescale factor from the blocks' sums, each list added in order from 0.0 (as one
+    pass over the whole tensor accumulates them); 1 without rescale."""
+    if not rescale:
+        return 1.0
+    before = after = 0.0
+    for b, a in zip(befores, afters, strict=True):
+        before += b
+        after += a
+    return _ratio(before, after)
 
 
 SPAN = 16 * SUM_BLOCK  # entries of one model per task of random_masks (a multiple of SUM_BLOCK)
@@ -237,18 +246,15 @@ SPAN = 16 * SUM_BLOCK  # entries of one model per task of random_masks (a multip
 
 def _random_mask_np(
     xa: np.ndarray | Float32Pieces, ba: np.ndarray | Float32Pieces, thr: int, rng: Uniform16, rescale: bool,
-    first: int = 0, last: int | None = None, keep: np.ndarray | None = None,
-) -> tuple[np.ndarray, float] | tuple[list[float], list[float]]:
-    """The mask of entries ``first:last`` (default: all) into ``keep``; without ``keep``, the
-    whole mask and its factor, else the blocks' L1 sums (before, after) for the caller to add."""
-    whole = keep is None
-    n = ba.size if last is None else last
-    if keep is None:
-        keep = np.empty((n + 7) // 8, dtype=np.uint8)
-    befores, afters = [], []
+    first: int, last: int, keep: np.ndarray,
+) -> tuple[list[float], list[float]]:
+    """The mask of entries ``first:last`` into ``keep`` (packed); returns the blocks' L1 sums
+    (before, after masking; empty without rescale) for the caller to add in order."""
+    befores: list[float] = []
+    afters: list[float] = []
     fused = rescale and 0 < thr < 1 << 16 and _kernels.active()
-    for start in range(first, n, SUM_BLOCK):  # (a multiple of 8: each block packs into whole bytes)
-        stop = min(start + SUM_BLOCK, n)
+    for start in range(first, last, SUM_BLOCK):  # (a multiple of 8: each block packs into whole bytes)
+        stop = min(start + SUM_BLOCK, last)
         if fused and stop - start == SUM_BLOCK:  # the whole block in one compiled pass
             leaves = scratch("dare-leaves", 2 * SUM_BLOCK // _kernels.LEAF, np.float64)
             bits = _bf16_bits(xa, ba, start, stop)  # bf16 read in the loop: no conversion pass
@@ -272,13 +278,10 @@ def _random_mask_np(
                 xa[start:stop], ba[start:stop], out=scratch("mags", k.size, ba.dtype)
             )
             np.abs(mags, out=mags)
-            t = torch.from_numpy(mags)
-            befores.append(l1_sum(t))
+            befores.append(_l1_np(mags))
             np.multiply(mags, k, out=mags)
-            afters.append(l1_sum(t))
-    if not whole:
-        return befores, afters
-    return keep, _ratio(_ordered_sum(befores), _ordered_sum(afters)) if rescale else 1.0
+            afters.append(_l1_np(mags))
+    return befores, afters
 
 
 def _bf16_bits(xa, ba, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -298,9 +301,13 @@ def l1_sum(mags: torch.Tensor) -> float:
     process (see ``_pieces``)."""
     if mags.device.type != "cpu":
         return mags.sum(dtype=torch.float64).item()
-    a = mags.detach().reshape(-1).numpy()
-    wide = scratch("l1-f64", a.size, np.float64)
-    np.copyto(wide, a)
+    return _l1_np(mags.detach().reshape(-1).numpy())
+
+
+def _l1_np(mags: np.ndarray) -> float:
+    """``l1_sum`` of a flat numpy piece of magnitudes."""
+    wide = scratch("l1-f64", mags.size, np.float64)
+    np.copyto(wide, mags)
     return float(np.add.reduce(wide))
 
 
@@ -320,12 +327,11 @@ def l1_ratio_in_band(x: torch.Tensor, base: torch.Tensor, lo: float, hi: float) 
             m = stop - start
             mags = np.subtract(xa[start:stop], ba[start:stop], out=scratch("mags", m, ba.dtype))
             np.abs(mags, out=mags)
-            t = torch.from_numpy(mags)
-            before += l1_sum(t)
+            before += _l1_np(mags)
             band = np.greater_equal(mags, lo, out=scratch("ge", m, np.bool_))
             np.logical_and(band, np.less_equal(mags, hi, out=scratch("le", m, np.bool_)), out=band)
             np.multiply(mags, band, out=mags)  # the same values torch.where gives: mags >= 0
-            after += l1_sum(t)
+            after += _l1_np(mags)
         return _ratio(before, after)
     for _, d in delta_chunks(x, base):
         mags = d.abs_()
