@@ -62,9 +62,11 @@ def combine_cpu(
     it = np.int32 if ba.dtype == np.float32 else np.int64  # same-width integer view of a float
     sign_bit = it(np.iinfo(it).min)
     rnd = rounding
-    if rnd is not None:  # mergekit's weights are a tensor of the merge's dtype
-        weight = [round_scalar(w, rnd) for w in weight]
-    total_weight = sum(weight)
+    # mergekit's weights are a tensor of the merge's dtype (and so, in half, rounded to it)
+    weight = [round_scalar(w, rnd) for w in weight]
+    factors = [round_scalar(s.factor, rnd) for s in survivors]
+    total_weight = round_scalar(sum(weight), rnd)
+    divide_by = 1.0 if abs(total_weight) < 1e-8 else total_weight
     n = ba.size
 
     def chunk(start: int, stop: int) -> None:
@@ -88,7 +90,7 @@ def combine_cpu(
                         np.logical_and(band, le, out=band)
                     np.multiply(t, band, out=t)
                 if s.factor != 1:  # x * 1.0 is x; torch also rounds the factor to the dtype first
-                    round_half(np.multiply(t, ft(round_scalar(s.factor, rnd)), out=t), rnd)
+                    round_half(np.multiply(t, ft(factors[i]), out=t), rnd)
             ts.append(t)
         mixed = scratch("mixed", m, ba.dtype)
         if len(ts) == 1:
@@ -125,14 +127,11 @@ def combine_cpu(
                 empty = np.equal(divisor, 0, out=scratch("ge", m, np.bool_))
                 np.add(divisor, empty, out=divisor)  # an empty divisor becomes 1
                 round_half(np.divide(mixed, divisor, out=mixed), rnd)
-        elif normalize:
-            round_half(mixed, rnd)
-            divide_by = round_scalar(total_weight, rnd)
-            np.divide(mixed, ft(1.0 if abs(divide_by) < 1e-8 else divide_by), out=mixed)  # (numpy:
-            # no torch op on a worker thread, _pieces; torch also divides by the dtype's scalar)
-            round_half(mixed, rnd)
         else:
             round_half(mixed, rnd)
+            if normalize:  # (numpy: no torch op on a worker thread, _pieces; torch also divides
+                # by the dtype's scalar)
+                round_half(np.divide(mixed, ft(divide_by), out=mixed), rnd)
         if lambda_ != 1:
             round_half(np.multiply(mixed, ft(lambda_), out=mixed), rnd)  # (a float32 scalar, as torch)
         dst = oa.piece(start, stop)
@@ -154,7 +153,7 @@ def combine_cpu(
                           for s, m in zip(survivors, masks, strict=True)], dtype=np.int8)
         lo = np.array([s.lo for s in survivors], dtype=ba.dtype)  # (rounded already, with rnd)
         hi = np.array([s.hi for s in survivors], dtype=ba.dtype)
-        factor = np.array([round_scalar(s.factor, rnd) for s in survivors], dtype=ba.dtype)
+        factor = np.array(factors, dtype=ba.dtype)
         weights = np.array(weight, dtype=ba.dtype)  # (rounded above, with rnd)
         none = np.zeros(0, dtype=np.uint8)
         masks_ = tuple(none if m is None else m for m in masks)

@@ -29,7 +29,7 @@ import math
 import torch
 
 from evomerge.merge import order_stats, sparsify
-from evomerge.merge._pieces import half_rounding, round_scalar, use_half_pieces
+from evomerge.merge._pieces import HALF_DTYPES, half_rounding, round_scalar, use_half_pieces
 from evomerge.merge._util import new_output
 from evomerge.merge.combine_cpu import Survivors, combine_cpu
 from evomerge.merge.registry import BasePolicy, Param, Scope, TensorGroup, merge_method
@@ -173,13 +173,13 @@ def merge_task_vectors(
     # Pass 2, piece by piece: rebuild each surviving, weighted delta; elect signs; combine.
     # Half tensors: mergekit's arithmetic (weights a tensor of their dtype, sums over the models
     # accumulated in float32 and rounded once; a Python scalar stays float32, as torch takes it).
-    half = base.dtype in (torch.bfloat16, torch.float16)
+    half = base.dtype if base.dtype in HALF_DTYPES else None  # the dtype each step rounds to
     acc_dtype = torch.float32 if half else base.dtype
-    weight = [round_scalar(w, base.dtype if half else None) for w in weight]
+    weight = [round_scalar(w, half) for w in weight]
     flat_base = base.reshape(-1)
     flat_x = [t.reshape(-1) for t in group.tensors]
     out = new_output(base.shape, base.dtype, base.device).view(-1)  # the resident tensor, if offered
-    total_weight = round_scalar(sum(weight), base.dtype if half else None)
+    total_weight = round_scalar(sum(weight), half)
     step = sparsify.chunk_size(base)
     for start in range(0, flat_base.numel(), step):
         sl = slice(start, min(start + step, flat_base.numel()))
@@ -195,7 +195,7 @@ def merge_task_vectors(
                 elif not s.keeps_all:
                     d.mul_(_band(d.abs(), s.lo, s.hi))
                 if s.factor != 1:
-                    d.mul_(torch.tensor(round_scalar(s.factor, base.dtype if half else None), dtype=torch.float32))
+                    d.mul_(round_scalar(s.factor, half))
             deltas.append(d)
         acc = deltas[0].to(acc_dtype, copy=True)
         for d in deltas[1:]:
