@@ -36,12 +36,12 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     if not n:
         return ((1 - tt) * a + tt * b).reshape(v0.shape).to(common)
     chunks = [slice(s, s + _CHUNK) for s in range(0, n, _CHUNK)]
-    norm_a = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(a[:, c].to(dtype), dim=1, keepdim=True) for c in chunks]), dim=0)
-    norm_b = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(b[:, c].to(dtype), dim=1, keepdim=True) for c in chunks]), dim=0)
-    norm_a = torch.where(norm_a > NORM_EPS, norm_a, 1)
-    norm_b = torch.where(norm_b > NORM_EPS, norm_b, 1)
+    def norm(v: torch.Tensor) -> torch.Tensor:  # the norm of the chunks' norms, 1 if ~0
+        parts = torch.stack([torch.linalg.vector_norm(v[:, c].to(dtype), dim=1, keepdim=True) for c in chunks])
+        whole = torch.linalg.vector_norm(parts, dim=0)
+        return torch.where(whole > NORM_EPS, whole, 1)
+
+    norm_a, norm_b = norm(a), norm(b)
     dot_parts = []
     for c in chunks:
         x = a[:, c].to(dtype) / norm_a
