@@ -43,7 +43,7 @@ from evomerge.search.ledgers import EvaluationRecord
 from evomerge.search.objectives import fitness, unique_objectives
 from evomerge.search.pareto import hypervolume, objective_points, pareto_mask, reference_point
 from evomerge.search.rundir import top_rung
-from evomerge.tracking.view import save_runs_view
+from evomerge.tracking.view import save_runs_views
 
 STATE_FILE = "tracking.json"  # the parent run's id, next to the ledger
 _TAG = "evomerge."
@@ -176,8 +176,8 @@ class MLflowTracker:
             if space.is_file():
                 (Path(tmp) / "space.yaml").write_text(space.read_text())
             self.client.log_artifacts(self.parent_id, tmp, "config")
-        # The runs table with the objectives as columns, the view `evomerge ui` links to.
-        save_runs_view(self.client, self.experiment_id, self.parent_id, self.run_dir.name,
+        # The runs-table views `evomerge ui` links to: the front's members, every trial.
+        save_runs_views(self.client, self.experiment_id, self.parent_id, self.run_dir.name,
                        [o.key for o in self.unique])
         self.client.set_tag(self.parent_id, f"{_TAG}ready", "1")
         self.parent_ready = True

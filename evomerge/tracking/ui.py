@@ -134,21 +134,23 @@ class TrackedSearch:
     experiment_id: str
     parent_id: str
     run_name: str
-    view: str  # the saved view's key (objectives as columns)
+    view: str  # the saved view of every trial (objectives as columns)
+    front_view: str  # the saved view of the front's members, best fitness first
     front_logged: bool
 
 
 def find_search(uri: str, run_dir: Path) -> TrackedSearch | None:
     """The search's parent run in the store (None before its first logged trial), with the
-    runs-table view saved on its experiment (added here for runs tracked before views were)."""
+    runs-table views saved on its experiment (added here for runs tracked before they were)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from evomerge.tracking.view import (
         FRONT_PLOT,
         VIEW_TAG_PREFIX,
+        front_view_key,
         objective_keys,
-        save_runs_view,
+        save_runs_views,
         view_key,
     )
 
@@ -162,9 +164,10 @@ def find_search(uri: str, run_dir: Path) -> TrackedSearch | None:
     except MlflowException:  # tracked elsewhere (another tracking URI) than this store
         return None
     exp_id = parent.info.experiment_id
-    key = view_key(parent_id)
-    if VIEW_TAG_PREFIX + key not in client.get_experiment(exp_id).tags:
-        keys = objective_keys(parent.data.tags.get("evomerge.objectives", ""))
-        save_runs_view(client, exp_id, parent_id, parent.info.run_name, keys)
+    keys = (view_key(parent_id), front_view_key(parent_id))
+    saved = client.get_experiment(exp_id).tags
+    if any(VIEW_TAG_PREFIX + key not in saved for key in keys):
+        objectives = objective_keys(parent.data.tags.get("evomerge.objectives", ""))
+        save_runs_views(client, exp_id, parent_id, parent.info.run_name, objectives)
     front = {f.path for f in client.list_artifacts(parent_id, "front")}
-    return TrackedSearch(exp_id, parent_id, parent.info.run_name, key, FRONT_PLOT in front)
+    return TrackedSearch(exp_id, parent_id, parent.info.run_name, *keys, FRONT_PLOT in front)

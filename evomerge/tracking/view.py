@@ -9,8 +9,14 @@ The table's columns come from a saved view: an experiment tag
 ``mlflow.sharedViewState.<key>`` holding ``{name, createdAt, state}`` (the format of the UI's
 "Save view" button; ``state`` may be plain JSON). The link names it with
 ``viewStateShareKey=<key>``, and the experiment page lists it under its saved views, so a
-person who arrives from the home page can pick it too. Trials stay nested under the parent
-run; MLflow does not take a row's expansion from a saved view, so the parent opens folded.
+person who arrives from the home page can pick it too.
+
+Two views are saved. The front view, which the first link opens, also carries search facets:
+a filter on the search's front members and an order by fitness, best first. MLflow nests
+child runs under their parent only when the table is ordered by date with no filter, so the
+members are listed as rows of their own, not folded under the parent (MLflow does not take a
+row's expansion from a saved view). The trials view lists every trial nested under the
+search's parent run, newest first.
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ FRONT_HTML = "front/front.html"
 
 
 def view_key(parent_id: str) -> str:
+    """The view of every trial, nested under the search's parent run."""
     return f"evomerge-{parent_id}"
+
+
+def front_view_key(parent_id: str) -> str:
+    """The view of the front's members, best fitness first."""
+    return f"evomerge-front-{parent_id}"
 
 
 def _column(kind: str, name: str) -> str:
@@ -46,13 +58,23 @@ def runs_view_state(metric_keys: list[str]) -> dict:
     ]}
 
 
-def save_runs_view(client, experiment_id: str, parent_id: str, run_name: str, metric_keys: list[str]) -> str:
-    """Store the view on the experiment (idempotent: same key, same columns); returns its key."""
-    key = view_key(parent_id)
-    envelope = {"name": f"evomerge: {run_name}", "createdAt": int(time.time() * 1000),
-                "state": json.dumps(runs_view_state(metric_keys))}
-    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(envelope))
-    return key
+def front_view_state(metric_keys: list[str], parent_id: str) -> dict:
+    """The front's members of this search (not another search's in a shared experiment), as
+    rows of their own, best fitness first; the objectives and the fitness as columns."""
+    columns = [*(_column("metrics", k) for k in metric_keys), _column("metrics", "fitness"),
+               _column("tags", "pareto"), _column("params", "merge_method")]
+    return {"selectedColumns": columns,
+            "searchFilter": f"tags.pareto = 'true' AND tags.`mlflow.parentRunId` = '{parent_id}'",
+            "orderByKey": _column("metrics", "fitness"), "orderByAsc": False}
+
+
+def save_runs_views(client, experiment_id: str, parent_id: str, run_name: str, metric_keys: list[str]) -> None:
+    """Store the front and trials views on the experiment (idempotent: same keys, same state)."""
+    views = ((front_view_key(parent_id), f"evomerge: {run_name}, front", front_view_state(metric_keys, parent_id)),
+             (view_key(parent_id), f"evomerge: {run_name}", runs_view_state(metric_keys)))
+    for key, name, state in views:
+        envelope = {"name": name, "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(envelope))
 
 
 def objective_keys(objectives_tag: str) -> list[str]:

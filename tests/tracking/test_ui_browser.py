@@ -1,9 +1,10 @@
 """The MLflow UI in a real headless browser (marker ``browser``; `make test-browser`).
 
-After a tiny search, ``evomerge ui`` is started as a person starts it and the link it prints
-is opened in Debian's Chromium driven by Playwright: it lands on the runs table (not MLflow's
-GenAI overview) with the objectives as columns and every trial nested under the search's
-parent run; the front plot's link shows the plot. Screenshots go to test-artifacts/.
+After a tiny search, ``evomerge ui`` is started as a person starts it and the links it prints
+are opened in Debian's Chromium driven by Playwright. The first lands on the runs table (not
+MLflow's GenAI overview) listing the front's members, one row each, best fitness first, with
+the objectives as columns; the second lists every trial nested under the search's parent run;
+the front plot's link shows the plot. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def tracked_run(tmp_path_factory):
              "parameters": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.3, "high": 1.0}}}
     (tmp / "space.yaml").write_text(yaml.safe_dump(space))
     (tmp / "run.yaml").write_text(yaml.safe_dump({
-        "space": "space.yaml", "objectives": [{"task": "addition"}, {"task": "reversal"}],
-        "optimizer": {"name": "random"}, "budget": {"trials": 5}, "fidelity": 4,
+        "space": "space.yaml", "objectives": [{"task": "digit_confidence"}, {"task": "zoo_text"}],
+        "optimizer": {"name": "random"}, "budget": {"trials": 8}, "fidelity": 4,
     }))
     run_dir = tmp / "tiny-search"
     run_search(tmp / "run.yaml", run_dir, log=lambda s: None)
@@ -98,13 +99,15 @@ def test_the_printed_link_opens_the_runs_table_with_objectives_and_trials_nested
     assert len(children) >= 5 and all(name.startswith("trial-") for name in children)
     shown = dict(sorted(children.items())[-8:])  # the newest trials: on the table's first page
     objectives = [k.rsplit(" (", 1)[0] for k in parent.data.tags["evomerge.objectives"].split(", ")]
-    link = re.search(r"(http://\S+/#/experiments/\S+/runs\?\S+)", ui).group(1)
+    front_link = re.search(r"best fitness first: (http://\S+/#/experiments/\S+/runs\?\S+)", ui).group(1)
+    link = re.search(r"every trial, nested under run '[^']+': (http://\S+/#/experiments/\S+/runs\?\S+)", ui).group(1)
     plot_line = next(line for line in ui.splitlines() if line.startswith("front plot:"))
     assert f"run '{parent.info.run_name}'" in plot_line and "front/front.png" in plot_line
     plot_url = re.search(r"(http://\S+)$", plot_line).group(1)
     ARTIFACTS.mkdir(exist_ok=True)
 
     page = browser.new_page(viewport={"width": 1800, "height": 1000})
+    check_the_front_link(page, front_link, exp.experiment_id, parent, children, objectives)
     page.goto(link)
     parent_link = page.locator(f"a[href*='{parent.info.run_id}']").first
     parent_link.wait_for(timeout=120_000)
@@ -134,7 +137,8 @@ def test_the_printed_link_opens_the_runs_table_with_objectives_and_trials_nested
             cell = page.locator(f"div[role='row'][row-id='{row_id}'] div[role='gridcell'][col-id*='{metric}']").first
             value = cell.inner_text().strip()
             assert value not in ("", "-"), f"{name}: no {metric} in the table"
-            assert abs(float(value) - child.data.metrics[metric]) < 1e-3
+            expected = child.data.metrics[metric]
+            assert abs(float(value) - expected) <= 1e-3 * max(1.0, abs(expected)), (name, metric, value)
 
     # A front member's run page shows its pareto tag.
     member = next(c for c in children.values() if c.data.tags.get("pareto") == "true")
@@ -160,3 +164,34 @@ def close_assistant(page) -> None:
     close = page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
     if close.count():
         close.first.click()
+
+
+def run_link(page, name: str):
+    return page.locator("a").filter(has_text=re.compile(f"^{re.escape(name)}$"))
+
+
+def check_the_front_link(page, link, experiment_id, parent, children, objectives) -> None:
+    """The first link: the front's members as rows of their own (no parent row to expand),
+    the objectives as columns, ordered by fitness, best first."""
+    members = {name: c for name, c in children.items() if c.data.tags.get("pareto") == "true"}
+    assert 0 < len(members) < len(children)  # else the view would not show it leaves trials out
+    page.goto(link)
+    for column in (*objectives, "fitness"):
+        page.locator("div.ag-header", has_text=column).first.wait_for(timeout=120_000)
+    page.get_by_text(f"{len(members)} matching runs").first.wait_for(timeout=60_000)
+    assert f"/experiments/{experiment_id}/runs" in page.url and "/overview" not in page.url
+    for name in members:
+        run_link(page, name).first.wait_for(timeout=30_000)
+    close_assistant(page)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "mlflow_front_members.png"))
+    grid = page.locator("div[role='row']")
+    assert grid.filter(has=page.locator(f"a[href*='/runs/{parent.info.run_id}']")).count() == 0  # no parent row
+    assert all(run_link(page, name).count() == 0 for name in children if name not in members)
+    rows = {}
+    for name in members:
+        row = page.locator("div[role='row']", has=run_link(page, name)).first
+        rows[int(row.get_attribute("row-index"))] = name
+    shown = [rows[i] for i in sorted(rows)]
+    fitness = [members[name].data.metrics["fitness"] for name in shown]
+    assert fitness == sorted(fitness, reverse=True), shown

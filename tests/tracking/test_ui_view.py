@@ -11,6 +11,8 @@ from evomerge.tracking.ui import find_search
 from evomerge.tracking.view import (
     VIEW_TAG_PREFIX,
     artifact_url,
+    front_view_key,
+    front_view_state,
     objective_keys,
     runs_table_url,
     runs_view_state,
@@ -28,6 +30,34 @@ def test_the_view_shows_objectives_fitness_and_pareto_as_mlflow_column_keys():
     assert cols[:3] == ["metrics.`addition/exact_match`", "metrics.`reversal/exact_match`", "metrics.`fitness`"]
     assert "metrics.`hypervolume`" in cols and "tags.`pareto`" in cols
     assert "metrics.`best_fitness`" in runs_view_state(["loss"])["selectedColumns"]  # one objective
+
+
+def test_the_front_view_lists_this_searchs_members_unnested_best_fitness_first():
+    state = front_view_state(["addition/exact_match", "reversal/exact_match"], "p123")
+    assert state["selectedColumns"][:3] == [
+        "metrics.`addition/exact_match`", "metrics.`reversal/exact_match`", "metrics.`fitness`"]
+    assert state["searchFilter"] == "tags.pareto = 'true' AND tags.`mlflow.parentRunId` = 'p123'"
+    # Ordered by a metric, not by date: MLflow then lists child runs as rows of their own.
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`fitness`", False)
+
+
+def test_the_front_filter_selects_the_members_of_one_search_in_mlflow(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("shared", artifact_location=(tmp_path / "a").as_uri())
+    members = {}
+    for search in ("one", "two"):  # two searches in one experiment (a team's server)
+        parent = client.create_run(exp, run_name=search).info.run_id
+        for i, (on, fit) in enumerate([("true", 0.2), ("false", 0.9), ("true", 0.7)]):
+            child = client.create_run(exp, run_name=f"{search}-{i}", tags={
+                "mlflow.parentRunId": parent, "pareto": on}).info.run_id
+            client.log_metric(child, "fitness", fit)
+        members[search] = parent
+    state = front_view_state([], members["one"])
+    order = f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"
+    found = client.search_runs([exp], state["searchFilter"], order_by=[order])
+    assert [r.info.run_name for r in found] == ["one-2", "one-0"]
 
 
 def test_the_link_opens_the_runs_tab_as_machine_learning_with_the_view():
@@ -57,10 +87,15 @@ def test_find_search_saves_the_view_a_run_from_before_lacks(tmp_path):
 
     found = find_search(uri, run_dir)
     assert (found.experiment_id, found.parent_id, found.run_name) == (exp, parent, "search")
-    assert found.view == view_key(parent) and not found.front_logged
-    envelope = json.loads(client.get_experiment(exp).tags[VIEW_TAG_PREFIX + found.view])
+    assert (found.view, found.front_view) == (view_key(parent), front_view_key(parent)) and not found.front_logged
+    keys = ["addition/exact_match", "reversal/exact_match"]
+    tags = client.get_experiment(exp).tags
+    envelope = json.loads(tags[VIEW_TAG_PREFIX + found.view])
     assert envelope["name"] == "evomerge: search" and isinstance(envelope["createdAt"], int)
-    assert json.loads(envelope["state"]) == runs_view_state(["addition/exact_match", "reversal/exact_match"])
+    assert json.loads(envelope["state"]) == runs_view_state(keys)
+    envelope = json.loads(tags[VIEW_TAG_PREFIX + found.front_view])
+    assert envelope["name"] == "evomerge: search, front"
+    assert json.loads(envelope["state"]) == front_view_state(keys, parent)
 
     (run_dir / "tracking.json").write_text(json.dumps({"parent_run_id": "0" * 32, "tracking_uri": "elsewhere"}))
     assert find_search(uri, run_dir) is None  # its parent is in another store
