@@ -430,9 +430,13 @@ def eval_cmd(
     allow_seen_documents: Annotated[bool, typer.Option(
         help="Report on lm-eval documents the search scored (its scores then measure the fit, not "
              "generalisation).")] = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", help="Also write the scores to FILE.json in lm-eval's results format (every "
+        "task kind; written only when every task scored).")] = None,
 ) -> None:
     """Score a model directory on one or more tasks and print a table."""
     import json
+    import time
 
     from rich.table import Table
 
@@ -445,11 +449,19 @@ def eval_cmd(
         paths = [str(p) for p in include_path]
         task = [inline_ref(t, {"include_path": paths}, Path.cwd()) if t.startswith("lm_eval:") and
                 not t.startswith("lm_eval:{") else t for t in task]
+    if output is not None:
+        from evomerge.eval.results_file import check_output_path
+
+        check_output_path(output)
     evaluators = [load_task(t, split=split) for t in task]
     _refuse_seen_documents(model_dir, run, evaluators, allow_seen_documents)
     dev = check_device(device)
+    started, clock = time.time(), time.perf_counter()
     model, tokenizer = load_source_lm(model_dir, device=dev, trust_remote_code=trust_remote_code)
     results = [ev.evaluate(model, tokenizer, fidelity) for ev in evaluators]
+    if output is not None:
+        _write_results_file(output, model_dir, model, tokenizer, evaluators, results, device=str(dev),
+                            fidelity=fidelity, started=started, seconds=time.perf_counter() - clock)
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     else:
@@ -472,6 +484,16 @@ def eval_cmd(
         console.print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def _write_results_file(path: Path, model_ref: str, model, tokenizer, evaluators, results, **run) -> None:
+    from evomerge.eval.results_file import results_document, write_results_file
+
+    failed = [r.task for r in results if not r.ok]
+    if failed:  # a results file with tasks missing would read as a complete report
+        err_console.print(f"{path} not written: {', '.join(failed)} failed.", highlight=False)
+        return
+    write_results_file(path, results_document(model_ref, model, tokenizer, evaluators, results, **run))
 
 
 def _refuse_seen_documents(model: str, run: Path | None, evaluators, allowed: bool) -> None:
@@ -747,7 +769,7 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="Port (default: a free one).")] = None,
 ) -> None:
-    """Start the MLflow UI on a search run's tracking store and print the link to its runs table.
+    """Start the MLflow UI on a search run's tracking store; print links to its front and its trials.
 
     SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the server's whole process tree."""
     from evomerge.tracking.ui import find_search, start_ui, stop_group, store_of, wait_until_up
@@ -773,9 +795,12 @@ def ui(
         if search is None:
             console.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", highlight=False)
         else:
-            link = runs_table_url(url, search.experiment_id, search.view)
-            console.print(f"MLflow UI for {run_dir}, trials nested under run '{search.run_name}': {link}  "
+            front = runs_table_url(url, search.experiment_id, search.front_view)
+            trials = runs_table_url(url, search.experiment_id, search.view)
+            console.print(f"MLflow UI for {run_dir}, the front's members, best fitness first: {front}  "
                           "(Ctrl-C stops it)", highlight=False, soft_wrap=True)
+            console.print(f"every trial, nested under run '{search.run_name}': {trials}", highlight=False,
+                          soft_wrap=True)
             where = f"front plot: run '{search.run_name}', artifact {FRONT_PLOT} (interactive: {FRONT_HTML})"
             if search.front_logged:
                 plot = artifact_url(url, search.experiment_id, search.parent_id, FRONT_PLOT)
@@ -783,6 +808,59 @@ def ui(
             else:
                 console.print(f"{where}, logged when the search ends", highlight=False, soft_wrap=True)
         code = proc.wait()
+    finally:
+        stop_group(proc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def dashboard(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="Port (default: a free one).")] = None,
+    refresh: Annotated[float, typer.Option(
+        help="Seconds between updates of the mirror while the dashboard runs (0: none).")] = 10.0,
+) -> None:
+    """Mirror a search run into Optuna and start optuna-dashboard on it (docs/optuna.md).
+
+    The storage is tracking.optuna's in the run config, else RUN_DIR/optuna.journal. SIGINT
+    (Ctrl-C), SIGTERM and SIGHUP stop the server."""
+    from evomerge.tracking.dashboard import (
+        open_mirror,
+        serve_until_stopped,
+        start_dashboard,
+        study_url,
+        update_mirror,
+        wait_until_answers,
+    )
+    from evomerge.tracking.optuna_mirror import shown
+    from evomerge.tracking.ui import stop_group
+
+    mirror = open_mirror(run_dir, log=lambda s: err_console.print(s, highlight=False))
+    done = update_mirror(mirror)
+    console.print(f"{done.trials} trials of {run_dir} in Optuna study {done.study!r} at {shown(done.storage)} "
+                  f"({done.added} added now)", highlight=False, soft_wrap=True)
+    if host != "127.0.0.1":
+        err_console.print(f"warning: the dashboard is reachable by anyone who can reach {host}", highlight=False)
+    warned = False
+
+    def refresh_mirror() -> None:
+        nonlocal warned
+        try:
+            update_mirror(mirror)
+            warned = False
+        except Exception as err:  # noqa: BLE001 - the dashboard goes on with what it has
+            if not warned:
+                err_console.print(f"warning: the mirror could not be updated ({err}); retrying every "
+                                  f"{refresh:g} s", highlight=False)
+            warned = True
+
+    proc, url = start_dashboard(done.storage, host, port)
+    try:  # every way out (server exit, error, Ctrl-C, SIGTERM, SIGHUP) ends the server's group
+        wait_until_answers(url, proc)
+        console.print(f"optuna-dashboard for {run_dir}, study {done.study!r}: {study_url(url, done.study_id)}  "
+                      "(Ctrl-C stops it)", highlight=False, soft_wrap=True)
+        code = serve_until_stopped(proc, refresh, refresh_mirror)
     finally:
         stop_group(proc)
     raise typer.Exit(code)

@@ -44,6 +44,8 @@ from evomerge.search.rundir import (
     space_path,
     top_rung,
 )
+from evomerge.tracking.optuna_mirror import check_storage as check_optuna_storage
+from evomerge.tracking.optuna_mirror import start_optuna_mirror
 
 
 @dataclass
@@ -215,6 +217,7 @@ def run_search(
             f"{run_dir} holds no run to resume (no ledger.db or ledger.jsonl); give the directory "
             f"an `evomerge search --out` wrote, or start the run with `evomerge search`."
         )
+    check_optuna_storage(config.tracking.optuna, run_dir, config_path, resume=resume)
     sources = resolve_sources(p.space, config, config_path)
     prints, record_prints = preflight(run_dir, config, config_path, p, sources, resume=resume,
                                       allow_changed_sources=allow_changed_sources, log=log)
@@ -245,7 +248,7 @@ def run_search(
         fingerprints.record(run_dir, prints)
     if not resume:  # which documents the search scores (search/task_splits.py)
         task_splits.write_record(run_dir, p.tasks)
-    executor = tracker = controller = None
+    executor = tracker = mirror = controller = None
     finished = False
     summary: dict[str, float] = {}
     try:
@@ -253,11 +256,12 @@ def run_search(
         if abandoned:
             log(f"{abandoned} evaluation(s) were in flight when the run stopped; they run again")
         tracker = start_tracking(run_dir, p.space, p.objectives, ledger, log, p.constraints)
+        mirror = start_optuna_mirror(run_dir, config, p.space, p.objectives, ledger, log, p.constraints)
         executor = open_executor(config.executor, worker, tasks=p.tasks)
         controller = Controller(
             config, p.space, [t.size() for t in p.tasks], p.objectives, p.optimizer, executor, ledger,
             budget=trials if trials is not None else config.budget.trials, log=log, progress=progress,
-            on_record=tracker.add if tracker is not None else None, constraints=p.constraints,
+            on_record=_to_each([tracker, mirror]), constraints=p.constraints,
             anchoring=anchoring_for(config, run_dir, log),
         )
         controller.run(ledger.completions())
@@ -272,6 +276,8 @@ def run_search(
             executor.close()
         if tracker is not None and tracker.close("FINISHED" if finished else "KILLED", summary) and finished:
             log(f"tracked in MLflow ({tracker.tracker.uri}); `evomerge ui {run_dir}` shows it")
+        if mirror is not None and mirror.close("FINISHED" if finished else "KILLED") and finished:
+            log(f"mirrored into Optuna (study {mirror.tracker.study_name!r}); `evomerge dashboard {run_dir}` shows it")
         ledger.close()
         lock.release()
     best = best_evaluation(complete, p.objectives, p.constraints)
@@ -341,6 +347,14 @@ def check_base_for(p: Prepared, sources: dict[str, Path], config: RunConfig) -> 
     check_base(base, trust_remote_code=config.trust_remote_code)
     for task in p.tasks:
         task.check_model(base)
+
+
+def _to_each(sinks: list):
+    """The controller's ``on_record``: every started tracker (MLflow, the Optuna mirror) gets it."""
+    adds = [s.add for s in sinks if s is not None]
+    if not adds:
+        return None
+    return lambda record: [add(record) for add in adds]
 
 
 def start_tracking(run_dir: Path, space, objectives, ledger, log, constraints=()):

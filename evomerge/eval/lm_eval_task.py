@@ -148,6 +148,15 @@ class LmEvalTask(Evaluator):
             return next(iter(loaded["tasks"]))
         return spec
 
+    @property
+    def result_name(self) -> str:
+        """The name lm-eval reports the score under (a group, a task, or a tag's own name)."""
+        return self._result_name
+
+    def lm_eval_tasks(self) -> dict[str, Any]:
+        """lm-eval's task objects this evaluator scores with, by name (a group's or tag's leaves)."""
+        return dict(self._loaded["tasks"])
+
     @cached_property
     def _sizes(self) -> dict[str, int]:
         return {name: len(task.eval_docs) for name, task in self._loaded["tasks"].items()}
@@ -173,9 +182,8 @@ class LmEvalTask(Evaluator):
         loaded, cfg = self._loaded, self.config
         name = self._result_name
         if name in loaded["groups"]:
-            group = loaded["groups"][name]
             aggregate = [m["metric"] if isinstance(m, dict) else m.metric
-                         for m in (group.config.aggregate_metric_list or [])]
+                         for m in _aggregate_metric_list(loaded["groups"][name])]
             known = aggregate or self._leaf_metrics()
         else:
             known = self._leaf_metrics()
@@ -274,6 +282,15 @@ class LmEvalTask(Evaluator):
                 raise LmEvalTaskError(f"lm-eval reported no {key!r} for {name} (it has {have or 'nothing'}).")
             values.append(float(res[key]))
         return sum(values) / len(values)
+
+
+def _aggregate_metric_list(group) -> list:
+    """A group's aggregate metrics: lm-eval 0.4.13's Group holds them itself, 0.4.12's
+    ConfigurableGroup in its config."""
+    found = getattr(group, "aggregate_metric_list", None)
+    if found is None:
+        found = getattr(getattr(group, "config", None), "aggregate_metric_list", None)
+    return list(found or [])
 
 
 @cache

@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from evomerge.config.run import RunConfig
 from evomerge.errors import EvomergeError
 from evomerge.io.atomic import atomic_write_text
 from evomerge.search import task_splits
 from evomerge.search.constraints import describe_violations
-from evomerge.search.objectives import best_evaluation, fitness
+from evomerge.search.model_card import CardFacts, model_card
+from evomerge.search.objectives import best_evaluation, fitness, unique_objectives
 from evomerge.search.rundir import load_run
 
 if TYPE_CHECKING:
@@ -69,7 +68,7 @@ def export_trial(
         # the exported model, and mergekit's from the exported config, are the one scored.
         recipe = Recipe.from_dict({**recipe.to_dict(), "out_dtype": config.dtype}, f"trial {chosen.trial}")
     merge_to_disk(recipe, out, device=device, force=force)
-    card = _card(run_dir, chosen, config, fitness(chosen.scores, objectives), recipe, missed)
+    card = model_card(_card_facts(run_dir, Path(out), chosen, config, objectives, recipe, missed))
     atomic_write_text(Path(out) / "README.md", card)
     splits = task_splits.read_record(run_dir)
     if splits:  # which documents the search scored: `evomerge eval` will not report on them
@@ -90,18 +89,16 @@ def _portable_model_refs(recipe: Recipe, run_dir: Path, search_dirs: Sequence[Pa
     return recipe.with_models_renamed({ref: pinned_ref(ref, dirs) for ref in refs}, "the exported recipe")
 
 
-def _card(run_dir: Path, t, config: RunConfig, fit: float, recipe: Recipe, missed: str = "") -> str:
-    fid = "all examples" if t.fidelity is None else f"{t.fidelity} examples per task"
+def _card_facts(run_dir: Path, out: Path, t, config: RunConfig, objectives, recipe: Recipe,
+                missed: str = "") -> CardFacts:
+    verdict = ""
     if config.constraints:
         bounds = "; ".join(str(c) for c in config.constraints)
         verdict = f"It misses the run's constraints: {missed}." if missed else f"It meets the run's constraints ({bounds})."
-        fid += f". {verdict[:-1]}"
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(t.scores.items()))
-    return (
-        f"# Merged model: trial {t.trial} of an evomerge search\n\n"
-        f"Found by `evomerge search` ({config.optimizer.name}, seed {config.seed}) in `{run_dir}`. "
-        f"Scores on the `{config.split}` split ({fid}); scalarised fitness {fit:.4f}.\n\n"
-        f"| objective | value |\n| --- | ---: |\n{rows}\n\n"
-        f"The recipe is `evomerge_recipe.yaml` (and `mergekit_config.yml` where mergekit can "
-        f"express it):\n\n```yaml\n{yaml.safe_dump(recipe.to_dict(), sort_keys=False)}```\n"
+    return CardFacts(
+        model_name=Path(out).resolve().name, run_name=Path(run_dir).resolve().name, trial=t.trial,
+        optimizer=config.optimizer.name, seed=config.seed, split=config.split, fidelity=t.fidelity,
+        fitness=fitness(t.scores, objectives), scores=dict(t.scores), recipe=recipe,
+        objectives={o.key: t.scores[o.key] for o in unique_objectives(objectives)},
+        mergekit=(Path(out) / "mergekit_config.yml").is_file(), verdict=verdict,
     )

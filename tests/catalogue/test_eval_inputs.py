@@ -7,7 +7,10 @@ model directory and the fix, no traceback, the model directory left as it was):
 15. a model directory without a tokenizer (was a raw transformers traceback);
 1.  a model directory without weights (eval's side of entry 1);
 3.  a truncated safetensors file (eval's side of entry 3: was "unexpected SafetensorError ...
-    This is a bug in evomerge", from Transformers' loader).
+    This is a bug in evomerge", from Transformers' loader);
+13c. ``--output`` (the lm-eval results file) under a missing directory, not ``*.json``, a
+    directory, or an existing JSON file that is not a results file (refused before any scoring,
+    nothing written or replaced).
 """
 
 from __future__ import annotations
@@ -83,3 +86,28 @@ def test_03_truncated_safetensors(model_dir, tmp_path):
     message = assert_refused(evaluate(model), str(weights), "truncated", "re-download")
     assert "bug" not in message
     assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("make, must_name", [
+    (lambda d: d / "nowhere" / "results.json", ("does not exist", "mkdir -p")),
+    (lambda d: _file(d / "notes.txt", "my notes\n"), ("does not end in .json",)),
+    (lambda d: _file(d / "out.json", None), ("is a directory",)),
+    (lambda d: _file(d / "config.json", '{"lr": 0.1}'), ("not an lm-eval results file", "left as it is")),
+    (lambda d: _file(d / "broken.json", "{not json"), ("not an lm-eval results file",)),
+], ids=["missing-directory", "not-json", "a-directory", "other-json", "unreadable-json"])
+def test_13c_eval_output_that_cannot_take_a_results_file(model_dir, tmp_path, make, must_name):
+    out = make(tmp_path / "here")
+    before = snapshot(tmp_path)
+    assert_refused(evaluate(model_dir, "--output", out), str(out), "--output", *must_name)
+    assert_untouched(tmp_path, before)
+    assert not (tmp_path / "here" / "nowhere").exists()
+
+
+def _file(path: Path, text: str | None) -> Path:
+    """``path`` made: a file holding ``text``, or (None) a directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_text(text)
+    return path

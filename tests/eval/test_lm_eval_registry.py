@@ -180,6 +180,22 @@ def test_a_tag_is_the_mean_of_its_tasks_and_needs_a_common_metric(world, tmp_pat
     assert tag.values["acc"] == pytest.approx(one.values["acc"]) and tag.n_examples == 40
 
 
+def test_a_group_scores_as_lm_eval_under_its_aggregate_metric(world):
+    import yaml
+
+    (world["include"] / "evo_group.yaml").write_text(yaml.safe_dump({
+        "group": "evo_group", "task": ["evo_mc"], "metadata": {"version": 1.0},
+        "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": True}]}))
+    from evomerge.eval import lm_eval_index
+
+    lm_eval_index._MANAGERS.clear()  # the index was read before this YAML was written
+    task, res = _ours(world, {**MC, "task": "evo_group"})
+    assert [o.name for o in task.objectives()] == ["acc"]  # the group's aggregate, not a leaf's first
+    search, _ = partition(40, 0, 0.5, "evo_mc")
+    theirs = _lm_eval(world, "evo_group", MC, samples={"evo_mc": search})["results"]
+    assert abs(res.values["acc"] - theirs["evo_group"]["acc,none"]) <= 1e-4
+
+
 @pytest.mark.parametrize("cached", [True, False])
 def test_datasets_are_read_from_the_cache_first_when_online(world, monkeypatch, cached):
     """Online, a task's dataset is first loaded with downloads off (a cached one then never asks
