@@ -267,6 +267,9 @@ class LmEvalTask(Evaluator):
                 )
         finally:
             hook.remove()
+        # lm-eval's own report of this scoring (a group's leaves included), for results files;
+        # kept on the evaluator, not in the result, so the ledger does not carry it.
+        self.last_report = {k: out.get(k) for k in _REPORT_KEYS}
         value = self._read(out["results"], metric)
         n = sum(len(samples[k]) if samples and k in samples else v for k, v in self._sizes.items())
         return {metric: value}, n
@@ -282,6 +285,9 @@ class LmEvalTask(Evaluator):
                 raise LmEvalTaskError(f"lm-eval reported no {key!r} for {name} (it has {have or 'nothing'}).")
             values.append(float(res[key]))
         return sum(values) / len(values)
+
+
+_REPORT_KEYS = ("results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
 
 
 def _aggregate_metric_list(group) -> list:

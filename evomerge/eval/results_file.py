@@ -96,6 +96,8 @@ def results_document(model_ref: str, model, tokenizer, evaluators: list[Evaluato
         doc["n-shot"][name] = e["n_shot"]
         doc["higher_is_better"][name] = e["higher_is_better"]
         doc["n-samples"][name] = {"original": e["original"], "effective": e["sample_len"]}
+    for ev in evaluators:
+        _add_group_leaves(doc, ev)
     for key in ("configs", "versions", "n-shot", "higher_is_better"):
         doc[key] = dict(sorted(doc[key].items()))
     doc["config"] = {
@@ -149,6 +151,23 @@ def _lm_eval_entry(ev, res: EvalResult) -> dict[str, Any]:
             "metrics": metrics, "config": config, "version": task.VERSION,
             "n_shot": config.get("num_fewshot", 0), "higher_is_better": task.higher_is_better(),
             "original": len(task.eval_docs)}
+
+
+def _add_group_leaves(doc: dict[str, Any], ev: Evaluator) -> None:
+    """An lm-eval group's tasks beside the group, as lm-eval reports them (from the report the
+    evaluator kept of its scoring), and the group's subtasks."""
+    report = getattr(ev, "last_report", None)
+    group = getattr(ev, "result_name", None)
+    if not report or group not in (report.get("group_subtasks") or {}):
+        return
+    doc["group_subtasks"][group] = list(report["group_subtasks"][group])
+    for leaf in report["group_subtasks"][group]:
+        if leaf in doc["results"]:  # also scored as a task of its own: that entry stays
+            continue
+        doc["results"][leaf] = report["results"][leaf]
+        for key in ("configs", "versions", "n-shot", "higher_is_better", "n-samples"):
+            if leaf in (report.get(key) or {}):
+                doc[key][leaf] = report[key][leaf]
 
 
 def _own_entry(ev: Evaluator, res: EvalResult) -> dict[str, Any]:

@@ -192,8 +192,21 @@ def test_a_group_scores_as_lm_eval_under_its_aggregate_metric(world):
     task, res = _ours(world, {**MC, "task": "evo_group"})
     assert [o.name for o in task.objectives()] == ["acc"]  # the group's aggregate, not a leaf's first
     search, _ = partition(40, 0, 0.5, "evo_mc")
-    theirs = _lm_eval(world, "evo_group", MC, samples={"evo_mc": search})["results"]
+    out = _lm_eval(world, "evo_group", MC, samples={"evo_mc": search})
+    theirs = out["results"]
     assert abs(res.values["acc"] - theirs["evo_group"]["acc,none"]) <= 1e-4
+    # Its results file (`evomerge eval --output`) has the group's task beside the group, as lm-eval's.
+    from evomerge.eval.results_file import results_document
+
+    doc = results_document(str(world["model_dir"]), world["model"], world["tokenizer"], [task], [res],
+                           device="cpu", fidelity=None, started=0.0, seconds=1.0)
+    assert set(doc["results"]) == set(theirs) == {"evo_group", "evo_mc"}
+    assert doc["group_subtasks"] == out["group_subtasks"]
+    assert doc["results"]["evo_mc"]["acc,none"] == theirs["evo_mc"]["acc,none"]
+    assert doc["results"]["evo_group"]["acc,none"] == res.values["acc"]
+    # The same documents scored; "original" counts the split scored: evomerge's search half.
+    assert doc["n-samples"]["evo_mc"] == {"original": 20, "effective": 20}
+    assert out["n-samples"]["evo_mc"] == {"original": 40, "effective": 20}
 
 
 @pytest.mark.parametrize("cached", [True, False])
