@@ -18,7 +18,6 @@ import ray
 from ray import tune
 from run_helpers import wait_for
 
-from evomerge.config.run import ExecutorSpec
 from evomerge.integrations.tune import (
     BUDGET,
     FITNESS,
@@ -27,7 +26,6 @@ from evomerge.integrations.tune import (
 )
 from evomerge.integrations.tune.space import config_of
 from evomerge.recipe import Recipe
-from evomerge.search.executors import open_executor
 from evomerge.search.objectives import fitness
 
 pytestmark = pytest.mark.ray
@@ -87,18 +85,44 @@ def test_the_docs_example_runs_optuna_and_asha_with_evomerge_scores(runtime, tun
 
     # The same recipes through evomerge's own executor, at the levels Tune scored: the same
     # worker code on the same deterministic CPU kernels, one torch thread each: equal exactly.
-    executor = open_executor(ExecutorSpec(kind="serial"), tune_run.worker)
-    try:
-        for result, trial in zip(grid, reports, strict=True):
-            recipe = recipe_of(tune_run.space, result.config)
-            assert {r["recipe_hash"] for r in trial} == {recipe.content_hash()}
-            for r in trial:
-                executor.submit(0, recipe, tune_run.levels[r["rung"]])
-                values = executor.wait()[1].values
-                assert {k: r[k] for k in values} == values
-                assert r[FITNESS] == fitness(values, list(tune_run.objectives))
-    finally:
-        executor.close()
+    # In a process of its own too (evaluations in the test process after Tune runs also left
+    # the state that broke the kill test).
+    for result, trial in zip(grid, reports, strict=True):
+        assert {r["recipe_hash"] for r in trial} == {recipe_of(tune_run.space, result.config).content_hash()}
+    asked = [[r.config, [r2["rung"] for r2 in trial]] for r, trial in zip(grid, reports, strict=True)]
+    (tmp_path / "asked.json").write_text(json.dumps(asked))
+    done = subprocess.run([sys.executable, "-c", RESCORE, str(run_config), str(tmp_path / "asked.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rescored = json.loads(done.stdout.strip().splitlines()[-1])
+    for trial, per_rung in zip(reports, rescored, strict=True):
+        for r, values in zip(trial, per_rung, strict=True):
+            assert {k: r[k] for k in values} == values
+            assert r[FITNESS] == fitness(values, list(tune_run.objectives))
+
+
+# argv: RUN_CONFIG ASKED.json ([[config, [rung, ...]], ...]); prints [[values per rung], ...].
+RESCORE = """
+import json, sys
+from evomerge.config.run import ExecutorSpec
+from evomerge.integrations.tune import load_tune_run, recipe_of
+from evomerge.search.executors import open_executor
+
+run = load_tune_run(sys.argv[1])
+executor = open_executor(ExecutorSpec(kind="serial"), run.worker)
+out = []
+try:
+    for config, rungs in json.loads(open(sys.argv[2]).read()):
+        recipe = recipe_of(run.space, config)
+        per_rung = []
+        for rung in rungs:
+            executor.submit(0, recipe, run.levels[rung])
+            per_rung.append(executor.wait()[1].values)
+        out.append(per_rung)
+finally:
+    executor.close()
+print(json.dumps(out))
+"""
 
 
 def test_a_killed_driver_is_restored_and_finishes_the_planned_trials(runtime, tune_run, run_config,
