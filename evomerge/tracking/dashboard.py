@@ -18,8 +18,6 @@ import fcntl
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 from evomerge.errors import EvomergeError
 from evomerge.search.rundir import LOCK_FILE, RUN_FILE, has_run
 from evomerge.tracking.optuna_mirror import OptunaMirror, shown
-from evomerge.tracking.ui import free_port, start_group
+from evomerge.tracking.ui import free_port, start_group, wait_until_up
 
 STORAGE_ENV = "EVOMERGE_OPTUNA_STORAGE"  # the server's storage: a database URL or a journal's path
 
@@ -121,17 +119,7 @@ def study_url(url: str, study_id: int) -> str:
 
 def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     """Return once the dashboard's API answers; raise if the server exits or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/meta", timeout=2):
-                return
-        except OSError:
-            if proc.poll() is not None:
-                raise EvomergeError(f"optuna-dashboard for {url} exited with code {proc.returncode}.") from None
-            if time.monotonic() > deadline:
-                raise EvomergeError(f"optuna-dashboard for {url} did not answer within {timeout:.0f} s.") from None
-            time.sleep(0.2)
+    wait_until_up(url, proc, timeout, path="/api/meta", server="optuna-dashboard", poll=0.2)
 
 
 def serve_until_stopped(proc: subprocess.Popen, refresh: float, update: Callable[[], None]) -> int:

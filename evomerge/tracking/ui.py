@@ -112,19 +112,21 @@ def _signals_ignored():
             signal.signal(sig, handler)
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    """Return once ``url``/health answers; raise if the server exits or ``timeout`` passes."""
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 300.0, *, path: str = "/health",
+                  server: str = "the MLflow server", poll: float = 0.5) -> None:
+    """Return once ``url`` + ``path`` answers; raise if the server (named ``server`` in the
+    error) exits or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
+            with urllib.request.urlopen(f"{url}{path}", timeout=2):
                 return
         except OSError:
             if proc.poll() is not None:
-                raise EvomergeError(f"the MLflow server for {url} exited with code {proc.returncode}.") from None
+                raise EvomergeError(f"{server} for {url} exited with code {proc.returncode}.") from None
             if time.monotonic() > deadline:
-                raise EvomergeError(f"the MLflow server for {url} did not answer within {timeout:.0f} s.") from None
-            time.sleep(0.5)
+                raise EvomergeError(f"{server} for {url} did not answer within {timeout:.0f} s.") from None
+            time.sleep(poll)
 
 
 @dataclass(frozen=True)

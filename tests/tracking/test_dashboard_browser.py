@@ -9,7 +9,6 @@ every trial. Screenshots go to test-artifacts/.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from browser_helpers import ARTIFACTS, chromium
 from optuna_helpers import synthetic_run
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +46,8 @@ def dashboard(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.fail(f"{CHROMIUM} is missing: `make test-browser` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        ])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def test_the_printed_link_opens_the_study_with_its_front_and_trials(dashboard, browser):
